@@ -1,0 +1,313 @@
+"""The cluster a plan is made for: nodes, GPUs, expert slots, memory and links.
+
+GPUs are EP ranks ``0 .. G-1`` numbered node by node (node of GPU ``g`` is ``g // gpus_per_node``);
+each MoE layer has ``P = G * slots_per_gpu`` physical slots and slot ``p`` lives on GPU
+``p // slots_per_gpu`` (see ``shared/docs/definitions.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from placement.errors import ClusterError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["PRESETS", "Cluster", "MemoryModel", "load_cluster"]
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What decides how many routed-expert slots fit on one GPU.
+
+    ``slots_per_gpu = floor((gpu_memory_gb - reserved_gb) * 1e9 / bytes_per_expert / num_moe_layers)``
+    where ``bytes_per_expert = 3 * hidden_size * moe_intermediate_size * bytes_per_param`` (gate,
+    up and down projections) and every MoE layer holds the same number of slots per GPU.
+    """
+
+    gpu_memory_gb: float
+    reserved_gb: float
+    hidden_size: int
+    moe_intermediate_size: int
+    bytes_per_param: float
+    num_moe_layers: int
+
+    def __post_init__(self) -> None:
+        for name in ("gpu_memory_gb", "hidden_size", "moe_intermediate_size", "bytes_per_param",
+                     "num_moe_layers"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ClusterError(f"Expected memory.{name} > 0, got {value!r}.")
+        if not (math.isfinite(self.reserved_gb) and 0 <= self.reserved_gb):
+            raise ClusterError(f"Expected memory.reserved_gb >= 0, got {self.reserved_gb!r}.")
+        if self.reserved_gb >= self.gpu_memory_gb:
+            raise ClusterError(
+                f"memory.reserved_gb ({self.reserved_gb:g} GB) leaves nothing of "
+                f"memory.gpu_memory_gb ({self.gpu_memory_gb:g} GB) for routed experts."
+            )
+
+    @property
+    def bytes_per_expert(self) -> float:
+        """Weights of one routed expert: ``3 * hidden * moe_intermediate * bytes_per_param``."""
+        return 3.0 * self.hidden_size * self.moe_intermediate_size * self.bytes_per_param
+
+    @property
+    def expert_budget_bytes(self) -> float:
+        """GPU memory left for routed experts, bytes."""
+        return (self.gpu_memory_gb - self.reserved_gb) * GB
+
+    def max_slots_per_gpu(self) -> int:
+        """Largest number of slots per GPU that fits in memory, for every MoE layer."""
+        per_slot = self.bytes_per_expert * self.num_moe_layers
+        return int(self.expert_budget_bytes // per_slot)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """An expert-parallel deployment.
+
+    Args:
+        num_nodes: nodes joined by the inter-node network.
+        gpus_per_node: GPUs per node, joined by NVLink.
+        slots_per_gpu: routed-expert slots per GPU in every MoE layer.
+        memory: optional memory model; when given, ``slots_per_gpu`` must fit in it.
+        nvlink_gbps: per-GPU NVLink bandwidth, GB/s, one direction (cost model).
+        network_gbps: per-GPU inter-node bandwidth, GB/s, one direction (cost model).
+        gpu_tflops: dense throughput of one GPU for the expert GEMMs, TFLOP/s (cost model).
+        usd_per_gpu_hour: price of one GPU for one hour (cost model).
+        name: a label for reports.
+    """
+
+    num_nodes: int
+    gpus_per_node: int
+    slots_per_gpu: int
+    memory: MemoryModel | None = None
+    nvlink_gbps: float = 160.0
+    network_gbps: float = 40.0
+    gpu_tflops: float = 400.0
+    usd_per_gpu_hour: float = 2.0
+    name: str = ""
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("num_nodes", "gpus_per_node", "slots_per_gpu"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ClusterError(f"Expected {name} >= 1 (an integer), got {value!r}.")
+            object.__setattr__(self, name, int(value))
+        for name in ("nvlink_gbps", "network_gbps", "gpu_tflops"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ClusterError(f"Expected {name} > 0, got {value!r}.")
+        if not (math.isfinite(self.usd_per_gpu_hour) and self.usd_per_gpu_hour >= 0):
+            raise ClusterError(f"Expected usd_per_gpu_hour >= 0, got {self.usd_per_gpu_hour!r}.")
+        if self.memory is not None:
+            fit = self.memory.max_slots_per_gpu()
+            if fit < 1:
+                need = self.memory.bytes_per_expert * self.memory.num_moe_layers / GB
+                have = self.memory.expert_budget_bytes / GB
+                raise ClusterError(
+                    f"GPU memory too small for one expert per MoE layer: one slot needs "
+                    f"{need:.2f} GB, only {have:.2f} GB is left after reserved memory "
+                    f"(short by {need - have:.2f} GB)."
+                )
+            if self.slots_per_gpu > fit:
+                need = self.slots_per_gpu * self.memory.bytes_per_expert * self.memory.num_moe_layers
+                raise ClusterError(
+                    f"slots_per_gpu={self.slots_per_gpu} needs {need / GB:.2f} GB per GPU but only "
+                    f"{self.memory.expert_budget_bytes / GB:.2f} GB is free for experts "
+                    f"(at most {fit} slots fit; short by "
+                    f"{(need - self.memory.expert_budget_bytes) / GB:.2f} GB)."
+                )
+
+    # -- shape -------------------------------------------------------------------------------
+    @property
+    def num_gpus(self) -> int:
+        """G, the EP size."""
+        return self.num_nodes * self.gpus_per_node
+
+    @property
+    def num_slots(self) -> int:
+        """P = G * slots_per_gpu physical expert slots per MoE layer."""
+        return self.num_gpus * self.slots_per_gpu
+
+    @property
+    def shape(self) -> str:
+        """``"4x8x9"`` (nodes x GPUs per node x slots per GPU)."""
+        return f"{self.num_nodes}x{self.gpus_per_node}x{self.slots_per_gpu}"
+
+    def gpu_of_slot(self) -> np.ndarray:
+        """``[P]`` GPU of every physical slot."""
+        return np.arange(self.num_slots) // self.slots_per_gpu
+
+    def node_of_gpu(self) -> np.ndarray:
+        """``[G]`` node of every GPU."""
+        return np.arange(self.num_gpus) // self.gpus_per_node
+
+    def node_of_slot(self) -> np.ndarray:
+        """``[P]`` node of every physical slot."""
+        return self.gpu_of_slot() // self.gpus_per_node
+
+    def check_fits(self, num_experts: int) -> None:
+        """Raise :class:`ClusterError` unless every one of ``num_experts`` experts has a slot."""
+        if self.num_slots < num_experts:
+            raise ClusterError(
+                f"cluster {self.shape} has {self.num_slots} slots per layer but the model has "
+                f"{num_experts} experts: short by {num_experts - self.num_slots} slots "
+                f"(raise slots_per_gpu to {math.ceil(num_experts / self.num_gpus)} or add GPUs)."
+            )
+
+    def with_slots(self, slots_per_gpu: int) -> Cluster:
+        """A copy with another number of slots per GPU."""
+        return dataclasses.replace(self, slots_per_gpu=slots_per_gpu)
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/TOML-ready dict; :meth:`from_dict` reads it back."""
+        out: dict[str, Any] = {
+            "num_nodes": self.num_nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "slots_per_gpu": self.slots_per_gpu,
+            "nvlink_gbps": self.nvlink_gbps,
+            "network_gbps": self.network_gbps,
+            "gpu_tflops": self.gpu_tflops,
+            "usd_per_gpu_hour": self.usd_per_gpu_hour,
+        }
+        if self.name:
+            out["name"] = self.name
+        if self.memory is not None:
+            out["memory"] = dataclasses.asdict(self.memory)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cluster:
+        """Build from a dict as :meth:`to_dict` writes it (also the TOML file's layout).
+
+        A ``memory`` table may stand in for ``slots_per_gpu``: then the slots are as many as fit.
+        """
+        if not isinstance(data, dict):
+            raise ClusterError(f"Expected a table of cluster settings, got {type(data).__name__}.")
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ClusterError(f"Unknown cluster setting(s): {', '.join(unknown)}.")
+        memory = data.pop("memory", None)
+        mem: MemoryModel | None = None
+        if memory is not None:
+            if not isinstance(memory, dict):
+                raise ClusterError("Expected memory to be a table.")
+            mknown = {f.name for f in dataclasses.fields(MemoryModel)}
+            missing = sorted(mknown - set(memory))
+            extra = sorted(set(memory) - mknown)
+            if missing:
+                raise ClusterError(f"memory table lacks: {', '.join(missing)}.")
+            if extra:
+                raise ClusterError(f"Unknown memory setting(s): {', '.join(extra)}.")
+            mem = MemoryModel(**memory)
+        for req in ("num_nodes", "gpus_per_node"):
+            if req not in data:
+                raise ClusterError(f"Cluster setting {req} is missing.")
+        if "slots_per_gpu" not in data:
+            if mem is None:
+                raise ClusterError("Cluster setting slots_per_gpu is missing (or give a memory table).")
+            data["slots_per_gpu"] = max(mem.max_slots_per_gpu(), 1)
+        return cls(memory=mem, **data)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> Cluster:
+        """Read a cluster TOML file (the keys of :meth:`to_dict`, optionally under ``[cluster]``)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ClusterError(f"{path}: no such file.") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ClusterError(f"{path}: not valid TOML ({exc}).") from None
+        if "cluster" in data and isinstance(data["cluster"], dict):
+            data = data["cluster"]
+        try:
+            return cls.from_dict(data)
+        except ClusterError as exc:
+            raise ClusterError(f"{path}: {exc}") from None
+        except TypeError as exc:
+            raise ClusterError(f"{path}: {exc}") from None
+
+    @classmethod
+    def preset(cls, name: str) -> Cluster:
+        """One of :data:`PRESETS` by name."""
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise ClusterError(
+                f"Unknown cluster preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}."
+            ) from None
+
+    def summary(self) -> str:
+        """One line for people."""
+        label = f"{self.name}: " if self.name else ""
+        return (
+            f"{label}{self.num_nodes} node(s) x {self.gpus_per_node} GPU(s), "
+            f"{self.slots_per_gpu} slot(s)/GPU = {self.num_slots} slots per layer"
+        )
+
+
+# H800: NVLink ~160 GB/s per GPU effective, 50 GB/s (400 Gb/s) IB per GPU, ~40 GB/s usable.
+_H800 = dict(nvlink_gbps=160.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=2.0)
+_H100 = dict(nvlink_gbps=300.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=2.5)
+_H200 = dict(nvlink_gbps=300.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=3.0)
+_GB200 = dict(nvlink_gbps=900.0, network_gbps=50.0, gpu_tflops=1000.0, usd_per_gpu_hour=4.0)
+
+PRESETS: dict[str, Cluster] = {
+    "deepseek-prefill": Cluster(4, 8, 9, name="deepseek-prefill", **_H800),  # type: ignore[arg-type]
+    "deepseek-decode": Cluster(18, 8, 2, name="deepseek-decode", **_H800),  # type: ignore[arg-type]
+    "gb200-nvl72": Cluster(1, 72, 4, name="gb200-nvl72", **_GB200),  # type: ignore[arg-type]
+    "h100-2x8": Cluster(2, 8, 18, name="h100-2x8", **_H100),  # type: ignore[arg-type]
+    "h200-2x8": Cluster(2, 8, 18, name="h200-2x8", **_H200),  # type: ignore[arg-type]
+}
+"""Deployments users run. DeepSeek's prefill (EP32, 9 slots) and decode (EP144, 2 slots) as
+published; a GB200 NVL72 domain with 4 slots per GPU (288 slots); 2 nodes of 8 H100/H200 with 18
+slots per GPU (288 slots)."""
+
+
+def load_cluster(
+    *,
+    preset: str | None = None,
+    path: str | Path | None = None,
+    num_nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    slots_per_gpu: int | None = None,
+) -> Cluster:
+    """A cluster from a preset name, a TOML file or flags; flags override the first two."""
+    if preset is not None and path is not None:
+        raise ClusterError("Give either a cluster preset or a cluster file, not both.")
+    base: Cluster | None = None
+    if preset is not None:
+        base = Cluster.preset(preset)
+    elif path is not None:
+        base = Cluster.from_toml(path)
+    overrides = {
+        k: v
+        for k, v in (("num_nodes", num_nodes), ("gpus_per_node", gpus_per_node),
+                     ("slots_per_gpu", slots_per_gpu))
+        if v is not None
+    }
+    if base is None:
+        missing = [k for k in ("num_nodes", "gpus_per_node", "slots_per_gpu") if k not in overrides]
+        if missing:
+            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            raise ClusterError(f"Cluster not fully given: missing {flags} (or use --cluster/--preset).")
+        return Cluster(**overrides)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **overrides) if overrides else base
