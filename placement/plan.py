@@ -134,6 +134,9 @@ class Plan:
         lower_bound: ``[L]`` a valid lower bound of the primary objective, where the method has one.
         status: solver status (``"OPTIMAL"``, ``"FEASIBLE"``, ``"HEURISTIC"``, ...).
         wall_time: seconds spent making the plan.
+        allow_colocated_replicas: accept two replicas of one expert on one GPU. Off by default (a
+            plan of ours never does it); on for EPLB's and imported plans, since DeepSeek's EPLB
+            does co-locate replicas and the engines accept such placements.
     """
 
     cluster: Cluster
@@ -149,6 +152,7 @@ class Plan:
     lower_bound: list[float] | None = None
     status: str = "UNKNOWN"
     wall_time: float = 0.0
+    allow_colocated_replicas: bool = False
 
     def __post_init__(self) -> None:
         E = int(self.num_experts)
@@ -192,7 +196,7 @@ class Plan:
         per_gpu = p2l.reshape(L, c.num_gpus, c.slots_per_gpu)
         srt = np.sort(per_gpu, axis=2)
         dup = np.argwhere(srt[:, :, 1:] == srt[:, :, :-1])
-        if dup.size:
+        if dup.size and not self.allow_colocated_replicas:
             layer, g, j = dup[0]
             raise PlanError(
                 f"GPU {g} holds two replicas of expert {srt[layer, g, j]} in layer {lids[layer]}."
@@ -308,6 +312,7 @@ class Plan:
             "settings": self.settings,
             "status": self.status,
             "wall_time": self.wall_time,
+            "allow_colocated_replicas": self.allow_colocated_replicas,
             "objectives": self.objectives,
             "lower_bound": self.lower_bound,
             "phy2log": self.phy2log.tolist(),
@@ -350,6 +355,7 @@ class Plan:
             else [float(x) for x in data["lower_bound"]],
             status=str(data.get("status", "UNKNOWN")),
             wall_time=float(data.get("wall_time", 0.0)),
+            allow_colocated_replicas=bool(data.get("allow_colocated_replicas", False)),
         )
 
     def save(self, path: str | Path) -> None:
