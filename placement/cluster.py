@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,6 @@ class Cluster:
     gpu_tflops: float = 400.0
     usd_per_gpu_hour: float = 2.0
     name: str = ""
-    _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("num_nodes", "gpus_per_node", "slots_per_gpu"):
@@ -200,7 +199,7 @@ class Cluster:
         if not isinstance(data, dict):
             raise ClusterError(f"Expected a table of cluster settings, got {type(data).__name__}.")
         data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ClusterError(f"Unknown cluster setting(s): {', '.join(unknown)}.")
@@ -298,7 +297,7 @@ def load_cluster(
         base = Cluster.preset(preset)
     elif path is not None:
         base = Cluster.from_toml(path)
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in (("num_nodes", num_nodes), ("gpus_per_node", gpus_per_node),
                      ("slots_per_gpu", slots_per_gpu))
@@ -309,5 +308,5 @@ def load_cluster(
         if missing:
             flags = ", ".join("--" + m.replace("_", "-") for m in missing)
             raise ClusterError(f"Cluster not fully given: missing {flags} (or use --cluster/--preset).")
-        return Cluster(**overrides)  # type: ignore[arg-type]
+        return Cluster(**overrides)
     return dataclasses.replace(base, **overrides) if overrides else base

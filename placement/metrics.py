@@ -48,7 +48,7 @@ def even_gpu_loads(phy2log: np.ndarray, counts: np.ndarray, cluster: Cluster) ->
     np.add.at(logcnt, (np.repeat(np.arange(L), P), phy2log.reshape(-1)), 1.0)
     per_replica = counts / np.maximum(logcnt, 1.0)  # [..., L, E]
     slot_load = np.take_along_axis(
-        per_replica, np.broadcast_to(phy2log, per_replica.shape[:-1] + (P,)), axis=-1
+        per_replica, np.broadcast_to(phy2log, (*per_replica.shape[:-1], P)), axis=-1
     )  # [..., L, P]
     return slot_load.reshape(*slot_load.shape[:-1], cluster.num_gpus, cluster.slots_per_gpu).sum(-1)
 
@@ -72,7 +72,7 @@ def static_gpu_loads(
         ``[L, G]`` tokens processed by every GPU.
     """
     dispatch = np.asarray(dispatch, dtype=np.int64)
-    L, G, E = dispatch.shape
+    L, G, _ = dispatch.shape
     rc = np.asarray(rank_counts, dtype=np.float64).transpose(1, 0, 2)  # [L, G, E]
     dest = dispatch // cluster.slots_per_gpu  # [L, G, E]
     flat = dest + (np.arange(L) * G)[:, None, None]
@@ -98,7 +98,7 @@ def token_traffic(
     """
     dispatch = np.asarray(dispatch, dtype=np.int64)
     ids = np.asarray(topk_ids, dtype=np.int64)
-    T, L, k = ids.shape
+    L = ids.shape[1]
     G = cluster.num_gpus
     gpn = cluster.gpus_per_node
     src = np.asarray(src_gpu, dtype=np.int64)

@@ -72,7 +72,7 @@ def static_dispatch(phy2log: np.ndarray, cluster: Cluster, num_experts: int) -> 
     round-robin over the candidates, starting at an offset that depends on the expert, so that
     every replica receives an even share of the source GPUs. Deterministic.
     """
-    L, P = phy2log.shape
+    L = phy2log.shape[0]
     G, spg, gpn = cluster.num_gpus, cluster.slots_per_gpu, cluster.gpus_per_node
     log2phy = compute_log2phy(phy2log, num_experts)  # [L, E, R]
     out = np.full((L, G, num_experts), -1, dtype=np.int64)

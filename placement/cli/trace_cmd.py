@@ -1,1 +1,131 @@
-"""Placeholder: this command module is being written."""
+"""``placement trace``: inspect, synthesize, convert and list traces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from placement.cli._app import main
+from placement.routing_traces.native import write_native
+from placement.routing_traces.readers import bundled_trace_path, bundled_traces, load_trace
+from placement.routing_traces.stats import describe_trace, format_trace_stats, inspect_trace
+from placement.routing_traces.synth import PRESETS, make_bundled, synthesize
+from placement.routing_traces.trace import Trace
+
+__all__ = ["trace"]
+
+def _load(sources: tuple[str, ...]) -> Trace:
+    return load_trace(sources[0] if len(sources) == 1 else list(sources))
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@main.group("trace")
+def trace() -> None:
+    """Inspect, synthesize and convert routing traces."""
+
+
+@trace.command("inspect")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--per-layer", is_flag=True, help="Add a per-layer table.")
+@click.option("--no-coactivation", is_flag=True, help="Skip co-activation (faster).")
+def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
+                no_coactivation: bool) -> None:
+    """Shape, per-layer skew, co-activation and drift of a trace.
+
+    SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
+    statistics directory, several files of one model (read as windows), or bundled:NAME.
+    """
+    stats = inspect_trace(_load(sources), source=" ".join(sources),
+                          coactivation=not no_coactivation)
+    if as_json:
+        click.echo(json.dumps(stats.to_dict(), separators=(",", ":")))
+    else:
+        click.echo(format_trace_stats(stats, per_layer=per_layer))
+
+
+@trace.command("synth", short_help="Write a synthetic token-level trace.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), default="deepseek-v3",
+              show_default=True, help="Model shape.")
+@click.option("--tokens", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Tokens in all (split evenly over the windows).")
+@click.option("--windows", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Windows, each with its own topic mix.")
+@click.option("--source-ranks", type=click.IntRange(min=0), default=0, show_default=True,
+              help="EP ranks the tokens come from (0: not recorded).")
+@click.option("--layers", type=click.IntRange(min=1), default=None,
+              help="Keep only the first N MoE layers.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--like", metavar="SOURCE", default=None,
+              help="Match each layer's expert popularity to this trace (same expert count).")
+@click.option("--skew", type=click.FloatRange(min=0), default=None,
+              help="Std of the experts' log-popularity (preset default; unused with --like).")
+@click.option("--drift", type=click.FloatRange(min=0), default=None,
+              help="Std of each window's log topic-mix change (preset default).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Native .npz file to write.")
+def synth_cmd(preset: str, tokens: int, windows: int, source_ranks: int, layers: int | None,
+              seed: int, like: str | None, skew: float | None, drift: float | None,
+              output: str) -> None:
+    """Write a synthetic token-level trace (skew, co-activation, drift, source ranks)."""
+    like_trace = load_trace(like) if like is not None else None
+    with _progress(f"synthesizing {preset}") as progress:
+        t = synthesize(preset, num_tokens=tokens, num_windows=windows,
+                       num_source_ranks=source_ranks or None, seed=seed, like=like_trace,
+                       num_layers=layers, skew=skew, drift=drift, progress=progress)
+    write_native(t, output)
+    click.echo(f"wrote {output}: {describe_trace(t)}")
+
+
+@trace.command("convert")
+@click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Native .npz file to write.")
+def convert_cmd(sources: tuple[str, ...], output: str) -> None:
+    """Read any supported trace and write it as a native .npz.
+
+    SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
+    statistics directory, several files of one model (read as windows), or bundled:NAME.
+    """
+    t = _load(sources)
+    write_native(t, output)
+    click.echo(f"wrote {output}: {describe_trace(t)}")
+
+
+@trace.command("bundled", short_help="List the shipped synthetic traces.")
+def bundled_cmd() -> None:
+    """List the synthetic traces shipped with the package (use them as bundled:NAME)."""
+    for name in bundled_traces():
+        t = load_trace(f"bundled:{name}")
+        click.echo(f"bundled:{name:<14} {describe_trace(t)}  ({bundled_trace_path(name)})")
+
+
+@trace.command("make-bundled", short_help="Regenerate the shipped synthetic traces.")
+@click.option("--out-dir", type=click.Path(file_okay=False), default=None,
+              help="Where to write (default: the package's data directory).")
+def make_bundled_cmd(out_dir: str | None) -> None:
+    """Regenerate the shipped synthetic traces (deterministic: same files every time)."""
+    for path in make_bundled(Path(out_dir) if out_dir else None):
+        click.echo(f"wrote {path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,9 @@ def read_native(path: str | Path) -> Trace:
     path = Path(path)
     if not path.exists():
         raise TraceFormatError("no such file.", path)
+    with path.open("rb") as fh:
+        if not fh.read(4).startswith(b"PK"):
+            raise TraceFormatError("not a .npz archive (no zip header).", path)
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -53,10 +57,23 @@ def read_native(path: str | Path) -> Trace:
                 "holds pickled Python objects; refusing to load them (allow_pickle=False).", path
             ) from None
         raise TraceFormatError(f"not a readable .npz archive ({exc}).", path) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise TraceFormatError(f"not a readable .npz archive (truncated or corrupt: {exc}).", path) from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise TraceFormatError(
+            f"not a readable .npz archive (truncated or corrupt: {exc}).", path
+        ) from None
+    try:
+        return _trace_from_arrays(data, path)
+    except TraceFormatError as exc:
+        if exc.path is None:
+            raise TraceFormatError(exc.reason, path) from None
+        raise
+    except (ValueError, TypeError) as exc:  # a field of the wrong kind (string, non-scalar...)
+        raise TraceFormatError(f"malformed field ({exc}).", path) from None
+
+
+def _trace_from_arrays(data: dict[str, np.ndarray], path: Path) -> Trace:
     version = data.get("format_version")
-    if version is not None and int(np.asarray(version)) != FORMAT_VERSION:
+    if version is not None and int(_scalar(data, "format_version", path)) != FORMAT_VERSION:
         raise TraceFormatError(
             f"native trace format version {int(np.asarray(version))} is not supported "
             f"(this version reads {FORMAT_VERSION}).", path,
@@ -67,51 +84,48 @@ def read_native(path: str | Path) -> Trace:
             "not a placement trace: needs topk_ids (token-level) or counts (aggregated); "
             f"found keys {sorted(data)}.", path,
         )
-    try:
-        model = data["model"].item() if "model" in data else None
-        names = data["window_names"].tolist() if "window_names" in data else None
-        common: dict[str, Any] = dict(
-            layer_ids=data.get("layer_ids"),
-            window_names=names,
-            model=model,
-            num_hidden_layers=(int(_scalar(data, "num_hidden_layers", path))
-                               if "num_hidden_layers" in data else None),
+    model = data["model"].item() if "model" in data else None
+    names = data["window_names"].tolist() if "window_names" in data else None
+    common: dict[str, Any] = dict(
+        layer_ids=data.get("layer_ids"),
+        window_names=names,
+        model=model,
+        num_hidden_layers=(int(_scalar(data, "num_hidden_layers", path))
+                           if "num_hidden_layers" in data else None),
+    )
+    if has_ids:
+        if "num_experts" not in data:
+            raise TraceFormatError("token-level trace lacks num_experts.", path)
+        return Trace(
+            num_experts=int(_scalar(data, "num_experts", path)),
+            topk_ids=data["topk_ids"],
+            source_rank=data.get("source_rank"),
+            window=data.get("window"),
+            topk_weights=data.get("topk_weights"),
+            **common,
         )
-        if has_ids:
-            if "num_experts" not in data:
-                raise TraceFormatError("token-level trace lacks num_experts.", path)
-            return Trace(
-                num_experts=int(_scalar(data, "num_experts", path)),
-                topk_ids=data["topk_ids"],
-                source_rank=data.get("source_rank"),
-                window=data.get("window"),
-                topk_weights=data.get("topk_weights"),
-                **common,
-            )
-        counts = data["rank_counts"] if "rank_counts" in data else data["counts"]
-        counts = np.asarray(counts)
-        if "num_experts" in data:
-            E = int(_scalar(data, "num_experts", path))
-        elif counts.ndim >= 2:
-            E = int(counts.shape[-1])
-        else:
-            raise TraceFormatError(f"Expected counts [L, E] or [W, L, E], got shape {counts.shape}.", path)
-        if "rank_counts" in data and "counts" in data:
-            rc = np.asarray(data["rank_counts"], dtype=np.float64)
-            c = np.asarray(data["counts"], dtype=np.float64)
-            if rc.ndim != 4 or c.shape != rc.shape[:1] + rc.shape[2:] or not np.allclose(rc.sum(1), c):
-                raise TraceFormatError("rank_counts does not sum over ranks to counts.", path)
-        top_k = int(_scalar(data, "top_k", path)) if "top_k" in data else None
-        return Trace(num_experts=E, counts=counts, top_k=top_k, **common)
-    except TraceFormatError as exc:
-        if exc.path is None:
-            raise TraceFormatError(exc.reason, path) from None
-        raise
+    counts = data["rank_counts"] if "rank_counts" in data else data["counts"]
+    counts = np.asarray(counts)
+    if "num_experts" in data:
+        E = int(_scalar(data, "num_experts", path))
+    elif counts.ndim >= 2:
+        E = int(counts.shape[-1])
+    else:
+        raise TraceFormatError(
+            f"Expected counts [L, E] or [W, L, E], got shape {counts.shape}.", path
+        )
+    if "rank_counts" in data and "counts" in data:
+        rc = np.asarray(data["rank_counts"], dtype=np.float64)
+        c = np.asarray(data["counts"], dtype=np.float64)
+        if rc.ndim != 4 or c.shape != rc.shape[:1] + rc.shape[2:] or not np.allclose(rc.sum(1), c):
+            raise TraceFormatError("rank_counts does not sum over ranks to counts.", path)
+    top_k = int(_scalar(data, "top_k", path)) if "top_k" in data else None
+    return Trace(num_experts=E, counts=counts, top_k=top_k, **common)
 
 
 def write_native(trace: Trace, path: str | Path, *, compress: bool = True) -> None:
     """Write ``trace`` as a native v1 ``.npz`` file, atomically."""
-    out: dict[str, np.ndarray] = {
+    out: dict[str, Any] = {
         "format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
         "num_experts": np.asarray(trace.num_experts, dtype=np.int64),
         "layer_ids": np.asarray(trace.layer_ids, dtype=np.int64),
@@ -128,8 +142,7 @@ def write_native(trace: Trace, path: str | Path, *, compress: bool = True) -> No
             out["window"] = trace.window
         if trace.topk_weights is not None:
             out["topk_weights"] = trace.topk_weights
-        if trace.window is not None:
-            out["window_names"] = np.asarray(trace.window_names)
+        out["window_names"] = np.asarray(trace.window_names)
     else:
         wrc = trace.window_rank_counts()
         out["counts"] = wrc.sum(axis=1)

@@ -24,8 +24,10 @@ __all__ = ["Trace"]
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only contiguous array; writeable input is copied, so the caller's array is left
+    as it was and later changes to it cannot reach the trace."""
     a = np.ascontiguousarray(a)
-    if a.flags.writeable and a.base is not None:
+    if a.flags.writeable:
         a = a.copy()
     a.flags.writeable = False
     return a
@@ -94,7 +96,9 @@ class Trace:
         try:
             num_experts = int(num_experts)
         except (TypeError, ValueError):
-            raise TraceFormatError(f"Expected num_experts to be an integer, got {num_experts!r}.") from None
+            raise TraceFormatError(
+                f"Expected num_experts to be an integer, got {num_experts!r}."
+            ) from None
         if num_experts < 1:
             raise TraceFormatError(f"Expected num_experts >= 1, got {num_experts}.")
         self.num_experts = num_experts
@@ -112,7 +116,9 @@ class Trace:
             ids = _int_array("topk_ids", topk_ids, 3)
             T, L, k = ids.shape
             if L < 1 or k < 1:
-                raise TraceFormatError(f"Expected topk_ids [T, L, k] with L, k >= 1, got {ids.shape}.")
+                raise TraceFormatError(
+                    f"Expected topk_ids [T, L, k] with L, k >= 1, got {ids.shape}."
+                )
             if ids.size:
                 lo, hi = int(ids.min()), int(ids.max())
                 if lo < -1 or hi >= num_experts:
@@ -130,7 +136,9 @@ class Trace:
             if source_rank is not None:
                 sr = _int_array("source_rank", source_rank, 1)
                 if sr.shape[0] != T:
-                    raise TraceFormatError(f"Expected source_rank of length {T}, got {sr.shape[0]}.")
+                    raise TraceFormatError(
+                        f"Expected source_rank of length {T}, got {sr.shape[0]}."
+                    )
                 if sr.size and sr.min() < 0:
                     raise TraceFormatError(f"Expected source_rank >= 0, found {int(sr.min())}.")
                 self._source_rank = _readonly(sr.astype(np.int32, copy=False))
@@ -147,7 +155,9 @@ class Trace:
             if topk_weights is not None:
                 tw = np.asarray(topk_weights)
                 if not np.issubdtype(tw.dtype, np.floating):
-                    raise TraceFormatError(f"Expected topk_weights to be floats, got dtype {tw.dtype}.")
+                    raise TraceFormatError(
+                        f"Expected topk_weights to be floats, got dtype {tw.dtype}."
+                    )
                 if tw.shape != ids.shape:
                     raise TraceFormatError(
                         f"Expected topk_weights of shape {ids.shape} like topk_ids, got {tw.shape}."
@@ -174,7 +184,8 @@ class Trace:
                 )
             if c.shape[-1] != num_experts:
                 raise TraceFormatError(
-                    f"Expected counts' last axis to be num_experts={num_experts}, got {c.shape[-1]}."
+                    f"Expected counts' last axis to be num_experts={num_experts}, "
+                    f"got {c.shape[-1]}."
                 )
             if min(c.shape) < 1:
                 raise TraceFormatError(f"counts is empty (shape {c.shape}).")
@@ -208,7 +219,8 @@ class Trace:
             num_hidden_layers = int(num_hidden_layers)
             if num_hidden_layers <= int(lids.max()):
                 raise TraceFormatError(
-                    f"num_hidden_layers={num_hidden_layers} but a traced layer id is {int(lids.max())}."
+                    f"num_hidden_layers={num_hidden_layers} but a traced layer id is "
+                    f"{int(lids.max())}."
                 )
         self.num_hidden_layers: int | None = num_hidden_layers
 
@@ -467,14 +479,17 @@ class Trace:
             **common,
         )
 
-    def iter_token_chunks(self, chunk_tokens: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    def iter_token_chunks(
+        self, chunk_tokens: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """Yield ``(topk_ids [t, L, k], source_rank [t] or None)`` chunks of at most
         ``chunk_tokens`` tokens (token-level only)."""
         ids = self._require_tokens("iterating tokens")
         if chunk_tokens < 1:
             raise ValueError(f"Expected chunk_tokens >= 1, got {chunk_tokens}.")
         for start in range(0, ids.shape[0], chunk_tokens):
-            sr = None if self._source_rank is None else self._source_rank[start:start + chunk_tokens]
+            sr = (None if self._source_rank is None
+                  else self._source_rank[start:start + chunk_tokens])
             yield ids[start:start + chunk_tokens], sr
 
     def __repr__(self) -> str:

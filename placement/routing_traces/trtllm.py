@@ -1,0 +1,134 @@
+"""TensorRT-LLM expert-statistic directories, read into a :class:`Trace`.
+
+TensorRT-LLM (``tensorrt_llm/_torch/expert_statistic.py``) records, for iterations
+``EXPERT_STATISTIC_ITER_RANGE="start-stop"``, into ``EXPERT_STATISTIC_PATH``:
+
+* ``meta_info.json``: ``{"num_experts": E, "num_experts_per_token": k}`` (written by rank 0);
+* ``rank{r}.safetensors``: keys ``"{iter}_{layer}"`` -> ``[E]`` tokens of rank ``r`` routed to
+  each expert (``torch.bincount`` of the selected ids), ``layer`` being the decoder-layer index.
+
+The trace holds counts ``[W = iterations, R = ranks, L = layers, E]``, ``top_k`` from the meta
+file. With TensorRT-LLM's online load balancer on, the recorder counts expert SLOTS (``E`` is
+then ``num_slots``): the trace describes slots, not logical experts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from placement.errors import TraceFormatError
+from placement.routing_traces.trace import Trace
+
+__all__ = ["is_trtllm_dir", "read_trtllm_dir"]
+
+_RANK_FILE = re.compile(r"^rank(\d+)\.safetensors$")
+_KEY = re.compile(r"^(\d+)_(\d+)$")
+
+
+def is_trtllm_dir(path: Path) -> bool:
+    """Whether ``path`` looks like an expert-statistic directory (has ``meta_info.json``)."""
+    return path.is_dir() and (path / "meta_info.json").is_file()
+
+
+def _meta_int(meta: dict[str, object], key: str, path: Path) -> int:
+    v = meta.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise TraceFormatError(f"Expected {key} to be an integer >= 1, got {v!r}.", path)
+    return v
+
+
+def read_trtllm_dir(path: str | Path) -> Trace:
+    """Read a TensorRT-LLM statistics directory (``meta_info.json``, ``rank*.safetensors``)."""
+    path = Path(path)
+    meta_path = path / "meta_info.json"
+    # 1. meta_info.json
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TraceFormatError("no meta_info.json: not a TensorRT-LLM statistics directory.",
+                               path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"not valid JSON ({exc}).", meta_path) from None
+    if not isinstance(meta, dict):
+        raise TraceFormatError(
+            f"Expected an object with num_experts and num_experts_per_token, got {meta!r:.40}.",
+            meta_path,
+        )
+    E = _meta_int(meta, "num_experts", meta_path)
+    k = _meta_int(meta, "num_experts_per_token", meta_path)
+
+    # 2. the rank files must be rank0 .. rank{R-1}
+    files: dict[int, Path] = {}
+    for f in path.iterdir():
+        m = _RANK_FILE.match(f.name)
+        if m:
+            files[int(m.group(1))] = f
+    if not files:
+        raise TraceFormatError("no rank*.safetensors files next to meta_info.json.", path)
+    R = max(files) + 1
+    missing = [r for r in range(R) if r not in files]
+    if missing:
+        raise TraceFormatError(
+            f"missing rank{missing[0]}.safetensors (found ranks {sorted(files)}).", path
+        )
+
+    # 3. every key "{iter}_{layer}" -> [E] counts
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    per_rank: list[dict[tuple[int, int], np.ndarray]] = []
+    for r in range(R):
+        f = files[r]
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise TraceFormatError(f"not a readable safetensors file ({exc}).", f) from None
+        got: dict[tuple[int, int], np.ndarray] = {}
+        for key, value in tensors.items():
+            m = _KEY.match(key)
+            if not m:
+                raise TraceFormatError(
+                    f"unexpected key {key!r} (expected '{{iter}}_{{layer}}').", f
+                )
+            a = np.asarray(value)
+            if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer)
+                                       or np.issubdtype(a.dtype, np.floating)):
+                raise TraceFormatError(f"{key} holds dtype {a.dtype}, not counts.", f)
+            if a.shape != (E,):
+                raise TraceFormatError(
+                    f"Expected {key} of shape ({E},) (num_experts={E}), got {a.shape}.", f
+                )
+            a = a.astype(np.float64)
+            if not np.isfinite(a).all():
+                raise TraceFormatError(f"{key} holds NaN or infinite values.", f)
+            if a.min() < 0:
+                raise TraceFormatError(f"{key} holds negative counts (min {a.min():g}).", f)
+            got[(int(m.group(1)), int(m.group(2)))] = a
+        per_rank.append(got)
+    keys = sorted({key for got in per_rank for key in got})
+    if not keys:
+        raise TraceFormatError("the rank files hold no statistics.", path)
+    iters = sorted({i for i, _ in keys})
+    layers = sorted({layer for _, layer in keys})
+    w_of = {it: n for n, it in enumerate(iters)}
+    l_of = {layer: n for n, layer in enumerate(layers)}
+
+    # 4. [W, R, L, E]; an (iteration, layer) a rank did not record counts zero
+    counts = np.zeros((len(iters), R, len(layers), E), dtype=np.float64)
+    for r, got in enumerate(per_rank):
+        for (it, layer), a in got.items():
+            counts[w_of[it], r, l_of[layer]] = a
+    try:
+        return Trace(
+            num_experts=E,
+            counts=counts,
+            layer_ids=layers,
+            window_names=[str(it) for it in iters],
+            top_k=k,
+        )
+    except TraceFormatError as exc:
+        raise TraceFormatError(exc.reason, path) from None

@@ -1,0 +1,24 @@
+"""Fixtures shared by every test area."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    """The repository root."""
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the checkout (read-only real data); a missing folder fails the test."""
+    if not (SHARED / "traces").is_dir():
+        pytest.fail(f"shared data not found at {SHARED} (expected ../shared beside the checkout)")
+    return SHARED
