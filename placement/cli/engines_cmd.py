@@ -1,1 +1,134 @@
-"""Placeholder: this command module is being written."""
+"""``placement export`` and ``placement import``: plans to engine files and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from placement.cli._app import cluster_options, echo_err, main
+from placement.engines import (
+    FILL_CHOICES,
+    FORMATS,
+    ExportResult,
+    ImportResult,
+    complete_cluster,
+    engine_file_to_plan,
+    export_plan,
+    parse_layer_spec,
+    read_engine_file,
+)
+from placement.errors import InputError
+from placement.plan import Plan
+
+__all__ = ["export_cmd", "format_export", "format_import", "import_cmd"]
+
+_IDS_HELP = "Layer ids, e.g. '0-2' or '3-60,62'."
+
+
+def format_export(result: ExportResult) -> tuple[str, list[str]]:
+    """``(stdout text, warning lines)`` for an export."""
+    lines = [f"wrote {result.path}: {result.description}"]
+    lines += [f"note: {n}" for n in result.notes]
+    lines += list(result.usage)
+    return "\n".join(lines), [f"warning: {w}" for w in result.warnings]
+
+
+def format_import(result: ImportResult, output: str) -> str:
+    """Text for an import."""
+    return result.summary() + f"\nwrote {output}"
+
+
+@main.command("export")
+@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
+              help="Engine format to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Output file (sglang: .json or .pt; eplb: .pt or .npz; trtllm: .yaml; "
+                   "vllm-ascend: .json).")
+@click.option("--num-hidden-layers", type=click.IntRange(min=1),
+              help="Decoder layers of the model, dense ones included (when the plan lacks it).")
+@click.option("--dense-layers", metavar="IDS",
+              help=f"Decoder layers without routed experts. {_IDS_HELP} Default: the layers "
+                   "below the first planned one.")
+@click.option("--fill-missing", type=click.Choice(FILL_CHOICES), default="error",
+              show_default=True,
+              help="MoE layers the plan does not cover: refuse, or give them the engine's "
+                   "default placement.")
+@click.option("--mtp-layers", metavar="IDS",
+              help="trtllm: MTP layer ids that need an assignment (DeepSeek-V3: 61).")
+@click.option("--mtp-copy-from", type=click.IntRange(min=0), metavar="LAYER",
+              help="trtllm: the layer whose assignment MTP layers copy (default: the last).")
+def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | None,
+               dense_layers: str | None, fill_missing: str, mtp_layers: str | None,
+               mtp_copy_from: int | None) -> None:
+    """Write PLAN as an engine placement file, and print how to use it.
+
+    \b
+    placement export plan.json --format sglang -o init_expert_location.json
+    placement export plan.json --format trtllm --mtp-layers 61 -o moe_load_balancer.yaml
+    """
+    plan = Plan.load(plan_file)
+    result = export_plan(
+        plan, fmt, output, num_hidden_layers=num_hidden_layers,
+        dense_layers=parse_layer_spec(dense_layers), fill_missing=fill_missing,
+        mtp_layers=parse_layer_spec(mtp_layers) or (), mtp_copy_from=mtp_copy_from,
+    )
+    text, warnings = format_export(result)
+    click.echo(text)
+    for w in warnings:
+        echo_err(w)
+
+
+@main.command("import")
+@click.argument("engine_file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Plan file to write (JSON).")
+@cluster_options
+@click.option("--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto",
+              show_default=True, help="Engine format (auto: by content).")
+@click.option("--num-experts", type=click.IntRange(min=1),
+              help="Logical experts per layer (default: the file's, else the largest id + 1).")
+@click.option("--layer-ids", metavar="IDS",
+              help=f"Decoder-layer ids of the MoE layers. {_IDS_HELP}")
+@click.option("--dense-layers", metavar="IDS",
+              help=f"Decoder layers without experts. {_IDS_HELP}")
+@click.option("--first-k-dense", type=click.IntRange(min=0), metavar="K",
+              help="The first K decoder layers are dense (DeepSeek: 3).")
+@click.option("--num-hidden-layers", type=click.IntRange(min=1),
+              help="Decoder layers of the model, dense ones included.")
+@click.option("--mtp-layers", metavar="IDS", help="trtllm: ids of MTP layers to leave out.")
+@click.option("--model", "model_name", help="Model name to record in the plan.")
+def import_cmd(engine_file: str, output: str, fmt: str, num_experts: int | None,
+               layer_ids: str | None, dense_layers: str | None, first_k_dense: int | None,
+               num_hidden_layers: int | None, mtp_layers: str | None, model_name: str | None,
+               **cluster_kw: Any) -> None:
+    """Read a deployed engine placement FILE into a plan.
+
+    \b
+    placement import init_expert_location.json --preset deepseek-prefill -o deployed.json
+    placement import expert_map.json --gpus-per-node 8 --first-k-dense 3 -o deployed.json
+
+    The cluster comes from --preset/--cluster/--nodes/--gpus-per-node/--slots-per-gpu; what
+    the file says (its slots, device count) fills in the rest and is checked against them.
+    """
+    if first_k_dense is not None and dense_layers is not None:
+        raise click.UsageError("Give either --dense-layers or --first-k-dense, not both.")
+    dense = (tuple(range(first_k_dense)) if first_k_dense is not None
+             else parse_layer_spec(dense_layers))
+    ef = read_engine_file(engine_file, fmt)
+    cluster = complete_cluster(
+        ef, preset=cluster_kw.get("cluster_preset"), cluster_file=cluster_kw.get("cluster_file"),
+        num_nodes=cluster_kw.get("num_nodes"), gpus_per_node=cluster_kw.get("gpus_per_node"),
+        slots_per_gpu=cluster_kw.get("slots_per_gpu"),
+    )
+    mtp = parse_layer_spec(mtp_layers)
+    if mtp is not None and ef.fmt != "trtllm":
+        raise InputError("--mtp-layers applies to trtllm files only.")
+    result = engine_file_to_plan(
+        ef, cluster, num_experts=num_experts, layer_ids=parse_layer_spec(layer_ids),
+        dense_layers=dense, num_hidden_layers=num_hidden_layers, mtp_layers=mtp,
+        model=model_name,
+    )
+    result.plan.save(output)
+    click.echo(format_import(result, output))

@@ -241,6 +241,8 @@ def test_read_prompts_and_ids(tmp_path):
     assert read_prompts(tmp_path / "p.txt") == ["first prompt", "second"]
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a"}) + "\n" + json.dumps("b") + "\n")
     assert read_prompts(tmp_path / "p.jsonl") == ["a", "b"]
+    (tmp_path / "p.json").write_text('["one", "", "two"]')
+    assert read_prompts(tmp_path / "p.json") == ["one", "two"]
     (tmp_path / "bad.jsonl").write_text('{"x": 1}\n')
     with pytest.raises(InputError, match=r"bad\.jsonl:1"):
         read_prompts(tmp_path / "bad.jsonl")

@@ -1,0 +1,100 @@
+"""``placement capture``: exit codes and exact lines, with and without transformers."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from placement.cli import main
+from placement.routing_traces import read_native
+
+INSTALL = "error: capture needs the transformers package: pip install 'placement[capture]'\n"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Qwen3-MoE (3 layers, 8 experts, top-2) with a word-level tokenizer."""
+    transformers = pytest.importorskip(
+        "transformers", reason="capture tests need transformers: pip install 'placement[capture]'"
+    )
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    d = tmp_path_factory.mktemp("qwen3-moe-tiny")
+    cfg = transformers.Qwen3MoeConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=16, pad_token_id=0, bos_token_id=2,
+        eos_token_id=3,
+    )
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    vocab.update({f"w{i}": i + 4 for i in range(96)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                         pad_token="[PAD]").save_pretrained(d)
+    return d
+
+
+def test_capture_prompts(model_dir, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
+    out = tmp_path / "trace.npz"
+    r = run("capture", model_dir, "--prompts", prompts, "-o", out, "--batch-size", 2)
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ("captured 9 tokens x 3 MoE layers (decoder layers 0-2) x top-2 of 8 "
+                        f"experts in 2 batch(es) -> {out}\n")
+    t = read_native(out)
+    assert t.topk_ids.shape == (9, 3, 2) and t.model == model_dir.name
+    assert t.window.tolist() == [0] * 5 + [1] * 4
+
+
+def test_capture_token_ids_and_text(model_dir, tmp_path):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.arange(4, 24))
+    out = tmp_path / "t.npz"
+    r = run("capture", model_dir, "--token-ids", ids, "--max-length", 8, "-o", out,
+            "--model-name", "tiny")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ("captured 20 tokens x 3 MoE layers (decoder layers 0-2) x top-2 of 8 "
+                        f"experts in 1 batch(es) -> {out}\n")
+    assert read_native(out).model == "tiny"
+    text = tmp_path / "t.txt"
+    text.write_text("w1 w2 w3 w4 w5")
+    r = run("capture", model_dir, "--text", text, "-o", out)
+    assert r.exit_code == 0 and r.stdout.startswith("captured 5 tokens")
+
+
+def test_capture_input_errors(model_dir, tmp_path):
+    r = run("capture", model_dir, "-o", tmp_path / "t.npz")
+    assert r.exit_code == 2
+    assert "Give exactly one of --prompts, --text or --token-ids." in r.stderr
+    r = run("capture", model_dir, "--prompts", tmp_path / "none.txt", "-o", tmp_path / "t.npz")
+    assert r.exit_code == 1
+    assert r.stderr == f"error: {tmp_path / 'none.txt'}: no such file.\n"
+    np.save(tmp_path / "big.npy", np.array([5, 1000]))
+    r = run("capture", model_dir, "--token-ids", tmp_path / "big.npy", "-o", tmp_path / "t.npz")
+    assert r.exit_code == 1
+    assert r.stderr == "error: token id 1000 is outside the model's vocabulary (100).\n"
+    r = run("capture", tmp_path, "--token-ids", tmp_path / "big.npy", "-o", tmp_path / "t.npz")
+    assert r.exit_code == 1
+    assert r.stderr == (f"error: {tmp_path}: not a local Hugging Face model directory (no "
+                        "config.json); capture loads local weights only.\n")
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_capture_without_transformers(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    (tmp_path / "p.txt").write_text("hello\n")
+    r = run("capture", tmp_path, "--prompts", tmp_path / "p.txt", "-o", tmp_path / "t.npz")
+    assert r.exit_code == 1
+    assert r.stderr == INSTALL
