@@ -69,40 +69,51 @@ def static_dispatch(phy2log: np.ndarray, cluster: Cluster, num_experts: int) -> 
 
     A token on GPU ``r`` uses (1) the first replica on ``r`` itself, else (2) a replica on ``r``'s
     node, else (3) any replica; in (2) and (3) the source GPUs that need a choice are spread
-    round-robin over the candidates, starting at an offset that depends on the expert, so that
-    every replica receives an even share of the source GPUs. Deterministic.
+    round-robin over the candidates (the j-th such GPU, in GPU order, takes candidate
+    ``(j + e) mod n`` of expert ``e``'s ``n`` candidates in slot order), so every replica receives
+    an even share of the source GPUs. Deterministic; vectorised over GPUs and experts.
     """
-    L = phy2log.shape[0]
+    p2l = np.asarray(phy2log, dtype=np.int64)
+    L, P = p2l.shape
+    E = num_experts
     G, spg, gpn = cluster.num_gpus, cluster.slots_per_gpu, cluster.gpus_per_node
-    log2phy = compute_log2phy(phy2log, num_experts)  # [L, E, R]
-    out = np.full((L, G, num_experts), -1, dtype=np.int64)
-    gpus = np.arange(G)
-    node_of_gpu = gpus // gpn
+    N = cluster.num_nodes
+    slots = np.arange(P)
+    slot_gpu = slots // spg
+    slot_node = slot_gpu // gpn
+    gpu_node = np.arange(G) // gpn
+    e_idx = np.arange(E)
+    out = np.empty((L, G, E), dtype=np.int64)
     for layer in range(L):
-        for e in range(num_experts):
-            cand = log2phy[layer, e]
-            cand = cand[cand >= 0]
-            cgpu = cand // spg
-            cnode = cgpu // gpn
-            col = out[layer, :, e]
-            # 1. same GPU (first replica in slot order)
-            first_on_gpu = np.full(G, -1, dtype=np.int64)
-            first_on_gpu[cgpu[::-1]] = cand[::-1]
-            col[:] = first_on_gpu
-            need = col < 0
-            if not need.any():
-                continue
-            # 2. same node, spread round-robin over the node's replicas
-            for node in np.unique(cnode):
-                on_node = cand[cnode == node]
-                rows = gpus[need & (node_of_gpu == node)]
-                if rows.size:
-                    col[rows] = on_node[(np.arange(rows.size) + e) % on_node.size]
-            need = col < 0
-            # 3. elsewhere, spread round-robin over all replicas
-            rows = gpus[need]
-            if rows.size:
-                col[rows] = cand[(np.arange(rows.size) + e) % cand.size]
+        row = p2l[layer]
+        # 1. same GPU: the first replica in slot order
+        first = np.full(G * E, P, dtype=np.int64)
+        np.minimum.at(first, slot_gpu * E + row, slots)
+        tab = np.where(first < P, first, -1).reshape(G, E)
+        # candidates per (node, expert) and per expert, in slot order
+        order = np.lexsort((slots, row, slot_node))  # by node, then expert, then slot
+        key = slot_node[order] * E + row[order]
+        node_cnt = np.bincount(key, minlength=N * E).reshape(N, E)
+        node_start = np.concatenate(([0], np.cumsum(node_cnt.reshape(-1))[:-1])).reshape(N, E)
+        order_all = np.lexsort((slots, row))  # by expert, then slot
+        cnt = np.bincount(row, minlength=E)
+        start = np.concatenate(([0], np.cumsum(cnt)[:-1]))
+        # 2. same node: the j-th needing GPU of the node takes candidate (j + e) mod n
+        need = tab < 0
+        n_node = node_cnt[gpu_node]  # [G, E]
+        use_node = need & (n_node > 0)
+        j = np.zeros((G, E), dtype=np.int64)
+        for node in range(N):
+            rows = slice(node * gpn, (node + 1) * gpn)
+            j[rows] = np.cumsum(use_node[rows], axis=0) - 1
+        pick = node_start[gpu_node] + (j + e_idx[None, :]) % np.maximum(n_node, 1)
+        tab = np.where(use_node, order[np.where(use_node, pick, 0)], tab)
+        # 3. elsewhere: the j-th remaining GPU takes candidate (j + e) mod n of all replicas
+        rest = tab < 0
+        j = np.cumsum(rest, axis=0) - 1
+        pick = start[None, :] + (j + e_idx[None, :]) % np.maximum(cnt, 1)[None, :]
+        tab = np.where(rest, order_all[np.where(rest, pick, 0)], tab)
+        out[layer] = tab
     return out
 
 

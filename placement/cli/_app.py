@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -12,7 +13,14 @@ import click
 from placement.cluster import Cluster, load_cluster
 from placement.errors import PlacementError
 
-__all__ = ["cluster_options", "cluster_from_options", "echo_err", "main"]
+__all__ = [
+    "cluster_from_options",
+    "cluster_options",
+    "echo_err",
+    "main",
+    "pass_cluster",
+    "progress_bar",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,3 +99,30 @@ def pass_cluster(func: F) -> F:
         return func(*args, **kwargs)
 
     return cluster_options(wrapper)  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(label: str, unit: str = "") -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr while it is a terminal (``None`` otherwise), as a
+    ``progress(done, total)`` callback for the library's long-running functions."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn(unit), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -1,1 +1,163 @@
-"""Placeholder: this command module is being written."""
+"""``placement compare``: plans and baselines on held-out traces, written up as a report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from placement.cli._app import cluster_from_options, cluster_options, echo_err, main
+from placement.cli.validate_cmd import load_trace_arg, resolve_model
+from placement.cost import MODEL_PRESETS, OVERLAPS, CostOptions
+from placement.errors import InputError, TraceFormatError
+from placement.plan import PLAN_FORMAT, Plan
+from placement.report import BASELINES, compare, format_comparison, write_report
+from placement.routing_traces.trace import Trace
+from placement.validation import DEVICES, RULES
+
+__all__ = ["baseline_sources", "compare_cmd", "is_plan_file"]
+
+
+def is_plan_file(path: str) -> bool:
+    """True when ``path`` is a JSON file with ``"format": "placement-plan"`` (told by content)."""
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        with p.open("rb") as fh:
+            if not fh.read(256).lstrip().startswith(b"{"):
+                return False  # binary (.npz, .pt) or not a JSON object
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
+
+
+def baseline_sources(
+    baseline_from: tuple[str, ...], plans: list[Plan], plan_files: list[str],
+    heldout: list[str],
+) -> list[str]:
+    """Where EPLB baselines are planned from: ``--baseline-from``, else the plans' recorded
+    inputs (``settings["inputs"]``, written by ``placement solve``). Never the held-out traces
+    without being told: a recorded input that is also held out is an error."""
+    if baseline_from:
+        return list(baseline_from)
+    recorded: list[str] = []
+    for p, f in zip(plans, plan_files, strict=True):
+        ins = p.settings.get("inputs")
+        if isinstance(ins, list) and all(isinstance(x, str) for x in ins):
+            if recorded and ins != recorded:
+                raise InputError(
+                    f"{f}: the plans were made from different traces; say which to plan the "
+                    "baselines from with --baseline-from TRACE."
+                )
+            recorded = list(ins)
+    if not recorded:
+        return []
+    same = {str(Path(h).resolve()) for h in heldout} & {str(Path(r).resolve()) for r in recorded}
+    if same:
+        raise InputError(
+            f"the plans were made from {sorted(same)[0]}, which is also given as held-out: "
+            "judge plans on other data, or give --baseline-from TRACE explicitly."
+        )
+    return recorded
+
+
+@main.command("compare", short_help="Compare plans with baselines on held-out traces.")
+@click.argument("inputs", nargs=-1, required=True, metavar="TRACE... PLAN...")
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(BASELINES),
+              help="Baseline to make for the same cluster and compare with (repeatable) "
+                   "[default: eplb].")
+@click.option("--no-baseline", is_flag=True, help="Compare the given plans only.")
+@click.option("--baseline-from", multiple=True, metavar="TRACE",
+              help="Traces the EPLB baselines are planned from [default: the plans' recorded "
+                   "inputs]. Never the held-out traces unless you say so here.")
+@cluster_options
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="Model shape for bytes, tokens/s and $ [default: guessed].")
+@click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
+              help="Compute/communication overlap in the cost model.")
+@click.option("--efficiency", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
+              show_default=True, help="Share of the cluster's TFLOP/s the expert GEMMs reach.")
+@click.option("--price", type=click.FloatRange(min=0), default=None,
+              help="$ per GPU-hour [default: the cluster's].")
+@click.option("--layer", type=int, default=None,
+              help="Decoder layer of the traffic-matrix figure [default: the busiest].")
+@click.option("--dispatch", type=click.Choice(RULES), default="static", show_default=True,
+              help="Dispatch rule of the replays.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where the replays run.")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Directory for report.md, report.html and the figures.")
+def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
+                baseline_from: tuple[str, ...], model_name: str | None, overlap: str,
+                efficiency: float, price: float | None, layer: int | None, dispatch: str,
+                device: str, out_dir: str, **cluster_kwargs: Any) -> None:
+    """Replay PLANs and baselines on held-out TRACEs and write a report.
+
+    Arguments are held-out traces and plan files in any order (a plan file is JSON with
+    "format": "placement-plan"). Baselines are made for the plans' cluster from
+    --baseline-from traces, or from the traces the plans were made from (recorded by
+    `placement solve`); `contiguous` needs no data.
+
+    \b
+    placement compare heldout.npz plan.json --baseline eplb --baseline contiguous -o report/
+    placement compare decode_b.json --preset deepseek-decode --baseline-from decode_a.json \\
+        --baseline eplb --baseline contiguous -o report/
+    """
+    plan_files = [a for a in inputs if is_plan_file(a)]
+    trace_files = [a for a in inputs if a not in plan_files]
+    if not trace_files:
+        raise InputError("no held-out trace given (every argument is a plan file).")
+    plans = [Plan.load(f) for f in plan_files]
+    any_cluster = any(cluster_kwargs.get(k) is not None for k in
+                      ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
+                       "slots_per_gpu"))
+    cluster = cluster_from_options(cluster_kwargs) if (any_cluster or not plans) else None
+    if no_baseline:
+        chosen: tuple[str, ...] = ()
+    else:
+        chosen = baselines or ("eplb",)
+    traces: list[Trace] = [load_trace_arg(t) for t in trace_files]
+    needs_data = any(b != "contiguous" for b in chosen)
+    sources = baseline_sources(baseline_from, plans, plan_files, trace_files) if needs_data \
+        else []
+    if needs_data and not sources:
+        raise InputError(
+            "the EPLB baseline needs the traces the plans were made from: give --baseline-from "
+            "TRACE (never the held-out traces), or --baseline contiguous only."
+        )
+    base_inputs = []
+    for s in sources:
+        try:
+            base_inputs.append(load_trace_arg(s))
+        except TraceFormatError as exc:
+            if baseline_from:
+                raise
+            raise InputError(f"{exc} (a trace the plan was made from; give --baseline-from "
+                             "TRACE to plan the baselines from other data)") from None
+    model = resolve_model(model_name, plans[0] if plans else None, traces[0])
+    options = CostOptions(overlap=overlap, efficiency=efficiency, usd_per_gpu_hour=price)
+
+    def progress(line: str) -> None:
+        if sys.stderr.isatty():
+            echo_err(line)
+
+    cmp = compare(
+        traces, plans, baselines=chosen, baseline_inputs=base_inputs, cluster=cluster,
+        model=model, cost_options=options, dispatch=dispatch,
+        labels=[Path(f).stem for f in plan_files], trace_names=[Path(t).name for t in trace_files],
+        baseline_source=", ".join(Path(s).name for s in sources), device=device,
+        progress=progress,
+    )
+    paths = write_report(cmp, out_dir, layer=layer)
+    if model is None:
+        echo_err("note: model shape unknown, so no bytes, tokens/s or $: give --model NAME.")
+    elif model_name is None:
+        echo_err(f"note: model shape guessed: {model.name} (give --model NAME to choose).")
+    click.echo(format_comparison(cmp))
+    click.echo(f"wrote {len(paths)} files to {out_dir}: "
+               + ", ".join(p.name for p in paths))

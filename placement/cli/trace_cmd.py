@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from placement.cli._app import main
+from placement.cli._app import main, progress_bar
 from placement.routing_traces.native import write_native
 from placement.routing_traces.readers import bundled_trace_path, bundled_traces, load_trace
 from placement.routing_traces.stats import describe_trace, format_trace_stats, inspect_trace
@@ -21,24 +18,6 @@ __all__ = ["trace"]
 
 def _load(sources: tuple[str, ...]) -> Trace:
     return load_trace(sources[0] if len(sources) == 1 else list(sources))
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 @main.group("trace")
@@ -91,7 +70,7 @@ def synth_cmd(preset: str, tokens: int, windows: int, source_ranks: int, layers:
               output: str) -> None:
     """Write a synthetic token-level trace (skew, co-activation, drift, source ranks)."""
     like_trace = load_trace(like) if like is not None else None
-    with _progress(f"synthesizing {preset}") as progress:
+    with progress_bar(f"synthesizing {preset}") as progress:
         t = synthesize(preset, num_tokens=tokens, num_windows=windows,
                        num_source_ranks=source_ranks or None, seed=seed, like=like_trace,
                        num_layers=layers, skew=skew, drift=drift, progress=progress)

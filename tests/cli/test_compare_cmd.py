@@ -1,0 +1,143 @@
+"""``placement compare``: plans told from traces by content, baselines' data, files, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from placement.cli import main
+from placement.cluster import Cluster
+from placement.plan import Plan
+from placement.routing_traces import Trace, write_native
+
+E = 8
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_line_error(result: Result, fragment: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+
+
+def _trace(seed: int) -> Trace:
+    rng = np.random.default_rng(seed)
+    p = np.array([0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.05, 0.05])
+    ids = np.stack([np.stack([rng.choice(E, 2, replace=False, p=p) for _ in range(2)])
+                    for _ in range(40)])
+    return Trace(num_experts=E, topk_ids=ids, layer_ids=[3, 4], source_rank=rng.integers(0, 4, 40),
+                 model="toy")
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict[str, str]:
+    write_native(_trace(1), tmp_path / "fit.npz")
+    write_native(_trace(2), tmp_path / "held.npz")
+    rows = np.array([[0, 1, 2, 0, 1, 3, 6, 1, 4, 0, 7, 5], [0, 1, 6, 0, 1, 7, 4, 1, 2, 0, 5, 3]])
+    plan = Plan(cluster=Cluster(2, 2, 3), num_experts=E, layer_ids=np.array([3, 4]),
+                phy2log=rows, method="hand", settings={"inputs": [str(tmp_path / "fit.npz")]})
+    plan.save(tmp_path / "mine.json")
+    bare = Plan(cluster=Cluster(2, 2, 3), num_experts=E, layer_ids=np.array([3, 4]),
+                phy2log=rows, method="hand")
+    bare.save(tmp_path / "bare.json")
+    return {k: str(tmp_path / f) for k, f in (("fit", "fit.npz"), ("held", "held.npz"),
+                                              ("mine", "mine.json"), ("bare", "bare.json"),
+                                              ("out", "report"))}
+
+
+def test_report_from_recorded_inputs(setup: dict[str, str]) -> None:
+    # plan first, trace second: told apart by content
+    r = _run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
+             "contiguous", "--model", "olmoe-1b-7b", "--layer", "4", "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
+                       "dispatch static"
+    assert lines[1].split() == ["plan", "imbalance", "sends/token", "GB/1M", "tok", "tokens/s",
+                                "$/1M", "tok"]
+    assert [ln.split()[0] for ln in lines[2:5]] == ["mine", "eplb", "contiguous"]
+    assert lines[-1] == (f"wrote 6 files to {setup['out']}: imbalance.png, cross_node_sends.png, "
+                         "tokens_per_gpu.png, traffic_matrix.png, report.md, report.html")
+    md = (Path(setup["out"]) / "report.md").read_text()
+    assert "planned from fit.npz" in md
+    assert "## Traffic matrix of layer 4" in md
+    assert "| mine | hand | " in md
+
+
+def test_baseline_from_overrides(setup: dict[str, str], tmp_path: Path) -> None:
+    out = str(tmp_path / "r2")
+    r = _run("compare", setup["held"], setup["bare"], "--baseline-from", setup["fit"], "-o", out)
+    assert r.exit_code == 0, r.output
+    assert [ln.split()[0] for ln in r.stdout.splitlines()[2:4]] == ["bare", "eplb"]
+    # 8 experts, top-2: the only preset that fits is Mixtral; the guess is said
+    assert r.stderr == "note: model shape guessed: mixtral-8x7b (give --model NAME to choose).\n"
+
+
+def test_eplb_without_data_is_one_line(setup: dict[str, str]) -> None:
+    _one_line_error(_run("compare", setup["held"], setup["bare"], "-o", setup["out"]),
+                    "the EPLB baseline needs the traces the plans were made from: give "
+                    "--baseline-from TRACE")
+    assert not Path(setup["out"]).exists()
+
+
+def test_contiguous_needs_no_data(setup: dict[str, str]) -> None:
+    r = _run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
+             "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    assert (Path(setup["out"]) / "report.html").is_file()
+
+
+def test_heldout_equal_to_recorded_input_is_refused(setup: dict[str, str]) -> None:
+    _one_line_error(_run("compare", setup["fit"], setup["mine"], "-o", setup["out"]),
+                    "which is also given as held-out")
+
+
+def test_baselines_only_with_cluster_options(setup: dict[str, str], tmp_path: Path) -> None:
+    out = str(tmp_path / "r3")
+    r = _run("compare", setup["held"], "--nodes", "2", "--gpus-per-node", "2",
+             "--slots-per-gpu", "3", "--baseline", "contiguous", "-o", out)
+    assert r.exit_code == 0, r.output
+    r = _run("compare", setup["held"], "--baseline", "contiguous", "-o", out)
+    _one_line_error(r, "Cluster not fully given")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--layer", "9"], "--layer 9 was not replayed"),
+        (["--nodes", "1", "--gpus-per-node", "4", "--slots-per-gpu", "3"],
+         "the cluster options give 1x4x3 but the plans are for 2x2x3"),
+    ],
+)
+def test_one_line_errors(setup: dict[str, str], extra: list[str], fragment: str) -> None:
+    r = _run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
+             "-o", setup["out"], *extra)
+    _one_line_error(r, fragment)
+
+
+def test_only_plans_and_mismatched_trace(setup: dict[str, str], tmp_path: Path) -> None:
+    _one_line_error(_run("compare", setup["mine"], "-o", setup["out"]),
+                    "no held-out trace given")
+    other = Trace(num_experts=E, topk_ids=np.tile(np.array([0, 1]), (3, 1, 1)), layer_ids=[7])
+    write_native(other, tmp_path / "l7.npz")
+    _one_line_error(_run("compare", str(tmp_path / "l7.npz"), setup["bare"], "--baseline",
+                         "contiguous", "-o", setup["out"]),
+                    "the trace has layer(s) 7 that the plan lacks")
+
+
+def test_plan_detection(setup: dict[str, str], tmp_path: Path) -> None:
+    from placement.cli.compare_cmd import is_plan_file
+
+    assert is_plan_file(setup["mine"])
+    assert not is_plan_file(setup["held"])
+    (tmp_path / "counts.json").write_text(json.dumps({"logical_count": [[1, 2]]}))
+    assert not is_plan_file(str(tmp_path / "counts.json"))
+    assert not is_plan_file(str(tmp_path / "missing.json"))
