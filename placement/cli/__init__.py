@@ -7,6 +7,7 @@ functions turn results into text, and the commands only print.
 from placement.cli import (  # noqa: F401  (modules register their commands on import)
     capture_cmd,
     compare_cmd,
+    demo_cmd,
     engines_cmd,
     solve_cmd,
     trace_cmd,

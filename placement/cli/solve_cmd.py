@@ -1,1 +1,143 @@
-"""Placeholder: this command module is being written."""
+"""``placement solve``: traces in, a plan out (the optimizer or a baseline)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.routing_traces.trace import Trace
+from placement.solver import METHODS, SolveOptions, SolveResult, format_solve_result, solve
+from placement.solver.problem import ROBUST_MODES, ProblemData
+
+__all__ = ["format_saved", "format_solve_summary", "solve_cmd", "solve_summary_dict"]
+
+
+def _load(path: str) -> Trace:
+    from placement.routing_traces import load_trace
+
+    return load_trace(path)
+
+
+def _mean(v: list[float] | None) -> float | None:
+    return None if not v else float(np.mean(v))
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[str, Any]:
+    """The figures of a solve as a JSON-ready dict (means over layers; per layer under
+    ``per_layer``)."""
+    p = result.plan
+    gap = p.gap
+    out: dict[str, Any] = {
+        "method": p.method,
+        "status": p.status,
+        "wall_time": p.wall_time,
+        "cluster": p.cluster.shape,
+        "num_layers": p.num_layers,
+        "num_experts": p.num_experts,
+        "objectives": {k: _mean(v) for k, v in p.objectives.items()},
+        "reference_method": result.reference_method if result.reference else None,
+        "reference": {k: _mean(v) for k, v in result.reference.items()},
+        "lower_bound": None if p.lower_bound is None else _mean(p.lower_bound),
+        "gap": None if gap is None else _finite(float(np.nanmean(gap))) if gap else None,
+        "per_layer": {
+            "layer_ids": p.layer_ids.tolist(),
+            "objectives": p.objectives,
+            "reference": result.reference,
+            "lower_bound": p.lower_bound,
+            "gap": gap,
+        },
+        "messages": list(result.messages),
+    }
+    if output is not None:
+        out["output"] = output
+    return out
+
+
+def format_saved(output: str) -> str:
+    """The line that says where the plan went."""
+    return f"saved plan to {output}"
+
+
+def format_solve_summary(result: SolveResult, output: str | None = None, *,
+                         per_layer: bool = False) -> str:
+    """The text a user reads after ``placement solve``."""
+    text = format_solve_result(result, per_layer=per_layer)
+    if output is not None:
+        text += "\n" + format_saved(output)
+    return text
+
+
+@main.command("solve", short_help="Plan expert placement from traces.")
+@click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
+@cluster_options
+@click.option("--method", type=click.Choice(METHODS), default="optimizer", show_default=True,
+              help="The optimizer, or a baseline: DeepSeek EPLB (hierarchical or global), "
+                   "the engines' contiguous default.")
+@click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
+              help="Expert groups (EPLB's hierarchical policy; node-limited routing). "
+                   "Default 8 when the experts divide by 8, else 1.")
+@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=0.05,
+              show_default=True,
+              help="Peak GPU load the optimizer may give up for less cross-node traffic, as a "
+                   "fraction of the best it finds (token-level traces only).")
+@click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None,
+              help="Node-limited routing: keep every expert group on one node, so a token "
+                   "routed to at most M groups reaches at most M nodes (DeepSeek-V3: 4).")
+@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=60.0,
+              show_default=True, help="Seconds for the whole solve; the best plan by then.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Layers solved in parallel [default: CPU cores].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed; same traces and seed, same plan.")
+@click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
+              help="How windows and traces combine: worst case or mean.")
+@click.option("--per-layer", is_flag=True, help="Add per-layer figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Plan file to write (JSON).")
+def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
+              balance_tolerance: float, max_nodes_per_token: int | None, time_limit: float,
+              jobs: int | None, seed: int, robust: str, per_layer: bool, as_json: bool,
+              output: str, **cluster_kwargs: Any) -> None:
+    """Plan where every expert's replicas live, from one or more TRACEs.
+
+    Every window of every TRACE is a scenario; the plan is made to hold up on all of them
+    (--robust max: the worst one). Token-level traces let the optimizer cut cross-node traffic
+    as well as balance load; aggregated counts give balance only. The summary compares the
+    plan with DeepSeek's EPLB on the same input.
+
+    \b
+    placement solve prefill_a.json prefill_b.json --preset deepseek-prefill -o plan.json
+    placement solve trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 10 -o plan.json
+    """
+    cluster = cluster_from_options(cluster_kwargs)
+    kwargs: dict[str, Any] = dict(method=method, num_groups=num_groups,
+                                  balance_tolerance=balance_tolerance,
+                                  max_nodes_per_token=max_nodes_per_token,
+                                  time_limit=time_limit, seed=seed, robust=robust)
+    if jobs is not None:
+        kwargs["jobs"] = jobs
+    options = SolveOptions(**kwargs)
+    loaded = [_load(t) for t in traces]
+    problem = ProblemData.from_traces(loaded, cluster)
+    with progress_bar(f"solving ({method})", "layers") as progress:
+        result = solve(problem, options=options, progress=progress)
+    inputs = [str(Path(t).resolve()) if not t.startswith("bundled:") else t for t in traces]
+    plan = dataclasses.replace(result.plan, settings={**result.plan.settings, "inputs": inputs})
+    result = dataclasses.replace(result, plan=plan)
+    plan.save(output)
+    if as_json:
+        click.echo(json.dumps(solve_summary_dict(result, output), separators=(",", ":")))
+    else:
+        click.echo(format_solve_summary(result, output, per_layer=per_layer))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,7 +30,8 @@ class SolveOptions:
             up for less cross-node traffic, as a fraction (0.05 = 5 %).
         max_nodes_per_token: node-limited routing (DeepSeek-V3 uses 4), or None.
         time_limit: seconds for the whole solve; the best plan found by then is returned.
-        jobs: layers solved in parallel.
+        jobs: layers solved in parallel (default: the machine's CPU cores; the plan does not
+            depend on it).
         seed: seed of every randomised step; same input and seed, same plan.
         robust: how scenarios (windows, traces) combine: ``"max"`` (worst case) or ``"mean"``.
     """
@@ -39,7 +41,7 @@ class SolveOptions:
     balance_tolerance: float = 0.05
     max_nodes_per_token: int | None = None
     time_limit: float = 60.0
-    jobs: int = 1
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
     robust: str = "max"
 

@@ -69,9 +69,22 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
             g = np.asarray(gap, dtype=float)
             lines.append(f"gap to bound: mean {np.nanmean(g) * 100:.2f} %, max {np.nanmax(g) * 100:.2f} %")
     if per_layer and names:
-        lines.append("per layer: " + "  ".join(names))
+        ref_key = "imbalance" if "imbalance" in result.reference else None
+        extra = []
+        if p.lower_bound is not None:
+            extra += ["bound", "gap"]
+        if ref_key:
+            extra.append(f"{result.reference_method}:imbalance")
+        lines.append("per layer: " + "  ".join(names + extra))
+        gaps = p.gap
         for i, lid in enumerate(p.layer_ids.tolist()):
-            vals = " ".join(f"{p.objectives[k][i]:.4f}" for k in names)
-            lines.append(f"  layer {lid}: {vals}")
+            vals = [f"{p.objectives[k][i]:.4f}" for k in names]
+            if p.lower_bound is not None:
+                vals.append(f"{p.lower_bound[i]:.4f}")
+                gi = None if gaps is None else gaps[i]
+                vals.append("-" if gi is None or not np.isfinite(gi) else f"{gi * 100:.2f}%")
+            if ref_key:
+                vals.append(f"{result.reference[ref_key][i]:.4f}")
+            lines.append(f"  layer {lid}: " + " ".join(vals))
     lines.extend(result.messages)
     return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""``placement demo``: the whole pipeline on a trace shipped with the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.demo import format_demo, run_demo
+from placement.solver import SolveOptions
+
+__all__ = ["demo"]
+
+
+@main.command("demo")
+@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("placement-demo"), show_default=True, help="Where to write the files.")
+@click.option("--trace", "source", default="bundled:deepseek-v3", show_default=True,
+              help="Trace with 2+ windows: plan on the first half, judge on the rest.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True, help="Seconds for the solve.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@cluster_options
+def demo(out_dir: Path, source: str, time_limit: float, seed: int, **kwargs: object) -> None:
+    """Solve, validate, export and compare on a bundled trace (default cluster: DeepSeek's
+    prefill deployment, 4 nodes x 8 GPUs x 9 slots)."""
+    if not any(kwargs.get(k) for k in ("cluster_file", "cluster_preset", "num_nodes")):
+        kwargs["cluster_preset"] = "deepseek-prefill"
+    cluster = cluster_from_options(kwargs)  # type: ignore[arg-type]
+    click.echo(f"cluster: {cluster.summary()}")
+    with progress_bar("solving layers") as progress:
+        result = run_demo(out_dir, source=source, cluster=cluster,
+                          options=SolveOptions(time_limit=time_limit, seed=seed),
+                          step=click.echo, progress=progress)
+    click.echo(format_demo(result))

@@ -1,0 +1,151 @@
+"""``placement solve``: exit codes, exact lines, the plan file, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+from placement.cli import main
+from placement.plan import Plan
+from placement.routing_traces import Trace, write_native
+
+DEEPSEEK_JSON_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
+    "deepseek_v3_sglang"
+
+
+def _run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def _assert_one_line_error(result: Result, fragment: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def counts_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    counts = np.rint(rng.dirichlet(np.full(8, 0.7), size=(2, 2)) * 10000)  # [W, L, E]
+    t = Trace(num_experts=8, counts=counts, layer_ids=[1, 2], num_hidden_layers=3, model="toy")
+    write_native(t, tmp_path / "counts.npz")
+    return tmp_path / "counts.npz"
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    clique = rng.integers(2, size=600)
+    ids = np.stack([rng.choice(4, size=2, replace=False) + 4 * c for c in clique])
+    t = Trace(num_experts=8, topk_ids=ids[:, None, :], window=np.arange(600) // 300,
+              model="toy")
+    write_native(t, tmp_path / "tokens.npz")
+    return tmp_path / "tokens.npz"
+
+
+def test_solve_prints_the_summary_and_saves_the_plan(counts_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = _run("solve", str(counts_file), "--nodes", "2", "--gpus-per-node", "2",
+             "--slots-per-gpu", "3", "--jobs", "1", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == ("method optimizer: 2 layer(s) x 8 experts on 2 node(s) x 2 GPU(s), "
+                        "3 slot(s)/GPU = 12 slots per layer")
+    assert lines[1].startswith("status OPTIMAL, wall time ")
+    assert lines[2] == f"{'objective (mean over layers)':<32}{'plan':>10}{'eplb':>10}{'ratio':>8}"
+    assert lines[3].startswith("imbalance ")
+    assert "gap to bound: mean 0.00 %, max 0.00 %" in lines
+    assert lines[-1] == f"saved plan to {out}"
+    assert "traffic unknown: the traces hold aggregated counts only" in r.stdout
+    plan = Plan.load(out)
+    assert plan.method == "optimizer" and plan.status == "OPTIMAL"
+    assert plan.settings["inputs"] == [str(counts_file.resolve())]
+    assert plan.layer_ids.tolist() == [1, 2] and plan.num_hidden_layers == 3
+
+
+def test_solve_json_and_per_layer(counts_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "4",
+             "--slots-per-gpu", "3", "--method", "eplb", "--json", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["method"] == "eplb" and data["output"] == str(out)
+    assert data["per_layer"]["layer_ids"] == [1, 2]
+    assert data["objectives"]["imbalance"] >= 1.0
+    r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "4",
+             "--slots-per-gpu", "3", "--per-layer", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    assert any(line.startswith("  layer 1: ") for line in r.stdout.splitlines())
+    assert any(line.startswith("  layer 2: ") for line in r.stdout.splitlines())
+
+
+def test_solve_token_level_reports_traffic(tokens_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.json"
+    r = _run("solve", str(tokens_file), "--nodes", "2", "--gpus-per-node", "2",
+             "--slots-per-gpu", "2", "--balance-tolerance", "0.3", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    row = [ln for ln in r.stdout.splitlines() if ln.startswith("cross_node_sends_per_token")]
+    assert len(row) == 1
+    mine, eplb = (float(x) for x in row[0].split()[1:3])
+    assert mine < eplb
+    assert "traffic unknown" not in r.stdout
+
+
+def test_deepseek_files_with_a_preset(tmp_path: Path) -> None:
+    files = [str(DEEPSEEK_JSON_DIR / f"decode_in{x}.json") for x in ("1000out1000", "1800out100")]
+    out = tmp_path / "plan.json"
+    r = _run("solve", *files, "--preset", "deepseek-decode", "--time-limit", "30", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    plan = Plan.load(out)
+    assert plan.phy2log.shape == (58, 288)
+    assert plan.num_hidden_layers == 61
+    assert plan.settings["inputs"] == files
+
+
+def test_too_few_slots(counts_file: Path, tmp_path: Path) -> None:
+    r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "2",
+             "--slots-per-gpu", "3", "-o", str(tmp_path / "p.json"))
+    _assert_one_line_error(r, "has 6 slots per layer but the model has 8 experts: short by 2")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_missing_trace(tmp_path: Path) -> None:
+    r = _run("solve", str(tmp_path / "nope.npz"), "--preset", "h100-2x8", "-o",
+             str(tmp_path / "p.json"))
+    _assert_one_line_error(r, "nope.npz")
+
+
+def test_bad_method_is_a_usage_error(counts_file: Path, tmp_path: Path) -> None:
+    r = _run("solve", str(counts_file), "--preset", "h100-2x8", "--method", "magic", "-o",
+             str(tmp_path / "p.json"))
+    assert r.exit_code == 2
+    assert "Invalid value for '--method'" in r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["--preset", "nope"], 1, "Unknown cluster preset 'nope'"),
+        (["--nodes", "2"], 1, "Cluster not fully given"),
+        (["--preset", "h100-2x8", "--robust", "min"], 2, "Invalid value for '--robust'"),
+        (["--preset", "h100-2x8", "--time-limit", "0"], 2, "Invalid value for '--time-limit'"),
+        (["--preset", "h100-2x8", "--jobs", "0"], 2, "Invalid value for '--jobs'"),
+    ],
+)
+def test_bad_options(counts_file: Path, tmp_path: Path, args: list[str], code: int,
+                     fragment: str) -> None:
+    r = _run("solve", str(counts_file), *args, "-o", str(tmp_path / "p.json"))
+    assert r.exit_code == code, r.output
+    assert fragment in r.output
+
+
+def test_output_is_required(counts_file: Path) -> None:
+    r = _run("solve", str(counts_file), "--preset", "h100-2x8")
+    assert r.exit_code == 2
+    assert "Missing option '-o'" in r.output
