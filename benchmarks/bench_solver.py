@@ -143,6 +143,7 @@ class TokenRow:
     case: str
     cluster: str
     sends: dict[str, float] = field(default_factory=dict)
+    copies: dict[str, float] = field(default_factory=dict)
     imbalance_static: dict[str, float] = field(default_factory=dict)
     imbalance_even: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -158,17 +159,19 @@ def split_half(trace: Trace) -> tuple[Trace, Trace]:
 
 
 def heldout_token_figures(phy2log: np.ndarray, held: Trace,
-                          cluster: Cluster) -> tuple[float, float, float]:
-    """``(sends per token, static-rule imbalance, even-split imbalance)`` on ``held``, each the
-    mean over layers that route tokens; the static rule is recomputed from ``phy2log``."""
+                          cluster: Cluster) -> tuple[float, float, float, float]:
+    """``(sends per token, copies per token, static-rule imbalance, even-split imbalance)`` on
+    ``held``, each the mean over layers that route tokens; the static rule is recomputed from
+    ``phy2log``."""
     disp = static_dispatch(phy2log, cluster, held.num_experts)
     ids = held.topk_ids
     src = source_gpus(ids.shape[0], held.source_rank, cluster.num_gpus)
-    sends, _, loads = token_traffic(disp, ids, src, cluster)
+    sends, copies, loads = token_traffic(disp, ids, src, cluster)
     ok = (ids >= 0).any(axis=(0, 2))
     even = imbalance(even_gpu_loads(phy2log, held.counts(), cluster))
-    return (float((sends / ids.shape[0])[ok].mean()), float(imbalance(loads)[ok].mean()),
-            float(even[ok].mean()))
+    T = ids.shape[0]
+    return (float((sends / T)[ok].mean()), float((copies / T)[ok].mean()),
+            float(imbalance(loads)[ok].mean()), float(even[ok].mean()))
 
 
 def default_token_cases(quick: bool = False) -> list[tuple[str, Trace, Cluster]]:
@@ -223,8 +226,9 @@ def token_level_cases(
             else:
                 plan = baseline_plan(problem, options, m)
             row.seconds[m] = time.perf_counter() - t0
-            s, st, ev = heldout_token_figures(plan.phy2log, held, cluster)
-            row.sends[m], row.imbalance_static[m], row.imbalance_even[m] = s, st, ev
+            s, cp, st, ev = heldout_token_figures(plan.phy2log, held, cluster)
+            row.sends[m], row.copies[m] = s, cp
+            row.imbalance_static[m], row.imbalance_even[m] = st, ev
         rows.append(row)
         if echo:
             figs = "  ".join(f"{m} {row.sends[m]:.3f}/{row.imbalance_static[m]:.3f}"

@@ -115,7 +115,9 @@ def _pct(mine: float | None, theirs: float | None) -> str:
 def format_demo(result: DemoResult) -> str:
     """The held-out figures of the plan next to EPLB's, and where the files are."""
     v, e = result.validation, result.eplb_validation
-    rows = [("imbalance (max/mean tokens per GPU)", v.mean_imbalance, e.mean_imbalance)]
+    rows: list[tuple[str, float | None, float | None]] = [
+        ("imbalance (max/mean tokens per GPU)", v.mean_imbalance, e.mean_imbalance)
+    ]
     if v.has_traffic:
         rows.append(("cross-node sends per token", v.mean_cross_node_sends_per_token,
                      e.mean_cross_node_sends_per_token))

@@ -27,7 +27,7 @@ def demo(out_dir: Path, source: str, time_limit: float, seed: int, **kwargs: obj
     prefill deployment, 4 nodes x 8 GPUs x 9 slots)."""
     if not any(kwargs.get(k) for k in ("cluster_file", "cluster_preset", "num_nodes")):
         kwargs["cluster_preset"] = "deepseek-prefill"
-    cluster = cluster_from_options(kwargs)  # type: ignore[arg-type]
+    cluster = cluster_from_options(kwargs)
     click.echo(f"cluster: {cluster.summary()}")
     with progress_bar("solving layers") as progress:
         result = run_demo(out_dir, source=source, cluster=cluster,
