@@ -147,6 +147,68 @@ def numpy_reference(plan: Plan, trace: Trace, chunk: int) -> None:
         done += ids.shape[0]
 
 
+def measure(
+    tokens: int = 100_000,
+    repeats: int = 3,
+    chunk_tokens: int | None = None,
+    skip_numpy: bool = False,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, object]]:
+    """Time the replay on DeepSeek's prefill and decode clusters; one dict per measurement:
+    ``cluster``, ``what``, ``seconds``, ``assignments_per_s``, ``peak_mb`` (and, per cluster,
+    a ``ratio`` row: numpy seconds / replay seconds)."""
+    clusters = [Cluster(4, 8, 9, name="deepseek-prefill"), Cluster(18, 8, 2, name="deepseek-decode")]
+    echo(f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPU(s), "
+         f"load average {os.getloadavg()[0]:.2f}")
+    trace = synthetic_trace(tokens, 144)
+    tmp = tempfile.TemporaryDirectory()
+    trace_file = Path(tmp.name) / "trace.npz"
+    np.savez(trace_file, topk_ids=trace.topk_ids, source_rank=np.asarray(trace.source_rank))
+    n = float(np.count_nonzero(trace.topk_ids >= 0))
+    echo(f"trace: {tokens} tokens x {L} layers x top-{K} = {n / 1e6:.1f} M assignments "
+         f"({trace.topk_ids.nbytes / 1e6:.0f} MB of int16 ids)")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    chunk = chunk_tokens or max(1, (1 << 22) // (L * K))
+    echo(f"chunk: {chunk} tokens; best of {repeats} runs")
+    header = f"{'cluster':<18}{'what':<24}{'seconds':>9}{'M assign/s':>12}{'peak MB':>9}"
+    echo(header)
+    echo("-" * len(header))
+    out: list[dict[str, object]] = []
+    for c in clusters:
+        plan = Plan(cluster=c, num_experts=E, layer_ids=np.arange(L),
+                    phy2log=contiguous_phy2log(E, c, L))
+        rows: list[tuple[str, float, float]] = []
+        shape = (c.num_nodes, c.slots_per_gpu, trace_file, chunk_tokens)
+        for dev in devices:
+            def run_plan(dev: str = dev, plan: Plan = plan) -> object:
+                return replay(plan, trace, dispatch="plan", device=dev, chunk_tokens=chunk_tokens)
+
+            def run_static(dev: str = dev, plan: Plan = plan) -> object:
+                return replay(plan, trace, dispatch="static", device=dev, chunk_tokens=chunk_tokens)
+
+            cpu = dev == "cpu"
+            rows.append((f"replay ({dev})", best_time(run_plan, repeats),
+                         probe_memory("plan", *shape) if cpu else float("nan")))
+            rows.append((f"end to end ({dev})", best_time(run_static, repeats),
+                         probe_memory("static", *shape) if cpu else float("nan")))
+        if not skip_numpy:
+            def run_np(plan: Plan = plan) -> None:
+                numpy_reference(plan, trace, chunk)
+
+            rows.append(("numpy token_traffic", best_time(run_np, max(1, repeats - 1)),
+                         probe_memory("numpy", *shape)))
+        for what, sec, mb in rows:
+            echo(f"{c.name:<18}{what:<24}{sec:>9.3f}{n / sec / 1e6:>12.1f}{mb:>9.0f}")
+            out.append({"cluster": c.name, "what": what, "seconds": sec,
+                        "assignments_per_s": n / sec, "peak_mb": mb})
+        if not skip_numpy:
+            ratio = rows[-1][1] / rows[0][1]
+            echo(f"{c.name:<18}ratio replay (cpu) / numpy: {ratio:.1f}x")
+            out.append({"cluster": c.name, "what": "ratio replay/numpy", "ratio": ratio})
+    tmp.cleanup()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=100_000)
@@ -159,54 +221,7 @@ def main() -> None:
     if args.probe:
         _probe(args)
         return
-
-    clusters = [Cluster(4, 8, 9, name="deepseek-prefill"), Cluster(18, 8, 2, name="deepseek-decode")]
-    print(f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPU(s), "
-          f"load average {os.getloadavg()[0]:.2f}")
-    trace = synthetic_trace(args.tokens, 144)
-    tmp = tempfile.TemporaryDirectory()
-    trace_file = Path(tmp.name) / "trace.npz"
-    np.savez(trace_file, topk_ids=trace.topk_ids, source_rank=np.asarray(trace.source_rank))
-    n = float(np.count_nonzero(trace.topk_ids >= 0))
-    print(f"trace: {args.tokens} tokens x {L} layers x top-{K} = {n / 1e6:.1f} M assignments "
-          f"({trace.topk_ids.nbytes / 1e6:.0f} MB of int16 ids)")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    chunk = args.chunk_tokens or max(1, (1 << 22) // (L * K))
-    print(f"chunk: {chunk} tokens; best of {args.repeats} runs")
-    header = f"{'cluster':<18}{'what':<24}{'seconds':>9}{'M assign/s':>12}{'peak MB':>9}"
-    print(header)
-    print("-" * len(header))
-    for c in clusters:
-        plan = Plan(cluster=c, num_experts=E, layer_ids=np.arange(L),
-                    phy2log=contiguous_phy2log(E, c, L))
-        rows: list[tuple[str, float, float]] = []
-        shape = (c.num_nodes, c.slots_per_gpu, trace_file, args.chunk_tokens)
-        for dev in devices:
-            def run_plan(dev: str = dev, plan: Plan = plan) -> object:
-                return replay(plan, trace, dispatch="plan", device=dev,
-                              chunk_tokens=args.chunk_tokens)
-
-            def run_static(dev: str = dev, plan: Plan = plan) -> object:
-                return replay(plan, trace, dispatch="static", device=dev,
-                              chunk_tokens=args.chunk_tokens)
-
-            cpu = dev == "cpu"
-            rows.append((f"replay ({dev})", best_time(run_plan, args.repeats),
-                         probe_memory("plan", *shape) if cpu else float("nan")))
-            rows.append((f"end to end ({dev})", best_time(run_static, args.repeats),
-                         probe_memory("static", *shape) if cpu else float("nan")))
-        if not args.skip_numpy:
-            def run_np(plan: Plan = plan) -> None:
-                numpy_reference(plan, trace, chunk)
-
-            rows.append(("numpy token_traffic", best_time(run_np, max(1, args.repeats - 1)),
-                         probe_memory("numpy", *shape)))
-        for what, sec, mb in rows:
-            print(f"{c.name:<18}{what:<24}{sec:>9.3f}{n / sec / 1e6:>12.1f}{mb:>9.0f}")
-        if not args.skip_numpy:
-            base = rows[-1][1]
-            print(f"{c.name:<18}ratio replay (cpu) / numpy: {base / rows[0][1]:.1f}x")
-    tmp.cleanup()
+    measure(args.tokens, args.repeats, args.chunk_tokens, args.skip_numpy)
 
 
 if __name__ == "__main__":

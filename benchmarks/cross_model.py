@@ -101,7 +101,7 @@ def run(
     rows: list[CaseResult] = []
     items = list(FILES.items())
     if quick:
-        items = [items[0], items[-1]]
+        items = [items[0]]
     for label, name in items:
         path = SHARED / name
         if not path.is_file():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from placement.errors import TraceFormatError
+from placement.errors import InputError, TraceFormatError
 from placement.routing_traces.native import read_native
 from placement.routing_traces.sglang import (
     SglangRankDump,
@@ -32,6 +32,7 @@ from placement.routing_traces.sglang import (
 )
 from placement.routing_traces.trace import Trace
 from placement.routing_traces.trtllm import is_trtllm_dir, read_trtllm_dir
+from placement.routing_traces.windows import select_window_spec
 
 __all__ = [
     "BUNDLED_PREFIX",
@@ -252,15 +253,32 @@ def _dir_files(path: Path) -> list[Path]:
     return files
 
 
+def _split_windows(text: str) -> tuple[str, str | None]:
+    """``"trace.npz#0-15"`` -> ``("trace.npz", "0-15")`` unless the whole text names a file."""
+    base, sep, spec = text.rpartition("#")
+    if not sep or not base or Path(text).exists():
+        return text, None
+    return base, spec
+
+
 def load_trace(source: str | Path | Sequence[str | Path]) -> Trace:
     """Read a trace from a file, a directory, a list of files or ``"bundled:NAME"``.
 
     The format is told by content (see the module docstring). A directory of SGLang per-rank
     dumps is one run; any other directory or list is read as the windows of one trace, files
-    in name order for a directory and in the given order for a list.
+    in name order for a directory and in the given order for a list. A source may end in
+    ``#SPEC`` to keep only some of its windows (``trace.npz#0-15``, ``trace.npz#second-half``;
+    see :func:`placement.routing_traces.windows.parse_window_spec`).
     """
     if isinstance(source, str | Path):
         text = str(source)
+        base, spec = _split_windows(text)
+        if spec is not None:
+            trace = load_trace(base)
+            try:
+                return select_window_spec(trace, spec)
+            except InputError as exc:
+                raise TraceFormatError(str(exc), base) from None
         if text.startswith(BUNDLED_PREFIX):
             return read_native(bundled_trace_path(text))
         path = Path(source)
@@ -277,6 +295,9 @@ def load_trace(source: str | Path | Sequence[str | Path]) -> Trace:
         raise TraceFormatError("no trace files given.")
     if len(sources) == 1:
         return load_trace(sources[0])
+    if any(_split_windows(str(s))[1] is not None for s in sources):
+        parts = [load_trace(s) for s in sources]
+        return combine_windows(parts, [Path(_split_windows(str(s))[0]).stem for s in sources])
     paths: list[Path] = []
     for s in sources:
         text = str(s)

@@ -54,6 +54,7 @@ EVERYWHERE = -1
 
 _SWAP_BLOCKED = 16  # blocked moves tried as swaps per step
 _SWAP_PARTNERS = 4  # partners tried per blocked move
+_GROW_STEPS = (0.25, 0.5, 0.75, 1.0)  # checkpoints of the replication growth (share of spare)
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,73 @@ def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: flo
     ns.sends = ((c > 0) & ~own).sum(axis=1)
 
 
+def _grow_everywhere(ns: NodeState, w: np.ndarray, wsrc: np.ndarray | None, td: TokenData, *,
+                     cap_load: float, cap_slots: int, gpn: int,
+                     checkpoints: tuple[int, ...]) -> list[np.ndarray]:
+    """Greedy marginal-gain replication: turn homed experts into everywhere experts, the one
+    that saves the most sends first (a token stops sending to node ``a`` when the expert was its
+    only one homed on ``a``), while slots and every node's worst-scenario load allow.
+
+    Every such expert costs ``N - 1`` slots, so the gain per slot is the savings / (N - 1), the
+    same order. Returns copies of ``home`` after each of ``checkpoints`` growth steps (the
+    packing decides which still balances), ending with the last one reached.
+
+    Savings of every expert at once: with ``c[t, n]`` the token's homed experts on node ``n``,
+    ``savings[e] = #{t in tokens(e): node(t) != home(e), c[t, home(e)] = 1}`` = ``X^T Z1``.
+    """
+    E = w.shape[1]
+    N = ns.load.shape[1]
+    T = td.num_tokens
+    out: list[np.ndarray] = []
+    if T == 0 or N == 1 or not checkpoints:
+        return out
+    X, XT = _incidence(td, E)
+    homed = ns.home >= 0
+    H = np.zeros((E, N))
+    H[np.flatnonzero(homed), ns.home[homed]] = 1.0
+    c = np.asarray(X @ H).round().astype(np.int64)  # [T, N]
+    own = np.zeros((T, N), dtype=bool)
+    own[np.arange(T), td.node] = True
+    limit = cap_load * gpn + 1e-12
+    S = w.shape[0]
+    # [S, N, E] load every node serves of an everywhere expert
+    local = wsrc if wsrc is not None else np.broadcast_to(w[:, None, :] / N, (S, N, E))
+    steps = 0
+    last = max(checkpoints)
+    while steps < last:
+        Z1 = ((c == 1) & ~own).astype(np.float64)
+        B = np.asarray(XT @ Z1)  # [E, N]
+        cur = np.where(homed, ns.home, 0)
+        sav = np.where(homed, B[np.arange(E), cur], -np.inf)
+        # slots: every node but the home needs one more
+        free = ns.used < cap_slots  # [N]
+        need_free = np.ones((E, N), dtype=bool)
+        need_free[np.arange(E), cur] = False
+        fits = ~(need_free & ~free[None, :]).any(axis=1)
+        # load: home node keeps only its local share, the others gain theirs
+        add = local.transpose(2, 0, 1)  # [E, S, N]
+        new = ns.load[None, :, :] + add  # [E, S, N]
+        new[np.arange(E), :, cur] = (ns.load[:, cur].T - w.T + add[np.arange(E), :, cur])
+        ok = fits & (new.max(axis=(1, 2)) <= limit) & (sav >= 1.0)
+        if not ok.any():
+            break
+        e = int(np.argmax(np.where(ok, sav, -np.inf)))
+        a = int(ns.home[e])
+        t = td.of(e)
+        c[t, a] -= 1
+        ns.load = new[e].copy()
+        ns.used[np.arange(N) != a] += 1
+        ns.home[e] = EVERYWHERE
+        homed[e] = False
+        steps += 1
+        if steps in checkpoints:
+            out.append(ns.home.copy())
+    if steps and (not out or not np.array_equal(out[-1], ns.home)):
+        out.append(ns.home.copy())
+    ns.sends = ((c > 0) & ~own).sum(axis=1)
+    return out
+
+
 def _balance_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: float,
                    cap_slots: int, gpn: int, max_steps: int) -> bool:
     """Moves and swaps of homed experts until every node's worst-scenario load per GPU is at most
@@ -527,6 +595,7 @@ def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
 
     # 2. traffic candidates: R hottest experts everywhere, the rest homed by graph partition
     co = coactivation(td, E)
+    wsrc = td.wsrc if td.wsrc.shape[0] == S else None
     C = gpn * spg
     order = np.argsort(-w.max(axis=0), kind="stable")
     r_max = min((G * spg - E) // max(N - 1, 1), E, C)
@@ -553,26 +622,34 @@ def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
                                          seed=task.seed)
             else:
                 home[homed] = _group_homes(w, ng, N)[homed]
-            ns = _node_state(home, w, td.wsrc if td.wsrc.shape[0] == S else None, N, td)
+            ns = _node_state(home, w, wsrc, N, td)
             if not _repair_homes(ns, w, C):
                 continue
             _balance_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
                            max_steps=4 * E)
             _improve_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
                            max_moves=4 * E, deadline=task.deadline)
-            phy = _pack_nodes(ns.home, w, N, gpn, spg, task.robust, task.seed, rounds,
-                              task.effort.max_moves, task.deadline)
-            if phy is None:
-                continue
-            val = LayerState.build(w, phy, task.robust).objective()
-            if val > cap + 1e-12:
-                continue
-            sends, static = exact_traffic(phy, cluster, E, td)
-            if static > static_cap + 1e-12:
-                continue
-            if (sends, val) < (best_sends, best_val):
-                best_phy, best_val, best_sends, best_static = phy, val, sends, static
-                info["everywhere_experts"] = float(r)
+            homes = [ns.home.copy()]
+            # 3. marginal-gain replication: spare slots to the experts that save most sends
+            spare = (G * spg - E - int((ns.home == EVERYWHERE).sum()) * (N - 1)) // (N - 1)
+            if spare > 0:
+                marks = tuple(sorted({max(1, round(spare * q)) for q in _GROW_STEPS}))
+                homes += _grow_everywhere(ns, w, wsrc, td, cap_load=node_cap, cap_slots=C,
+                                          gpn=gpn, checkpoints=marks)
+            for hm in homes:
+                phy = _pack_nodes(hm, w, N, gpn, spg, task.robust, task.seed, rounds,
+                                  task.effort.max_moves, task.deadline)
+                if phy is None:
+                    continue
+                val = LayerState.build(w, phy, task.robust).objective()
+                if val > cap + 1e-12:
+                    continue
+                sends, static = exact_traffic(phy, cluster, E, td)
+                if static > static_cap + 1e-12:
+                    continue
+                if (sends, val) < (best_sends, best_val):
+                    best_phy, best_val, best_sends, best_static = phy, val, sends, static
+                    info["everywhere_experts"] = float((hm == EVERYWHERE).sum())
     info["sends_per_token"] = best_sends
     info["imbalance_static_in_sample"] = best_static
     status = bal.status if best_phy is bal.phy else "FEASIBLE"

@@ -47,3 +47,19 @@ def test_select_on_token_trace() -> None:
     part = select_window_spec(t, "1-2")
     assert part.num_tokens == 4 and part.num_windows == 2
     assert select_window_spec(t, None) is t
+
+
+def test_load_trace_window_suffix(tmp_path) -> None:
+    from placement import TraceFormatError, load_trace, write_native
+
+    ids = np.arange(12).reshape(6, 1, 2) % 4
+    t = Trace(num_experts=4, topk_ids=ids, window=np.array([0, 0, 1, 1, 2, 2]))
+    path = tmp_path / "t.npz"
+    write_native(t, path)
+    assert load_trace(f"{path}#0-1").num_tokens == 4
+    assert load_trace(f"{path}#second-half").num_windows == 2
+    both = load_trace([f"{path}#0", f"{path}#2"])
+    assert both.num_tokens == 4 and both.num_windows == 2
+    with pytest.raises(TraceFormatError, match=r"t.npz: window 7 out of range"):
+        load_trace(f"{path}#7")
+    assert load_trace("bundled:mixtral#1").num_windows == 1

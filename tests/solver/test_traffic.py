@@ -136,3 +136,48 @@ def test_node_limited_on_counts_keeps_groups_whole_and_beats_eplb(shared_dir: Pa
                                                strict=True))
     # EPLB's hierarchical policy keeps groups on nodes too: the optimizer must do better
     assert np.mean(plan.objectives["imbalance"]) < np.mean(res.reference["imbalance"])
+
+
+def _bridge_tokens(n: int, seed: int = 0) -> np.ndarray:
+    """``[n, 2]`` tokens: 40% two experts of A = 1..6, 40% two of B = 7..12, 20% the bridge
+    expert 0 with one of A or B (the bridge is LESS hot than any clique expert)."""
+    rng = np.random.default_rng(seed)
+    a, b = np.arange(1, 7), np.arange(7, 13)
+    kind = rng.random(n)
+    ids = np.empty((n, 2), dtype=np.int64)
+    for t in range(n):
+        if kind[t] < 0.4:
+            ids[t] = rng.choice(a, 2, replace=False)
+        elif kind[t] < 0.8:
+            ids[t] = rng.choice(b, 2, replace=False)
+        else:
+            ids[t] = [0, rng.choice(np.concatenate([a, b]))]
+    return ids
+
+
+def test_replication_goes_to_the_expert_that_saves_most_sends() -> None:
+    # A on node 0 with the bridge, B on node 1: a replica of the bridge on node 1 keeps its
+    # B-tokens there; a replica of a hotter A expert saves almost nothing
+    from placement.solver.traffic import EVERYWHERE, _grow_everywhere, _node_state
+
+    ids = _bridge_tokens(3000)
+    src = np.arange(3000) % 2  # 2 nodes of 1 GPU
+    td = build_token_data(((ids, src),), 13, 2, 1)
+    w = np.bincount(ids.reshape(-1), minlength=13)[None, :] / ids.size * 2
+    assert w[0, 0] < w[0, 1:].min()  # the bridge is the coldest expert
+    home = np.array([0] + [0] * 6 + [1] * 6)
+    ns = _node_state(home, w, td.wsrc, 2, td)
+    before = home_sends(home, td.ids, td.node).sum()
+    out = _grow_everywhere(ns, w, td.wsrc, td, cap_load=10.0, cap_slots=7, gpn=1,
+                           checkpoints=(1,))
+    assert len(out) == 1 and out[0][0] == EVERYWHERE
+    assert (out[0][1:] == home[1:]).all()
+    after = home_sends(out[0], td.ids, td.node)
+    assert (ns.sends == after).all()
+    # saved exactly the bridge's B-tokens that sit on node 1
+    saved = ((ids[:, 0] == 0) & (ids[:, 1] >= 7) & (src == 1)).sum()
+    assert before - after.sum() == saved > 0
+    # the load cap is honoured: no room on node 1 -> nothing grows
+    ns2 = _node_state(home, w, td.wsrc, 2, td)
+    assert _grow_everywhere(ns2, w, td.wsrc, td, cap_load=float(ns2.load.max()) - 1e-6,
+                            cap_slots=7, gpn=1, checkpoints=(1,)) == []
