@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 import click
 
-from placement.cli._app import main
+from placement.cli._app import main, progress_bar
 from placement.cost import MODEL_PRESETS, ModelShape, guess_model, model_preset
 from placement.errors import InputError
 from placement.plan import Plan
@@ -23,32 +19,6 @@ def load_trace_arg(source: str) -> Trace:
     from placement.routing_traces import load_trace
 
     return load_trace(source)
-
-
-@contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on stderr when it is a terminal; nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tokens"), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def resolve_model(name: str | None, plan: Plan | None, trace: Trace | None) -> ModelShape | None:
@@ -116,7 +86,7 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, chunk_tokens:
         model = None  # bytes come from the flags, not a preset
     if trace.is_token_level and hidden is None and (bytes_per_element or combine_bytes_per_element):
         raise InputError("--bytes-per-element needs --hidden-size (or --model) for bytes.")
-    with progress_bar("replaying") as progress:
+    with progress_bar("replaying", "tokens") as progress:
         result = replay(plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens,
                         device=device, progress=progress, hidden_size=hidden,
                         dispatch_bytes_per_element=bd, combine_bytes_per_element=bc,

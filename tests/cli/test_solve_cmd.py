@@ -105,7 +105,7 @@ def test_deepseek_files_with_a_preset(tmp_path: Path) -> None:
     plan = Plan.load(out)
     assert plan.phy2log.shape == (58, 288)
     assert plan.num_hidden_layers == 61
-    assert plan.settings["inputs"] == files
+    assert plan.settings["inputs"] == [str(Path(f).resolve()) for f in files]
 
 
 def test_too_few_slots(counts_file: Path, tmp_path: Path) -> None:
