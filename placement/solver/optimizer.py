@@ -2,7 +2,10 @@
 
 For every MoE layer (layers are independent and solved in parallel, ``options.jobs``):
 
-1. Scale every scenario's shares so that the mean GPU load is 1 (loads ARE imbalances).
+1. Scale every scenario's shares so that the mean GPU load is 1 (loads ARE imbalances). With
+   token-level traces the search plans on shares shrunk toward the pooled ones by each window's
+   token count (:func:`shrunk_shares`: a short window's shares are mostly sampling noise); the
+   objective, bound and status reported are those of the plain shares.
 2. Lower bound (valid for every placement): the heaviest replica under the best robust replica
    counts, and 1 (:func:`~placement.solver.balance.count_bound`).
 3. Start points: (a) robust replica counts (EPLB's greedy on the worst scenario; with two slots
@@ -15,8 +18,8 @@ For every MoE layer (layers are independent and solved in parallel, ``options.jo
    local-search placement as a hint and a deterministic work limit; its optimum (or better
    incumbent) and its bound replace the heuristic's.
 6. Token-level traces: traffic is planned too (:mod:`placement.solver.traffic`): experts that fire
-   together share a node and hot experts get a replica on every node, within
-   ``balance_tolerance`` of the balance-only optimum.
+   together share a node and the experts whose replica on every node saves the most sends get
+   one, within ``balance_tolerance`` of the balance-only optimum.
 
 The whole solve stops at ``options.time_limit`` with the best placement found for every layer.
 """
@@ -45,7 +48,7 @@ from placement.solver.balance import (
 from placement.solver.cpsat import configuration_count, solve_exact, solve_patterns
 from placement.solver.problem import ProblemData, SolveOptions
 
-__all__ = ["Effort", "LayerSolution", "LayerTask", "optimize", "solve_layer"]
+__all__ = ["Effort", "LayerSolution", "LayerTask", "optimize", "shrunk_shares", "solve_layer"]
 
 Progress = Callable[[int, int], None]
 
@@ -87,6 +90,8 @@ class LayerTask:
         max_count: most replicas one expert may have (G, or GPUs per node under node limits).
         tokens: per scenario ``(topk_ids [T, k], src_gpu [T])`` of this layer, or None.
         balance_tolerance, max_nodes_per_token, num_groups: traffic settings.
+        plan_shares: ``[S, E]`` the shares the search plans on when they differ from
+            ``shares`` (:func:`shrunk_shares`; token-level traces), or None.
     """
 
     index: int
@@ -103,6 +108,7 @@ class LayerTask:
     balance_tolerance: float = 0.05
     max_nodes_per_token: int | None = None
     num_groups: int = 1
+    plan_shares: np.ndarray | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -265,6 +271,30 @@ def _token_data(problem: ProblemData, layer: int) -> tuple[tuple[np.ndarray, np.
     return tuple(out)
 
 
+SHRINK_PER_EXPERT = 20.0
+"""Prior strength of :func:`shrunk_shares`, in routed tokens per expert."""
+
+
+def shrunk_shares(counts: np.ndarray, per_expert: float) -> np.ndarray:
+    """``counts [S, L, E]`` -> ``[S, L, E]`` shares, each scenario shrunk toward the pooled one.
+
+    A scenario with ``n`` routed tokens in a layer keeps weight ``n / (n + per_expert * E)`` on
+    its own shares and puts the rest on the shares pooled over all scenarios: a short window's
+    shares are mostly sampling noise (a few tokens per expert), and planning for the worst
+    window's noise does not balance the next tokens. Windows with many tokens per expert
+    (aggregated counts) are left nearly as they are. Empty scenarios stay empty.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    E = c.shape[-1]
+    n = c.sum(axis=-1, keepdims=True)  # [S, L, 1]
+    pooled = c.sum(axis=0, keepdims=True)
+    ptot = pooled.sum(axis=-1, keepdims=True)
+    pooled = np.divide(pooled, ptot, out=np.zeros_like(pooled), where=ptot > 0)
+    prior = per_expert * E
+    out = (c + prior * pooled) / np.maximum(n + prior, 1e-300)
+    return np.where(n > 0, out, 0.0)
+
+
 def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | None = None,
              *, effort: Effort | None = None) -> Plan:
     """Place every layer of ``problem`` (see the module docstring); returns the :class:`Plan`."""
@@ -303,6 +333,10 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
                 f"fewer slots per GPU or more GPUs per node."
             )
     shares = problem.scenario_shares()  # [S, L, E]
+    # token-level windows are short: plan on shares shrunk toward the pool (reported objectives
+    # and bounds stay on the plain shares)
+    plan_shares = (shrunk_shares(problem.scenario_counts, SHRINK_PER_EXPERT)
+                   if problem.is_token_level else None)
     try:
         warm = eplb_phy2log(problem, options, global_policy=True)
     except InputError:
@@ -311,6 +345,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         LayerTask(
             index=i,
             shares=shares[:, i, :],
+            plan_shares=None if plan_shares is None else plan_shares[:, i, :],
             num_nodes=c.num_nodes,
             gpus_per_node=c.gpus_per_node,
             slots_per_gpu=c.slots_per_gpu,

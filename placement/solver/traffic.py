@@ -6,7 +6,8 @@ chosen replicas (``cross-node sends``), and two levers cut that traffic:
 
 * experts that fire together live on one node (a graph partition of the co-activation graph,
   by pymetis, with vertex weights = load so the nodes stay balanced, then local search);
-* a hot expert with a replica on EVERY node keeps all its tokens at home.
+* an expert with a replica on EVERY node keeps all its tokens at home; spare slots go to the
+  experts whose replica everywhere saves the most sends (marginal gain from the planning tokens).
 
 Plans here have that structure: every expert is either "homed" (all its replicas on one node) or
 "everywhere" (the same number of replicas on every node). The sends of such a plan follow from
@@ -562,7 +563,28 @@ def _pack_nodes(home: np.ndarray, w: np.ndarray, N: int, gpn: int, spg: int, rob
 # the layer
 # ----------------------------------------------------------------------------------------------
 def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
-    """Balance first, then traffic-aware candidates within the tolerance; see module docs."""
+    """Balance first, then traffic-aware candidates within the tolerance; see module docs.
+
+    With ``task.plan_shares`` the search plans on those (shrunk) loads; the objective, bound and
+    status returned are those of the plain shares ``w``.
+    """
+    from placement.solver.balance import count_bound, scaled_loads
+    from placement.solver.optimizer import LayerSolution
+
+    G = task.num_gpus
+    if task.plan_shares is None:
+        return _traffic_layer(task, w)
+    sol = _traffic_layer(task, scaled_loads(task.plan_shares, G))
+    phy = sol.phy2log.reshape(G, task.slots_per_gpu)
+    val = LayerState.build(w, phy, task.robust).objective()
+    bound = min(count_bound(w, phy.size, G, task.robust), val)
+    status = "OPTIMAL" if val <= bound + 1e-9 else "FEASIBLE"
+    if sol.status == "TIME_LIMIT":
+        status = "TIME_LIMIT"
+    return LayerSolution(sol.index, sol.phy2log, bound, status, val, "counts", sol.info)
+
+
+def _traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
     from placement.solver.optimizer import LayerSolution, _canonical, balance_layer
 
     N, gpn, spg = task.num_nodes, task.gpus_per_node, task.slots_per_gpu

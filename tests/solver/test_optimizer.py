@@ -159,3 +159,22 @@ def test_effort_is_a_work_limit_not_a_clock() -> None:
     b = optimize(problem, SolveOptions(jobs=1, time_limit=1000.0), effort=eff)
     np.testing.assert_array_equal(a.phy2log, b.phy2log)
     assert a.status == "FEASIBLE"
+
+
+def test_shrunk_shares_pull_short_windows_toward_the_pool() -> None:
+    from placement.solver.optimizer import shrunk_shares
+
+    # [S=3, L=1, E=4]: a short noisy window, a long window, an empty one
+    counts = np.array([[[6.0, 0.0, 0.0, 2.0]], [[1000.0, 1000.0, 1000.0, 1000.0]],
+                       [[0.0, 0.0, 0.0, 0.0]]])
+    out = shrunk_shares(counts, per_expert=5.0)  # prior of 20 tokens
+    pooled = counts.sum(axis=0)[0] / counts.sum()
+    # independent computation: (c + 20 * pooled) / (n + 20)
+    assert out[0, 0] == pytest.approx((counts[0, 0] + 20 * pooled) / 28)
+    assert out[1, 0] == pytest.approx((counts[1, 0] + 20 * pooled) / 4020)
+    assert (out[2] == 0).all()
+    assert out[:2].sum(axis=-1) == pytest.approx(1.0)
+    # the short window moved much closer to the pool than the long one
+    assert np.abs(out[0, 0] - pooled).max() < 0.3 * np.abs(counts[0, 0] / 8 - pooled).max()
+    # no prior: the plain shares
+    assert shrunk_shares(counts, 0.0)[0, 0] == pytest.approx(counts[0, 0] / 8)
