@@ -202,6 +202,15 @@ class BalanceResult:
     bound_source: str
 
 
+def exact_model_applies(task: LayerTask, num_experts: int, max_count: int | None = None) -> bool:
+    """Whether a layer is small enough for step 4's exact CP-SAT models."""
+    G, spg = task.num_gpus, task.slots_per_gpu
+    max_count = G if max_count is None else max_count
+    K = min(max_count, G * spg - num_experts + 1)
+    return (configuration_count(num_experts, spg) <= task.effort.exact_max_patterns
+            or num_experts * G * K <= task.effort.exact_max_vars)
+
+
 def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = None) -> BalanceResult:
     """Steps 1-5 of the module docstring for one layer, balance only."""
     G, spg = task.num_gpus, task.slots_per_gpu
@@ -237,9 +246,8 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
 
     # 4. exact model for small layers: the pattern model when GPUs hold few experts, else the
     #    assignment model
-    K = min(max_count, P - E + 1)
     use_patterns = configuration_count(E, spg) <= task.effort.exact_max_patterns
-    if (use_patterns or E * G * K <= task.effort.exact_max_vars) and not timed_out:
+    if exact_model_applies(task, E, max_count) and not timed_out:
         left = task.deadline - time.monotonic()
         model = solve_patterns if use_patterns else solve_exact
         res = model(w, G, spg, robust=task.robust, max_count=max_count, hint=best,

@@ -569,7 +569,7 @@ def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
     status returned are those of the plain shares ``w``.
     """
     from placement.solver.balance import count_bound, scaled_loads
-    from placement.solver.optimizer import LayerSolution
+    from placement.solver.optimizer import LayerSolution, balance_layer, exact_model_applies
 
     G = task.num_gpus
     if task.plan_shares is None:
@@ -577,11 +577,17 @@ def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
     sol = _traffic_layer(task, scaled_loads(task.plan_shares, G))
     phy = sol.phy2log.reshape(G, task.slots_per_gpu)
     val = LayerState.build(w, phy, task.robust).objective()
-    bound = min(count_bound(w, phy.size, G, task.robust), val)
+    bound, source = count_bound(w, phy.size, G, task.robust), "counts"
+    if exact_model_applies(task, w.shape[1]):
+        # small layer: the exact model's bound holds for the plain shares too
+        plain = balance_layer(task, w)
+        if plain.bound > bound:
+            bound, source = plain.bound, plain.bound_source
+    bound = min(bound, val)
     status = "OPTIMAL" if val <= bound + 1e-9 else "FEASIBLE"
     if sol.status == "TIME_LIMIT":
         status = "TIME_LIMIT"
-    return LayerSolution(sol.index, sol.phy2log, bound, status, val, "counts", sol.info)
+    return LayerSolution(sol.index, sol.phy2log, bound, status, val, source, sol.info)
 
 
 def _traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
