@@ -44,7 +44,7 @@ class DemoResult:
 def run_demo(
     out_dir: str | Path,
     *,
-    source: str = "bundled:deepseek-v3",
+    source: str = "bundled:deepseek-v3-workloads",
     cluster: Cluster,
     options: SolveOptions | None = None,
     step: Step | None = None,
@@ -123,12 +123,16 @@ def format_demo(result: DemoResult) -> str:
                      e.mean_cross_node_sends_per_token))
         rows.append(("cross-node copies per token", v.mean_cross_node_copies_per_token,
                      e.mean_cross_node_copies_per_token))
+    rule = ("the engines' static dispatch" if v.trace_kind == "tokens"
+            else "expert tokens split evenly over replicas (counts)")
     lines = [
-        f"held-out ({', '.join(result.heldout_windows)}), engines' static dispatch:",
+        f"held-out ({', '.join(result.heldout_windows)}), {rule}:",
         f"  {'metric':<38}{'plan':>10}{'EPLB':>10}{'change':>10}",
     ]
     for name, mine, theirs in rows:
         lines.append(f"  {name:<38}{_fmt(mine):>10}{_fmt(theirs):>10}{_pct(mine, theirs):>10}")
+    if not v.has_traffic:
+        lines.append("  cross-node traffic needs a token-level trace: try --trace bundled:deepseek-v3")
     lines.append("files:")
     lines.extend(f"  {p}" for p in result.files if p.suffix in (".json", ".html", ".md"))
     return "\n".join(lines)

@@ -16,7 +16,7 @@ __all__ = ["demo"]
 @main.command("demo")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("placement-demo"), show_default=True, help="Where to write the files.")
-@click.option("--trace", "source", default="bundled:deepseek-v3", show_default=True,
+@click.option("--trace", "source", default="bundled:deepseek-v3-workloads", show_default=True,
               help="Trace with 2+ windows: plan on the first half, judge on the rest.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=20.0,
               show_default=True, help="Seconds for the solve.")

@@ -98,7 +98,7 @@ def bundled_cmd() -> None:
     """List the synthetic traces shipped with the package (use them as bundled:NAME)."""
     for name in bundled_traces():
         t = load_trace(f"bundled:{name}")
-        click.echo(f"bundled:{name:<14} {describe_trace(t)}  ({bundled_trace_path(name)})")
+        click.echo(f"bundled:{name:<22} {describe_trace(t)}  ({bundled_trace_path(name)})")
 
 
 @trace.command("make-bundled", short_help="Regenerate the shipped synthetic traces.")

@@ -319,9 +319,13 @@ BUNDLED_RECIPES: dict[str, dict[str, Any]] = {
                     seed=0),
     "qwen3-235b": dict(preset="qwen3-235b", num_tokens=1024, num_windows=2,
                        num_source_ranks=16, seed=0),
+    "deepseek-v3-workloads": dict(preset="deepseek-v3", num_tokens=49152, num_windows=6,
+                                  num_source_ranks=32, seed=1, aggregate=True),
 }
 """How each shipped trace (``placement/routing_traces/data/NAME.npz``) is made:
-``synthesize(**recipe)``; ``placement trace make-bundled`` rewrites them all."""
+``synthesize(**recipe)``, kept as per-window expert counts when the recipe says ``aggregate``
+(what an engine's recorder gives: six drifting "workloads" of 8,192 tokens each);
+``placement trace make-bundled`` rewrites them all."""
 
 
 def make_bundled(out_dir: Path | None = None) -> list[Path]:
@@ -333,6 +337,14 @@ def make_bundled(out_dir: Path | None = None) -> list[Path]:
     paths = []
     for name, recipe in sorted(BUNDLED_RECIPES.items()):
         path = out_dir / f"{name}.npz"
-        write_native(synthesize(**recipe), path)
+        args = dict(recipe)
+        aggregate = bool(args.pop("aggregate", False))
+        trace = synthesize(**args)
+        if aggregate:
+            trace = Trace(num_experts=trace.num_experts, counts=trace.window_counts(),
+                          layer_ids=trace.layer_ids, window_names=trace.window_names,
+                          model=trace.model, num_hidden_layers=trace.num_hidden_layers,
+                          top_k=trace.top_k)
+        write_native(trace, path)
         paths.append(path)
     return paths
