@@ -19,8 +19,11 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the file the user asked for, not our temporary one
+        raise OSError(exc.errno, f"cannot write the file ({exc.strerror})", str(path)) from None
     umask = os.umask(0)
     os.umask(umask)
     try:

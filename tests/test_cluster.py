@@ -91,3 +91,4 @@ def test_load_cluster_sources() -> None:
         load_cluster(num_nodes=1, gpus_per_node=4)
     with pytest.raises(ClusterError, match="not both"):
         load_cluster(preset="deepseek-prefill", path="x.toml")
+
