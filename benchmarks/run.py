@@ -89,8 +89,10 @@ def _versions() -> dict[str, str]:
         "ortools": ortools.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), {platform.system()}",
         "processor": platform.processor() or "unknown",
-        "commit": git("rev-parse", "--short", "HEAD") + (" (uncommitted changes)"
-                                                         if git("status", "--porcelain") else ""),
+        "commit": git("rev-parse", "--short", "HEAD") + (
+            " (uncommitted changes)"
+            if git("status", "--porcelain", "--", ".", ":!BENCHMARKS.md",
+                   ":!benchmarks/results.json") else ""),
     }
 
 
