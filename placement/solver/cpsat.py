@@ -17,6 +17,7 @@ rounding error, so it stays valid for the real-valued objective.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ortools.sat.python import cp_model
@@ -114,19 +115,8 @@ def solve_exact(
         m.minimize(sum(Ts))
     if hint is not None:
         _add_hint(m, hint, w, coef, z, y, load_vars, K)
-    solver = cp_model.CpSolver()
-    prm = solver.parameters
-    prm.num_workers = 1
-    prm.random_seed = int(seed)
-    prm.max_deterministic_time = float(max_deterministic_time)
-    if max_time is not None:
-        prm.max_time_in_seconds = max(0.01, float(max_time))
-    status = solver.solve(m)
-    name = solver.status_name(status)
-    # rounding: each GPU load is a sum of spg rounded terms, each off by at most 1/2
-    err = spg * 0.5 / SCALE
-    div = 1.0 if robust == "max" else float(S)
-    bound = float(solver.best_objective_bound) / SCALE / div - err
+    solver, status, name, bound = _run_cp_sat(m, seed=seed, work=max_deterministic_time,
+                                              max_time=max_time, spg=spg, robust=robust, S=S)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult(None, max(bound, 0.0), False, name)
     phy = np.zeros((G, spg), dtype=np.int64)
@@ -238,18 +228,8 @@ def solve_patterns(
             for e in range(E):
                 for k in range(K):
                     m.add_hint(z[e][k], int(cnt[e] == k + 1))
-    solver = cp_model.CpSolver()
-    prm = solver.parameters
-    prm.num_workers = 1
-    prm.random_seed = int(seed)
-    prm.max_deterministic_time = float(max_deterministic_time)
-    if max_time is not None:
-        prm.max_time_in_seconds = max(0.01, float(max_time))
-    status = solver.solve(m)
-    name = solver.status_name(status)
-    err = spg * 0.5 / SCALE
-    div = 1.0 if robust == "max" else float(S)
-    bound = float(solver.best_objective_bound) / SCALE / div - err
+    solver, status, name, bound = _run_cp_sat(m, seed=seed, work=max_deterministic_time,
+                                              max_time=max_time, spg=spg, robust=robust, S=S)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return ExactResult(None, max(bound, 0.0), False, name)
     rows: list[tuple[int, ...]] = []
@@ -257,3 +237,25 @@ def solve_patterns(
         rows.extend([cfg] * int(solver.value(n[j])))
     phy = np.array(rows, dtype=np.int64).reshape(G, spg)
     return ExactResult(phy, bound, status == cp_model.OPTIMAL, name)
+
+
+def _run_cp_sat(m: cp_model.CpModel, *, seed: int, work: float, max_time: float | None,
+                spg: int, robust: str, S: int) -> tuple[cp_model.CpSolver, Any, str, float]:
+    """Solve ``m`` deterministically (one worker, a seed, a deterministic work limit) and return
+    the solver, its status and status name, and the objective bound in load units.
+
+    The bound is lowered by the rounding error: each GPU load is a sum of ``spg`` rounded terms,
+    each off by at most 1/2 of a unit of ``1 / SCALE``.
+    """
+    solver = cp_model.CpSolver()
+    prm = solver.parameters
+    prm.num_workers = 1
+    prm.random_seed = int(seed)
+    prm.max_deterministic_time = float(work)
+    if max_time is not None:
+        prm.max_time_in_seconds = max(0.01, float(max_time))
+    status = solver.solve(m)
+    err = spg * 0.5 / SCALE
+    div = 1.0 if robust == "max" else float(S)
+    bound = float(solver.best_objective_bound) / SCALE / div - err
+    return solver, status, solver.status_name(status), bound
