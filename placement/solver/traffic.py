@@ -213,6 +213,23 @@ def _incidence(td: TokenData, num_experts: int) -> tuple[csr_matrix, csr_matrix]
     return X, X.T.tocsr()
 
 
+def _homed_per_node(
+    td: TokenData, ns: NodeState, num_experts: int
+) -> tuple[csr_matrix, np.ndarray, np.ndarray]:
+    """``X^T [E, T]`` (the token-expert incidence, transposed), ``c [T, N]`` the token's experts
+    homed on every node, and ``own [T, N]`` the token's own node: the inputs of every send-gain
+    computation."""
+    X, XT = _incidence(td, num_experts)
+    N = ns.load.shape[1]
+    homed = ns.home >= 0
+    H = np.zeros((num_experts, N))
+    H[np.flatnonzero(homed), ns.home[homed]] = 1.0
+    c = np.asarray(X @ H).round().astype(np.int64)
+    own = np.zeros((td.num_tokens, N), dtype=bool)
+    own[np.arange(td.num_tokens), td.node] = True
+    return XT, c, own
+
+
 def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: float,
                    cap_slots: int, gpn: int, max_moves: int, deadline: float) -> None:
     """Local search on home nodes (Fiduccia-Mattheyses style): the best move of one expert to
@@ -230,14 +247,8 @@ def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: flo
     T = td.num_tokens
     if T == 0 or N == 1:
         return
-    X, XT = _incidence(td, E)
+    XT, c, own = _homed_per_node(td, ns, E)
     homed_mask = ns.home >= 0
-    # c[t, n]: the token's homed experts on node n
-    H = np.zeros((E, N))
-    H[np.flatnonzero(homed_mask), ns.home[homed_mask]] = 1.0
-    c = np.asarray(X @ H).round().astype(np.int64)  # [T, N]
-    own = np.zeros((T, N), dtype=bool)
-    own[np.arange(T), td.node] = True
     limit = cap_load * gpn + 1e-12
     ev_ok = homed_mask
     rows_all = np.arange(E)
@@ -340,13 +351,8 @@ def _grow_everywhere(ns: NodeState, w: np.ndarray, wsrc: np.ndarray | None, td: 
     out: list[np.ndarray] = []
     if T == 0 or N == 1 or not checkpoints:
         return out
-    X, XT = _incidence(td, E)
+    XT, c, own = _homed_per_node(td, ns, E)
     homed = ns.home >= 0
-    H = np.zeros((E, N))
-    H[np.flatnonzero(homed), ns.home[homed]] = 1.0
-    c = np.asarray(X @ H).round().astype(np.int64)  # [T, N]
-    own = np.zeros((T, N), dtype=bool)
-    own[np.arange(T), td.node] = True
     limit = cap_load * gpn + 1e-12
     S = w.shape[0]
     # [S, N, E] load every node serves of an everywhere expert
