@@ -1,15 +1,20 @@
-"""Atomic file writing: a file is either written whole or not at all."""
+"""File helpers: atomic writes (a file is written whole or not at all) and safe .npz reads."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text"]
+import numpy as np
+
+__all__ = ["atomic_open", "atomic_write_bytes", "atomic_write_text", "read_npz"]
 
 
 @contextlib.contextmanager
@@ -53,3 +58,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb", encoding=None) as fh:
         fh.write(data)
+
+
+def read_npz(
+    path: Path, error: Callable[[str, Path], Exception], raw: bytes | None = None
+) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (``raw`` bytes when given, else the file ``path``), loaded with
+    ``allow_pickle=False``; anything unreadable raises ``error(message, path)``."""
+    try:
+        with np.load(io.BytesIO(raw) if raw is not None else path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise error(
+                "holds pickled Python objects; refusing to load them (allow_pickle=False).", path
+            ) from None
+        raise error(f"not a readable .npz archive ({exc}).", path) from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise error(f"not a readable .npz archive (truncated or corrupt: {exc}).", path) from None

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from placement._io import read_npz
 from placement.errors import EngineFormatError, InputError, PlanError
 
 __all__ = [
@@ -346,7 +347,7 @@ def load_container(path: Path) -> tuple[Container, Any, str]:
         except zipfile.BadZipFile as exc:
             raise EngineFormatError(f"a broken zip archive ({exc}).", path) from None
         if any(n.endswith(".npy") for n in names):
-            return "npz", _load_npz(path, raw), ""
+            return "npz", read_npz(path, EngineFormatError, raw), ""
         return "torch", _load_torch(path, raw), ""
     if raw[:2] == b"\x80\x02" or raw[:1] == b"\x80":
         # a bare pickle stream (legacy torch.save or pickle.dump): try torch's safe loader
@@ -379,20 +380,6 @@ def safe_yaml_loader() -> Any:
     import yaml
 
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _load_npz(path: Path, raw: bytes) -> dict[str, np.ndarray]:
-    try:
-        with np.load(io.BytesIO(raw), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise EngineFormatError(
-                "holds pickled Python objects; refusing to load them (allow_pickle=False).", path
-            ) from None
-        raise EngineFormatError(f"not a readable .npz archive ({exc}).", path) from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise EngineFormatError(f"not a readable .npz archive ({exc}).", path) from None
 
 
 def _load_torch(path: Path, raw: bytes) -> Any:

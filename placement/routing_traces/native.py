@@ -11,14 +11,12 @@ counts split by source rank; ``counts`` is then their sum over R) and ``num_hidd
 from __future__ import annotations
 
 import io
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from placement._io import atomic_write_bytes
+from placement._io import atomic_write_bytes, read_npz
 from placement.errors import TraceFormatError
 from placement.routing_traces.trace import Trace
 
@@ -48,19 +46,7 @@ def read_native(path: str | Path) -> Trace:
     with path.open("rb") as fh:
         if not fh.read(4).startswith(b"PK"):
             raise TraceFormatError("not a .npz archive (no zip header).", path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise TraceFormatError(
-                "holds pickled Python objects; refusing to load them (allow_pickle=False).", path
-            ) from None
-        raise TraceFormatError(f"not a readable .npz archive ({exc}).", path) from None
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise TraceFormatError(
-            f"not a readable .npz archive (truncated or corrupt: {exc}).", path
-        ) from None
+    data = read_npz(path, TraceFormatError)
     try:
         return _trace_from_arrays(data, path)
     except TraceFormatError as exc:
