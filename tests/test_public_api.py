@@ -40,7 +40,8 @@ def test_errors_form_one_hierarchy() -> None:
 def test_subpackages_declare_all() -> None:
     for mod in ("placement.routing_traces", "placement.solver", "placement.engines",
                 "placement.validation", "placement.report", "placement.cost", "placement.plan",
-                "placement.cluster", "placement.metrics", "placement.errors"):
+                "placement.cluster", "placement.metrics", "placement.errors", "placement.models",
+                "placement.moe_time"):
         m = importlib.import_module(mod)
         assert m.__all__, mod
         for name in m.__all__:
@@ -57,7 +58,13 @@ def test_data_flows_one_way() -> None:
         "routing_traces": ("placement.solver", "placement.validation", "placement.report",
                            "placement.engines", "placement.cost", "placement.demo"),
         "solver": ("placement.validation", "placement.report", "placement.engines",
-                   "placement.demo"),
+                   "placement.cost", "placement.demo"),
+        "models.py": ("placement.routing_traces", "placement.solver", "placement.plan",
+                      "placement.validation", "placement.report", "placement.engines",
+                      "placement.cost", "placement.demo"),
+        "moe_time.py": ("placement.routing_traces", "placement.solver", "placement.plan",
+                        "placement.validation", "placement.report", "placement.engines",
+                        "placement.cost", "placement.demo"),
         "plan.py": ("placement.solver", "placement.validation", "placement.report",
                     "placement.engines"),
     }
