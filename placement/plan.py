@@ -277,8 +277,9 @@ class Plan:
 
     @property
     def gap(self) -> list[float] | None:
-        """Per layer relative gap ``(primary - bound) / primary`` where a bound is known."""
-        primary = self.objectives.get("imbalance")
+        """Per layer relative gap ``(primary - bound) / primary`` where a bound is known (the
+        primary figure is ``settings["bound_of"]``, else ``imbalance``)."""
+        primary = self.objectives.get(str(self.settings.get("bound_of", "imbalance")))
         if self.lower_bound is None or primary is None:
             return None
         return [

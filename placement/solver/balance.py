@@ -51,15 +51,9 @@ def scaled_loads(shares: np.ndarray, num_gpus: int) -> np.ndarray:
     return s * num_gpus
 
 
-Q_BETA = 0.0
-"""Sharpness of the secondary objective: 0 gives ``sum L^2``; ``beta > 0`` gives
-``sum exp(beta * (L - 1))``, a smooth maximum that rewards lowering every near-peak GPU."""
-
-
 def _q(loads: np.ndarray) -> np.ndarray:
-    if Q_BETA <= 0:
-        return loads * loads
-    return np.exp(Q_BETA * (loads - 1.0))
+    """The secondary objective's term of every load: ``L^2``."""
+    return loads * loads
 
 
 def _agg(values: np.ndarray, robust: str, axis: int = 0) -> np.ndarray:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
-import torch
 
 from placement.cluster import Cluster
 from placement.errors import InputError
-from placement.solver.eplb import rebalance_experts
+from placement.plan import Plan
 from placement.solver.problem import ProblemData, SolveOptions
 
-__all__ = ["contiguous_phy2log", "eplb_phy2log", "eplb_weight"]
+__all__ = [
+    "contiguous_phy2log",
+    "eplb_phy2log",
+    "eplb_weight",
+    "solve_contiguous",
+    "solve_eplb",
+    "solve_eplb_global",
+]
+
+Progress = Callable[[int, int], None]
 
 
 def contiguous_phy2log(num_experts: int, cluster: Cluster, num_layers: int) -> np.ndarray:
@@ -60,6 +71,52 @@ def eplb_phy2log(problem: ProblemData, options: SolveOptions, *, global_policy: 
         groups, nodes = 1, 1
     elif groups % nodes == 0 and E % groups != 0:
         raise InputError(f"Expected the {E} experts to divide into num_groups={groups} groups.")
+    import torch
+
+    from placement.solver.eplb import rebalance_experts
+
     weight = torch.from_numpy(eplb_weight(problem)).float()
     phy2log, _, _ = rebalance_experts(weight, c.num_slots, groups, nodes, c.num_gpus)
     return phy2log.numpy().astype(np.int64)
+
+
+def _done(problem: ProblemData, progress: Progress | None) -> None:
+    if progress is not None:
+        progress(problem.num_layers, problem.num_layers)
+
+
+def _eplb(problem: ProblemData, options: SolveOptions, progress: Progress | None,
+          glob: bool) -> Plan:
+    from placement.solver.evaluate import make_plan
+
+    start = time.perf_counter()
+    p2l = eplb_phy2log(problem, options, global_policy=glob)
+    groups = 1 if glob else options.groups_for(problem.num_experts)
+    hier = (not glob) and groups % problem.cluster.num_nodes == 0
+    settings = {"num_groups": groups, "policy": "hierarchical" if hier else "global"}
+    _done(problem, progress)
+    return make_plan(problem, p2l, options, "eplb-global" if glob else "eplb", start,
+                     status="BASELINE", settings=settings, allow_colocated=True)
+
+
+def solve_eplb(problem: ProblemData, options: SolveOptions,
+               progress: Progress | None = None) -> Plan:
+    """DeepSeek EPLB's plan, hierarchical policy when ``num_groups % num_nodes == 0``."""
+    return _eplb(problem, options, progress, glob=False)
+
+
+def solve_eplb_global(problem: ProblemData, options: SolveOptions,
+                      progress: Progress | None = None) -> Plan:
+    """DeepSeek EPLB's plan, global policy."""
+    return _eplb(problem, options, progress, glob=True)
+
+
+def solve_contiguous(problem: ProblemData, options: SolveOptions,
+                     progress: Progress | None = None) -> Plan:
+    """The engines' default placement (:func:`contiguous_phy2log`)."""
+    from placement.solver.evaluate import make_plan
+
+    start = time.perf_counter()
+    p2l = contiguous_phy2log(problem.num_experts, problem.cluster, problem.num_layers)
+    _done(problem, progress)
+    return make_plan(problem, p2l, options, "contiguous", start, status="BASELINE")

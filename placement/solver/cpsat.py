@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ortools.sat.python import cp_model
 
-__all__ = ["ExactResult", "exact_model_size", "solve_exact"]
+__all__ = ["ExactResult", "configuration_count", "solve_exact", "solve_patterns"]
 
 SCALE = 1_000_000
 
@@ -42,11 +42,6 @@ class ExactResult:
     bound: float
     optimal: bool
     status: str
-
-
-def exact_model_size(num_experts: int, num_gpus: int, max_count: int) -> int:
-    """Number of ``y`` variables the exact model needs."""
-    return num_experts * num_gpus * max_count
 
 
 def solve_exact(

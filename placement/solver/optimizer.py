@@ -1,27 +1,30 @@
-"""The optimizer: robust replica counts and placement, layer by layer, on OR-Tools and local search.
+"""The optimizer: robust replica counts and placement, layer by layer, judged by one objective.
 
-For every MoE layer (layers are independent and solved in parallel, ``options.jobs``):
+For every MoE layer (layers are independent and solved in parallel, ``options.jobs``; the plan
+does not depend on how many):
 
 1. Scale every scenario's shares so that the mean GPU load is 1 (loads ARE imbalances). With
    token-level traces the search plans on shares shrunk toward the pooled ones by each window's
    token count (:func:`shrunk_shares`: a short window's shares are mostly sampling noise); the
-   objective, bound and status reported are those of the plain shares.
-2. Lower bound (valid for every placement): the heaviest replica under the best robust replica
-   counts, and 1 (:func:`~placement.solver.balance.count_bound`).
-3. Start points: (a) robust replica counts (EPLB's greedy on the worst scenario; with two slots
-   per GPU then moved while the best pairing of each scenario improves) packed by a
-   multi-scenario LPT; (b) DeepSeek EPLB's own placement of the summed shares (the warm start,
-   its co-located replicas spread out). The better one, by the robust objective, is improved.
-4. Iterated local search from the peak GPUs: replica swaps, then replica-count changes; fixed
-   iteration counts and a seeded generator, so the plan depends on the input and seed only.
-5. Small layers (the exact model has few variables): CP-SAT solves the exact model with the
-   local-search placement as a hint and a deterministic work limit; its optimum (or better
-   incumbent) and its bound replace the heuristic's.
-6. Token-level traces: traffic is planned too (:mod:`placement.solver.traffic`): experts that fire
-   together share a node and the experts whose replica on every node saves the most sends get
-   one, within ``balance_tolerance`` of the balance-only optimum.
+   figures, bound and status reported are those of the plain shares.
+2. Balance-only placement (:func:`~placement.solver.layer.balance_layer`): bound, start points
+   (robust counts packed by a multi-scenario LPT, and EPLB's global placement), iterated local
+   search, and CP-SAT on small layers.
+3. Token-level traces on several nodes: traffic-aware candidates
+   (:func:`~placement.solver.traffic.traffic_candidates`): experts to nodes by Mt-KaHyPar on
+   the planning tokens, replicas on every node for the experts that save the most sends, GPUs
+   inside every node packed for balance. Node-limited routing keeps expert groups whole
+   (:func:`~placement.solver.traffic.node_limited_candidates`).
+4. Every candidate, and EPLB's own placement of the layer, is scored in-sample
+   (:class:`~placement.solver.objective.LayerScorer`) and the best by ``options.objective``
+   wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
+   never worse than EPLB's on the objective: when the search does not beat it, the layer IS
+   EPLB's ("fell back").
 
-The whole solve stops at ``options.time_limit`` with the best placement found for every layer.
+The search is bounded by work (:class:`~placement.solver.layer.Effort`: rounds, moves,
+V-cycles, CP-SAT deterministic limits), so the plan depends on the input and seed only.
+``options.time_limit`` is a safety net: a layer still running when it fires returns what it has
+(status ``TIME_LIMIT``), and such a plan may differ between machines.
 """
 
 from __future__ import annotations
@@ -30,254 +33,36 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from placement.errors import InputError, SolverError
 from placement.plan import Plan
-from placement.solver.balance import (
-    LayerState,
-    count_bound,
-    improve,
-    lpt_assign,
-    pair_counts,
-    robust_counts,
-    scaled_loads,
+from placement.solver.balance import count_bound, scaled_loads
+from placement.solver.layer import (
+    Effort,
+    LayerSolution,
+    LayerTask,
+    balance_layer,
+    canonical,
+    exact_model_applies,
+    identical_gpus,
+    spread_colocated,
 )
-from placement.solver.cpsat import configuration_count, solve_exact, solve_patterns
-from placement.solver.problem import ProblemData, SolveOptions
+from placement.solver.objective import LayerScorer, pick
+from placement.solver.problem import ProblemData, SolveOptions, resolve_model
+from placement.solver.traffic import build_token_data, node_limited_candidates, traffic_candidates
 
-__all__ = ["Effort", "LayerSolution", "LayerTask", "optimize", "shrunk_shares", "solve_layer"]
+__all__ = [
+    "SHRINK_PER_EXPERT",
+    "optimize",
+    "shrunk_shares",
+    "solve_layer",
+    "solve_optimizer",
+    "split_tokens",
+]
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Effort:
-    """Work limits of the optimizer (deterministic: counts, not seconds).
-
-    Attributes:
-        rounds: perturbation rounds of the iterated local search per layer.
-        max_moves: moves per descent.
-        exact_max_patterns: solve a layer with the exact CP-SAT pattern model when there are at
-            most this many GPU configurations (``C(E, slots per GPU)``).
-        exact_max_vars: else with the exact assignment model when it needs at most this many
-            assignment variables (``E * G * max replicas``).
-        exact_work: CP-SAT deterministic time limit per layer.
-    """
-
-    rounds: int = 12
-    max_moves: int = 800
-    exact_max_patterns: int = 1500
-    exact_max_vars: int = 1200
-    exact_work: float = 2.0
-
-
-@dataclass(frozen=True)
-class LayerTask:
-    """One layer to place (picklable: sent to worker processes).
-
-    Attributes:
-        index: layer index ``0..L-1``.
-        shares: ``[S, E]`` every scenario's share of the layer's tokens per expert.
-        num_nodes, gpus_per_node, slots_per_gpu: the cluster.
-        robust: ``"max"`` or ``"mean"``.
-        seed: seed of the layer's randomised steps.
-        warm: ``[P]`` a warm-start placement (EPLB's), or None.
-        deadline: ``time.monotonic()`` value after which the layer returns what it has.
-        effort: work limits.
-        max_count: most replicas one expert may have (G, or GPUs per node under node limits).
-        tokens: per scenario ``(topk_ids [T, k], src_gpu [T])`` of this layer, or None.
-        balance_tolerance, max_nodes_per_token, num_groups: traffic settings.
-        plan_shares: ``[S, E]`` the shares the search plans on when they differ from
-            ``shares`` (:func:`shrunk_shares`; token-level traces), or None.
-    """
-
-    index: int
-    shares: np.ndarray
-    num_nodes: int
-    gpus_per_node: int
-    slots_per_gpu: int
-    robust: str
-    seed: int
-    warm: np.ndarray | None
-    deadline: float
-    effort: Effort
-    tokens: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None
-    balance_tolerance: float = 0.05
-    max_nodes_per_token: int | None = None
-    num_groups: int = 1
-    plan_shares: np.ndarray | None = None
-
-    @property
-    def num_gpus(self) -> int:
-        return self.num_nodes * self.gpus_per_node
-
-
-@dataclass(frozen=True)
-class LayerSolution:
-    """What a layer's solve returns.
-
-    Attributes:
-        index: layer index.
-        phy2log: ``[P]`` expert of every slot.
-        bound: valid lower bound of the robust even-split imbalance.
-        status: ``"OPTIMAL"`` (proven), ``"FEASIBLE"`` or ``"TIME_LIMIT"``.
-        objective: the robust even-split imbalance of ``phy2log``.
-        bound_source: ``"exact"`` (CP-SAT) or ``"counts"`` (replica-count bound).
-        info: extra figures (traffic, moves...).
-    """
-
-    index: int
-    phy2log: np.ndarray
-    bound: float
-    status: str
-    objective: float
-    bound_source: str
-    info: dict[str, float] = field(default_factory=dict)
-
-
-def _spread_colocated(row: np.ndarray, G: int, spg: int) -> np.ndarray:
-    """``[P]`` EPLB row -> ``[G, spg]`` without two replicas of one expert on a GPU.
-
-    A co-located duplicate is swapped with a replica on another GPU where neither clashes.
-    """
-    phy = row.reshape(G, spg).copy()
-    for _ in range(G * spg):
-        srt = np.sort(phy, axis=1)
-        dup = np.argwhere(srt[:, 1:] == srt[:, :-1])
-        if dup.size == 0:
-            return phy
-        g = int(dup[0, 0])
-        e = int(srt[g, dup[0, 1]])
-        i = int(np.flatnonzero(phy[g] == e)[1])
-        done = False
-        for h in range(G):
-            if h == g or (phy[h] == e).any():
-                continue
-            for j in range(spg):
-                x = phy[h, j]
-                if not (phy[g] == x).any():
-                    phy[g, i], phy[h, j] = x, e
-                    done = True
-                    break
-            if done:
-                break
-        if not done:
-            break
-    srt = np.sort(phy, axis=1)
-    return phy if not (srt[:, 1:] == srt[:, :-1]).any() else np.empty((0, spg), dtype=np.int64)
-
-
-def _canonical(phy: np.ndarray) -> np.ndarray:
-    """Experts in slot order within each GPU (a plan's readable, deterministic form)."""
-    return np.sort(phy, axis=1)
-
-
-def solve_layer(task: LayerTask) -> LayerSolution:
-    """Place one layer: bound, start points, local search, exact model when small, traffic."""
-    G, _spg = task.num_gpus, task.slots_per_gpu
-    w = scaled_loads(task.shares, G)
-    node_limited = (task.max_nodes_per_token is not None
-                    and task.max_nodes_per_token < task.num_nodes)
-    if task.tokens is not None or node_limited:
-        from placement.solver.traffic import solve_traffic_layer
-
-        return solve_traffic_layer(task, w)
-    bal = balance_layer(task, w)
-    return LayerSolution(task.index, _canonical(bal.phy).reshape(-1), bal.bound, bal.status,
-                         bal.value, bal.bound_source)
-
-
-@dataclass(frozen=True)
-class BalanceResult:
-    """Balance-only placement of a layer: ``phy [G, spg]``, its robust even-split imbalance,
-    a valid bound, status and where the bound came from."""
-
-    phy: np.ndarray
-    value: float
-    bound: float
-    status: str
-    bound_source: str
-
-
-def exact_model_applies(task: LayerTask, num_experts: int, max_count: int | None = None) -> bool:
-    """Whether a layer is small enough for step 4's exact CP-SAT models."""
-    G, spg = task.num_gpus, task.slots_per_gpu
-    max_count = G if max_count is None else max_count
-    K = min(max_count, G * spg - num_experts + 1)
-    return (configuration_count(num_experts, spg) <= task.effort.exact_max_patterns
-            or num_experts * G * K <= task.effort.exact_max_vars)
-
-
-def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = None) -> BalanceResult:
-    """Steps 1-5 of the module docstring for one layer, balance only."""
-    G, spg = task.num_gpus, task.slots_per_gpu
-    P = G * spg
-    E = w.shape[1]
-    max_count = G if max_count is None else max_count
-    timed_out = False
-
-    # 1. lower bound
-    bound = count_bound(w, P, max_count, task.robust)
-    bound_source = "counts"
-
-    # 2. start points
-    cnt = robust_counts(w, P, max_count, task.robust)
-    if spg == 2:  # a GPU is a pair of replicas: counts that make good pairs, not light replicas
-        cnt = pair_counts(w, cnt, max_count, task.robust)
-    starts = [LayerState.build(w, lpt_assign(w, cnt, G, spg, task.robust), task.robust,
-                               max_count)]
-    if task.warm is not None:
-        warm = _spread_colocated(np.asarray(task.warm), G, spg)
-        if warm.size:
-            starts.append(LayerState.build(w, warm, task.robust, max_count))
-    st = min(starts, key=lambda s: s.key())
-
-    # 3. iterated local search
-    st = improve(st, rounds=task.effort.rounds, max_moves=task.effort.max_moves,
-                 seed=task.seed, deadline=task.deadline)
-    if time.monotonic() > task.deadline:
-        timed_out = True
-    best = st.phy
-    value = st.objective()
-    status = "FEASIBLE"
-
-    # 4. exact model for small layers: the pattern model when GPUs hold few experts, else the
-    #    assignment model
-    use_patterns = configuration_count(E, spg) <= task.effort.exact_max_patterns
-    if exact_model_applies(task, E, max_count) and not timed_out:
-        left = task.deadline - time.monotonic()
-        model = solve_patterns if use_patterns else solve_exact
-        res = model(w, G, spg, robust=task.robust, max_count=max_count, hint=best,
-                    seed=task.seed, max_deterministic_time=task.effort.exact_work, max_time=left)
-        if res.phy is not None:
-            cand = LayerState.build(w, res.phy, task.robust, max_count)
-            if cand.objective() <= value + 1e-12:
-                best, value = cand.phy, cand.objective()
-        if res.bound > bound:
-            bound, bound_source = res.bound, "exact"
-        if res.optimal:
-            status = "OPTIMAL"
-            bound = min(max(bound, value - 1e-9), value)
-            bound_source = "exact"
-    if timed_out:
-        status = "TIME_LIMIT"
-    return BalanceResult(best, value, min(bound, value), status, bound_source)
-
-
-def _token_data(problem: ProblemData, layer: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    from placement.metrics import source_gpus
-
-    G = problem.cluster.num_gpus
-    out = []
-    assert problem.token_traces is not None
-    for t in problem.token_traces:
-        ids = np.asarray(t.topk_ids[:, layer, :])
-        out.append((ids, source_gpus(ids.shape[0], t.source_rank, G)))
-    return tuple(out)
-
 
 SHRINK_PER_EXPERT = 20.0
 """Prior strength of :func:`shrunk_shares`, in routed tokens per expert."""
@@ -303,11 +88,172 @@ def shrunk_shares(counts: np.ndarray, per_expert: float) -> np.ndarray:
     return np.where(n > 0, out, 0.0)
 
 
+def _colocated(phy: np.ndarray) -> bool:
+    srt = np.sort(phy, axis=1)
+    return bool((srt[:, 1:] == srt[:, :-1]).any())
+
+
+def solve_layer(task: LayerTask) -> LayerSolution:
+    """Place one layer (steps 1-4 of the module docstring)."""
+    c = task.cluster
+    G, spg, gpn = c.num_gpus, c.slots_per_gpu, c.gpus_per_node
+    P = G * spg
+    E = task.shares.shape[1]
+    w = scaled_loads(task.shares, G)
+
+    # more slots per GPU than experts: identical GPUs are optimal (no choice worth searching)
+    if spg >= E:
+        phy = identical_gpus(w, G, spg)
+        return LayerSolution(task.index, phy.reshape(-1), 1.0, "OPTIMAL", 1.0, "counts",
+                             colocated=spg > E, choice="identical GPUs")
+
+    # 1. the loads the search plans on
+    wp = w if task.plan_shares is None else scaled_loads(task.plan_shares, G)
+    td = None
+    if task.tokens is not None:
+        td = build_token_data(task.tokens, E, G, gpn, max_tokens=task.effort.max_tokens,
+                              seed=task.seed)
+        if td.num_tokens == 0:
+            td = None
+    max_count = gpn if task.node_limited else G
+    # the traffic of the candidates is scored on tokens they were not fitted to
+    traffic_tokens = None if td is None else (td.ids, td.src)
+
+    # 2.-3. candidates; the first is the balance reference
+    cands: list[tuple[str, np.ndarray]] = []
+    if task.node_limited:
+        cands, bound = node_limited_candidates(task, wp, td, bound_loads=w)
+        bound = max(bound, count_bound(w, P, max_count, task.robust))
+        bound_source = "groups" if bound > 1.0 else "counts"
+    else:
+        bal = balance_layer(task, wp)
+        cands.append(("balance", bal.phy))
+        if task.plan_shares is None:
+            bound, bound_source = bal.bound, bal.bound_source
+        else:
+            bound, bound_source = count_bound(w, P, max_count, task.robust), "counts"
+            if exact_model_applies(task, E):
+                plain = balance_layer(task, w)  # small layer: its exact bound holds for w
+                if plain.bound > bound:
+                    bound, bound_source = plain.bound, plain.bound_source
+        if td is not None and c.num_nodes > 1:
+            fit, check = split_tokens(td.ids, td.src)
+            if fit is not None:
+                td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
+                                          seed=task.seed)
+                traffic_tokens = check
+            else:
+                td_fit = td
+            cands += traffic_candidates(task, wp, td_fit, balance_value=bal.value)
+    eplb_index: int | None = None
+    eplb_rows: set[int] = set()  # EPLB's layer, as it is and with co-located replicas spread
+    if task.eplb is not None:
+        row = np.asarray(task.eplb)
+        spread = spread_colocated(row, G, spg)
+        if spread.size and not np.array_equal(np.sort(spread, axis=1),
+                                              np.sort(row.reshape(G, spg), axis=1)):
+            eplb_rows.add(len(cands))
+            cands.append(("eplb, co-located replicas spread", spread))
+        eplb_index = len(cands)
+        eplb_rows.add(eplb_index)
+        cands.append(("eplb", row.reshape(G, spg)))
+
+    # 4. score and pick
+    scorer = LayerScorer(
+        w, c, task.model, task.robust,
+        tokens=traffic_tokens, rate_tokens=None if td is None else (td.ids, td.src),
+        pooled=task.pooled, overlap=task.overlap,
+    )
+    scores = [scorer.score(phy) for _, phy in cands]
+    best = pick(scores, task.objective, balance=0, eplb=eplb_index,
+                tolerance=task.balance_tolerance)
+    label, phy = cands[best]
+    s = scores[best]
+    fell_back = best in eplb_rows
+    colocated = _colocated(phy)
+    bound = min(bound, s.robust_even)
+    if task.timed_out():
+        status = "TIME_LIMIT"
+    elif (task.objective == "balance" or td is None) and s.robust_even <= bound + 1e-9:
+        status = "OPTIMAL"  # proven: no placement balances better
+    else:
+        status = "FEASIBLE"
+    info = {
+        "candidates": float(len(cands)),
+        "imbalance_static_in_sample": s.static,
+        "predicted_time_in_sample": s.time,
+    }
+    if td is not None:
+        info["sends_per_token_in_sample"] = s.sends
+        info["balance_only_sends"] = scores[0].sends
+    out = phy if colocated else canonical(phy)
+    return LayerSolution(task.index, out.reshape(-1), bound, status, s.robust_even, bound_source,
+                         fell_back=fell_back, colocated=colocated, choice=label, info=info)
+
+
+VALIDATION_BLOCKS = 64
+"""The planning tokens of a layer fall in this many contiguous blocks; the traffic-aware
+candidates are fitted to the even blocks and their traffic is scored on the odd ones."""
+
+MIN_SPLIT_TOKENS = 256
+"""Fewer planning tokens than this: candidates are fitted and scored on all of them."""
+
+
+def split_tokens(ids: np.ndarray, src: np.ndarray) -> tuple[
+        tuple[np.ndarray, np.ndarray] | None, tuple[np.ndarray, np.ndarray]]:
+    """``((ids, src) to fit, (ids, src) to score)``: alternating contiguous blocks of the
+    planning tokens (:data:`VALIDATION_BLOCKS`; tokens of one sequence sit together, so a block
+    holds whole sequences), or ``(None, all)`` for few tokens.
+
+    Fitting the homes of experts to tokens and scoring them on the same tokens rewards noise (a
+    partition of one sample's co-activations is optimistic about the next tokens); scoring on
+    other tokens makes the comparison with EPLB's and the balance-only plan honest.
+    """
+    T = ids.shape[0]
+    if T < MIN_SPLIT_TOKENS:
+        return None, (ids, src)
+    block = (np.arange(T) * VALIDATION_BLOCKS) // T
+    fit = block % 2 == 0
+    return (ids[fit], src[fit]), (ids[~fit], src[~fit])
+
+
+def _token_data(problem: ProblemData, layer: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    assert problem.token_traces is not None
+    srcs = problem.token_sources()
+    return tuple((np.asarray(t.topk_ids[:, layer, :]), src)
+                 for t, src in zip(problem.token_traces, srcs, strict=True))
+
+
+def _check_node_limits(problem: ProblemData, options: SolveOptions, groups: int) -> None:
+    c = problem.cluster
+    E = problem.num_experts
+    M = options.max_nodes_per_token
+    if groups % c.num_nodes != 0 or E % groups != 0:
+        raise InputError(
+            f"--max-nodes-per-token {M} keeps every expert group on one node, so num_groups "
+            f"({groups}) must be a multiple of the {c.num_nodes} nodes and divide the {E} "
+            f"experts; set --groups."
+        )
+    per_node = E // c.num_nodes
+    slots = c.gpus_per_node * c.slots_per_gpu
+    if per_node > slots:
+        raise InputError(
+            f"--max-nodes-per-token {M}: a node's {per_node} experts need more than its "
+            f"{slots} slots (short by {per_node - slots})."
+        )
+    if per_node * c.gpus_per_node < slots:
+        raise InputError(
+            f"--max-nodes-per-token {M}: a node's {per_node} experts, at most one replica "
+            f"per GPU, fill only {per_node * c.gpus_per_node} of its {slots} slots; use "
+            f"fewer slots per GPU or more GPUs per node."
+        )
+
+
 def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | None = None,
              *, effort: Effort | None = None) -> Plan:
     """Place every layer of ``problem`` (see the module docstring); returns the :class:`Plan`."""
-    from placement.solver import _make_plan
     from placement.solver.baselines import eplb_phy2log
+    from placement.solver.evaluate import make_plan
 
     start = time.perf_counter()
     deadline = time.monotonic() + options.time_limit
@@ -316,32 +262,15 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
     L = problem.num_layers
     E = problem.num_experts
     c.check_fits(E)
-    M = options.max_nodes_per_token
     groups = options.groups_for(E)
-    if M is not None and M < c.num_nodes:
-        if E > c.num_slots:  # pragma: no cover - check_fits above
-            raise InputError("too few slots")
-        if groups % c.num_nodes != 0 or E % groups != 0:
-            raise InputError(
-                f"--max-nodes-per-token {M} keeps every expert group on one node, so num_groups "
-                f"({groups}) must be a multiple of the {c.num_nodes} nodes and divide the {E} "
-                f"experts; set --groups."
-            )
-        per_node = E // c.num_nodes
-        slots = c.gpus_per_node * c.slots_per_gpu
-        if per_node > slots:
-            raise InputError(
-                f"--max-nodes-per-token {M}: a node's {per_node} experts need more than its "
-                f"{slots} slots (short by {per_node - slots})."
-            )
-        if per_node * c.gpus_per_node < slots:
-            raise InputError(
-                f"--max-nodes-per-token {M}: a node's {per_node} experts, at most one replica "
-                f"per GPU, fill only {per_node * c.gpus_per_node} of its {slots} slots; use "
-                f"fewer slots per GPU or more GPUs per node."
-            )
+    node_limited = options.max_nodes_per_token is not None \
+        and options.max_nodes_per_token < c.num_nodes
+    if node_limited:
+        _check_node_limits(problem, options, groups)
+    model, model_source = resolve_model(options, problem)
     shares = problem.scenario_shares()  # [S, L, E]
-    # token-level windows are short: plan on shares shrunk toward the pool (reported objectives
+    pooled = problem.scenario_counts.sum(axis=0)  # [L, E]
+    # token-level windows are short: plan on shares shrunk toward the pool (reported figures
     # and bounds stay on the plain shares)
     plan_shares = (shrunk_shares(problem.scenario_counts, SHRINK_PER_EXPERT)
                    if problem.is_token_level else None)
@@ -349,23 +278,30 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         warm = eplb_phy2log(problem, options, global_policy=True)
     except InputError:
         warm = None
+    try:
+        eplb = eplb_phy2log(problem, options, global_policy=False)
+    except InputError:
+        eplb = None
     tasks = [
         LayerTask(
             index=i,
             shares=shares[:, i, :],
             plan_shares=None if plan_shares is None else plan_shares[:, i, :],
-            num_nodes=c.num_nodes,
-            gpus_per_node=c.gpus_per_node,
-            slots_per_gpu=c.slots_per_gpu,
+            cluster=c,
             robust=options.robust,
             seed=options.seed * 1_000_003 + i,
             warm=None if warm is None else warm[i],
+            eplb=None if eplb is None else eplb[i],
             deadline=deadline,
             effort=effort,
+            model=model,
+            pooled=pooled[i],
             tokens=_token_data(problem, i) if problem.is_token_level else None,
+            objective=options.objective,
             balance_tolerance=options.balance_tolerance,
-            max_nodes_per_token=M,
+            max_nodes_per_token=options.max_nodes_per_token,
             num_groups=groups,
+            overlap=options.overlap,
         )
         for i in range(L)
     ]
@@ -378,22 +314,35 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         status = "TIME_LIMIT"
     else:
         status = "FEASIBLE"
-    settings = {
+    settings: dict = {
+        "objective": options.objective,
+        "overlap": options.overlap,
+        "model": model.name,
+        "model_source": model_source,
         "robust": options.robust,
         "seed": options.seed,
         "balance_tolerance": options.balance_tolerance,
-        "max_nodes_per_token": M,
+        "max_nodes_per_token": options.max_nodes_per_token,
         "num_groups": groups,
         "time_limit": options.time_limit,
         "layer_status": statuses,
         "bound_source": [s.bound_source for s in sols],
+        "fell_back": [bool(s.fell_back) for s in sols],
+        "choice": [s.choice for s in sols],
     }
     extra = {k for s in sols for k in s.info}
     for k in sorted(extra):
         settings[k] = [float(s.info.get(k, float("nan"))) for s in sols]
-    return _make_plan(problem, phy2log, options, "optimizer", start,
-                      lower_bound=[float(s.bound) for s in sols], status=status,
-                      settings=settings)
+    return make_plan(problem, phy2log, options, "optimizer", start,
+                     lower_bound=[float(s.bound) for s in sols], status=status,
+                     settings=settings, allow_colocated=any(s.colocated for s in sols),
+                     model=model)
+
+
+def solve_optimizer(problem: ProblemData, options: SolveOptions,
+                    progress: Progress | None = None) -> Plan:
+    """The registry's entry point: :func:`optimize` with the default effort."""
+    return optimize(problem, options, progress)
 
 
 def _run(tasks: list[LayerTask], jobs: int, progress: Progress | None) -> list[LayerSolution]:
@@ -417,6 +366,8 @@ def _run(tasks: list[LayerTask], jobs: int, progress: Progress | None) -> list[L
                 for f in finished:
                     try:
                         sol = f.result()
+                    except InputError:
+                        raise
                     except Exception as exc:  # a worker died: a bug, not the user's doing
                         raise SolverError(f"a layer's solve failed: {exc!r}") from exc
                     out[sol.index] = sol

@@ -11,11 +11,28 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import InputError
+from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_preset
+from placement.moe_time import OVERLAPS
 from placement.routing_traces.trace import Trace
 
-__all__ = ["ROBUST_MODES", "ProblemData", "SolveOptions"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "OBJECTIVES",
+    "ROBUST_MODES",
+    "ProblemData",
+    "SolveOptions",
+    "resolve_model",
+]
 
 ROBUST_MODES = ("max", "mean")
+
+OBJECTIVES: tuple[str, ...] = ("time", "balance", "traffic")
+"""What the optimizer minimises per layer (:mod:`placement.solver.objective`)."""
+
+DEFAULT_MODEL = "deepseek-v3"
+"""The model shape the predicted time uses when the traces' model is unknown (what matters is
+the ratio of an expert's FLOPs per token to its bytes per token: DeepSeek-V3's is typical of
+large MoE models)."""
 
 
 @dataclass(frozen=True)
@@ -23,13 +40,27 @@ class SolveOptions:
     """Settings of :func:`placement.solver.solve`.
 
     Args:
-        method: ``"optimizer"`` (default), ``"eplb"``, ``"eplb-global"`` or ``"contiguous"``.
+        method: a name of :data:`placement.solver.METHODS`: ``"optimizer"`` (default),
+            ``"eplb"``, ``"eplb-global"`` or ``"contiguous"``.
+        objective: what the optimizer minimises per layer: ``"time"`` (default: the predicted
+            MoE layer time of :func:`placement.moe_time.layer_times` for the cluster's
+            bandwidths and the model's shape), ``"balance"`` (peak GPU load) or ``"traffic"``
+            (cross-node sends within ``balance_tolerance`` of the best balance).
+        model: the model shape of the predicted time: a :class:`ModelShape` or a preset name;
+            None guesses it from the traces' model name, expert count and top-k, else uses
+            :data:`DEFAULT_MODEL` (:func:`resolve_model`).
+        overlap: how communication and compute overlap in the predicted time
+            (:data:`placement.moe_time.OVERLAPS`; DeepSeek's two micro-batches by default).
         num_groups: expert groups for EPLB's hierarchical policy (default: 8 when the expert
             count is a multiple of 8, as DeepSeek-V3's ``n_group``, else 1).
-        balance_tolerance: how much peak GPU load above the best achievable the optimizer may give
-            up for less cross-node traffic, as a fraction (0.05 = 5 %).
+        balance_tolerance: how much peak GPU load above the balance-only plan's the optimizer
+            may give up for less cross-node traffic, as a fraction (0.05 = 5 %); None: the
+            objective decides (``"traffic"``: 0.05; ``"time"``: never balance worse than the
+            balance-only plan or EPLB's, whichever is worse).
         max_nodes_per_token: node-limited routing (DeepSeek-V3 uses 4), or None.
-        time_limit: seconds for the whole solve; the best plan found by then is returned.
+        time_limit: safety net, seconds for the whole solve (the search is bounded by work,
+            not time); a layer still running when it fires returns what it has, and the plan
+            may then differ between machines.
         jobs: layers solved in parallel (default: the machine's CPU cores; the plan does not
             depend on it).
         seed: seed of every randomised step; same input and seed, same plan.
@@ -37,23 +68,39 @@ class SolveOptions:
     """
 
     method: str = "optimizer"
+    objective: str = "time"
+    model: str | ModelShape | None = None
+    overlap: str = "two-batch"
     num_groups: int | None = None
-    balance_tolerance: float = 0.05
+    balance_tolerance: float | None = None
     max_nodes_per_token: int | None = None
-    time_limit: float = 60.0
+    time_limit: float = 600.0
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
     robust: str = "max"
 
     def __post_init__(self) -> None:
-        from placement.solver import METHODS  # registry lives with solve()
+        from placement.solver.registry import METHODS
 
         if self.method not in METHODS:
             raise InputError(f"Unknown method {self.method!r}; choose one of: {', '.join(METHODS)}.")
+        if self.objective not in OBJECTIVES:
+            raise InputError(
+                f"Expected objective in {', '.join(OBJECTIVES)}, got {self.objective!r}."
+            )
+        if isinstance(self.model, str) and self.model not in MODEL_PRESETS:
+            raise InputError(
+                f"Unknown model {self.model!r}; choose one of: {', '.join(sorted(MODEL_PRESETS))}."
+            )
+        if self.model is not None and not isinstance(self.model, (str, ModelShape)):
+            raise InputError(f"Expected model to be a preset name or a ModelShape, got {self.model!r}.")
+        if self.overlap not in OVERLAPS:
+            raise InputError(f"Expected overlap in {', '.join(OVERLAPS)}, got {self.overlap!r}.")
         if self.num_groups is not None and self.num_groups < 1:
             raise InputError(f"Expected num_groups >= 1, got {self.num_groups}.")
-        if not (math.isfinite(self.balance_tolerance) and self.balance_tolerance >= 0):
-            raise InputError(f"Expected balance_tolerance >= 0, got {self.balance_tolerance}.")
+        tol = self.balance_tolerance
+        if tol is not None and not (math.isfinite(tol) and tol >= 0):
+            raise InputError(f"Expected balance_tolerance >= 0, got {tol}.")
         if self.max_nodes_per_token is not None and self.max_nodes_per_token < 1:
             raise InputError(f"Expected max_nodes_per_token >= 1, got {self.max_nodes_per_token}.")
         if not (math.isfinite(self.time_limit) and self.time_limit > 0):
@@ -84,6 +131,10 @@ class ProblemData:
         scenario_names: a name per scenario.
         token_traces: per scenario, the token-level trace of that scenario (None for aggregated).
         top_k: experts per token, when known.
+        num_hidden_layers, model: of the traces, when known.
+        source_gpus: per scenario, ``[T]`` the source GPU of every token of
+            ``token_traces`` (the source rank modulo G, or the token's index in its whole trace
+            modulo G, as the validator assigns them); None: computed from the scenario alone.
     """
 
     cluster: Cluster
@@ -95,6 +146,7 @@ class ProblemData:
     top_k: int | None = None
     num_hidden_layers: int | None = None
     model: str | None = None
+    source_gpus: tuple[np.ndarray, ...] | None = field(default=None, compare=False)
     extras: dict[str, object] = field(default_factory=dict, compare=False)
 
     @property
@@ -111,6 +163,18 @@ class ProblemData:
     def is_token_level(self) -> bool:
         """Whether traffic (not only balance) can be planned for."""
         return self.token_traces is not None
+
+    def token_sources(self) -> tuple[np.ndarray, ...]:
+        """Per scenario, ``[T]`` the source GPU of every token (token-level problems)."""
+        from placement.metrics import source_gpus
+
+        if self.token_traces is None:
+            return ()
+        if self.source_gpus is not None:
+            return self.source_gpus
+        G = self.cluster.num_gpus
+        return tuple(source_gpus(int(t.num_tokens or 0), t.source_rank, G)
+                     for t in self.token_traces)
 
     def scenario_shares(self) -> np.ndarray:
         """``[S, L, E]`` every scenario's counts normalised to sum 1 per layer."""
@@ -131,6 +195,7 @@ class ProblemData:
             top_k=self.top_k,
             num_hidden_layers=self.num_hidden_layers,
             model=self.model,
+            source_gpus=self.source_gpus,
         )
 
     @classmethod
@@ -152,18 +217,28 @@ class ProblemData:
             if not np.array_equal(t.layer_ids, first.layer_ids):
                 raise InputError(f"trace {i} traces other layers than trace 0.")
         cluster.check_fits(first.num_experts)
+        from placement.metrics import source_gpus
+
         counts: list[np.ndarray] = []
         names: list[str] = []
         tokens: list[Trace] = []
+        sources: list[np.ndarray] = []
         token_level = all(t.is_token_level for t in tr)
+        G = cluster.num_gpus
         for i, t in enumerate(tr):
             wc = t.window_counts()
+            src = source_gpus(int(t.num_tokens or 0), t.source_rank, G) if token_level else None
             for w in range(t.num_windows):
                 counts.append(wc[w])
                 label = t.window_names[w]
                 names.append(label if len(tr) == 1 else f"{i}:{label}")
-                if token_level:
-                    tokens.append(t.select_windows([w]) if t.num_windows > 1 else t)
+                if token_level and src is not None:
+                    if t.num_windows > 1:
+                        tokens.append(t.select_windows([w]))
+                        sources.append(src[t.window_index == w])
+                    else:
+                        tokens.append(t)
+                        sources.append(src)
         sc = np.stack(counts)
         if not (sc.sum(axis=-1) > 0).any():
             raise InputError("The traces route no tokens.")
@@ -178,4 +253,22 @@ class ProblemData:
             top_k=top_ks.pop() if len(top_ks) == 1 else None,
             num_hidden_layers=first.num_hidden_layers,
             model=first.model,
+            source_gpus=tuple(sources) if token_level else None,
         )
+
+
+def resolve_model(options: SolveOptions, problem: ProblemData) -> tuple[ModelShape, str]:
+    """The model shape of the predicted time, and where it came from.
+
+    ``options.model`` when given; else the preset the traces' model name points to, or the only
+    preset with their expert count and top-k; else :data:`DEFAULT_MODEL`'s shape.
+    """
+    m = options.model
+    if isinstance(m, ModelShape):
+        return m, "given"
+    if isinstance(m, str):
+        return model_preset(m), "given"
+    guess = guess_model(problem.model, num_experts=problem.num_experts, top_k=problem.top_k)
+    if guess is not None:
+        return guess, "guessed"
+    return model_preset(DEFAULT_MODEL), "default"

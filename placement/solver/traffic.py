@@ -4,51 +4,56 @@ Under the engines' static dispatch rule a token uses a replica on its own GPU, e
 else elsewhere. So a token crosses to another node once per remote node among its experts'
 chosen replicas (``cross-node sends``), and two levers cut that traffic:
 
-* experts that fire together live on one node (a graph partition of the co-activation graph,
-  by pymetis, with vertex weights = load so the nodes stay balanced, then local search);
+* experts that fire together live on one node: a hypergraph partition of the planning tokens
+  (Mt-KaHyPar, :mod:`placement.solver.partition`; a token's sends are its hyperedge's
+  connectivity minus one), with every node's load capped, then a local search that keeps every
+  scenario's node loads under the cap;
 * an expert with a replica on EVERY node keeps all its tokens at home; spare slots go to the
-  experts whose replica everywhere saves the most sends (marginal gain from the planning tokens).
+  experts whose replica everywhere saves the most sends (marginal gain on the planning tokens).
 
 Plans here have that structure: every expert is either "homed" (all its replicas on one node) or
-"everywhere" (the same number of replicas on every node). The sends of such a plan follow from
-the experts' home nodes alone, which makes node-level search fast and exact; the GPUs inside a
-node are then packed for balance (:mod:`placement.solver.balance`).
+"everywhere" (a replica on every node). The sends of such a plan follow from the experts' home
+nodes alone, which makes node-level search fast and exact; the GPUs inside a node are then
+packed for balance (:mod:`placement.solver.balance`), every node with the local share of its
+everywhere experts.
 
-The trade-off (``balance_tolerance``): the balance-only plan (robust even-split imbalance
-``b``, static-rule imbalance ``b_static`` on all planning tokens) is made first; a traffic plan is
-taken only if its imbalance is at most ``(1 + tolerance) * b`` and its static-rule imbalance at
-most ``(1 + tolerance) * b_static``, and among those the one with the fewest sends wins.
+:func:`traffic_candidates` makes such plans at a few node-load caps and replication levels; the
+optimizer scores them with the balance-only plan and EPLB's and keeps the best by the objective
+(:mod:`placement.solver.objective`).
 
 Node-limited routing (``max_nodes_per_token = M < num_nodes``): every expert GROUP (``E /
 num_groups`` consecutive experts, DeepSeek-V3's ``n_group``) lives on one node, all replicas of
-its experts included. A token that the router sends to at most M groups (DeepSeek-V3: top-4
-groups) is then served by at most M nodes under the static rule.
+its experts included (:func:`node_limited_candidates`). A token that the router sends to at most
+M groups (DeepSeek-V3: top-4 groups) is then served by at most M nodes under the static rule.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
 from placement.cluster import Cluster
-from placement.metrics import imbalance, token_traffic
 from placement.plan import static_dispatch
 from placement.solver.balance import LayerState, improve, lpt_assign, robust_counts
-
-if TYPE_CHECKING:
-    from placement.solver.optimizer import LayerSolution, LayerTask
+from placement.solver.layer import LayerTask
+from placement.solver.objective import node_fractions
+from placement.solver.partition import refine_homes
 
 __all__ = [
+    "EVERYWHERE",
+    "NodeState",
     "TokenData",
     "build_token_data",
-    "exact_traffic",
+    "grow_everywhere",
     "home_sends",
-    "solve_traffic_layer",
+    "node_limited_candidates",
+    "node_state",
+    "nodes_per_token",
+    "routes_by_groups",
+    "traffic_candidates",
 ]
 
 EVERYWHERE = -1
@@ -67,8 +72,9 @@ class TokenData:
         src: ``[T]`` source GPU.
         node: ``[T]`` source node.
         indptr, tokens: CSR lists of the tokens of every expert (``tokens[indptr[e]:indptr[e+1]]``).
-        wsrc: ``[S, N, E]`` load of every expert from every source node per scenario, scaled
-            like the balance loads (mean GPU load 1 per scenario).
+        frac: ``[N, E]`` share of every expert's tokens from every source node
+            (:func:`~placement.solver.objective.node_fractions`): a node's replica of an
+            everywhere expert serves that share.
     """
 
     ids: np.ndarray
@@ -76,7 +82,7 @@ class TokenData:
     node: np.ndarray
     indptr: np.ndarray
     tokens: np.ndarray
-    wsrc: np.ndarray
+    frac: np.ndarray
 
     @property
     def num_tokens(self) -> int:
@@ -92,27 +98,21 @@ def build_token_data(tokens: tuple[tuple[np.ndarray, np.ndarray], ...], num_expe
     """Pool the scenarios' tokens of one layer (a seeded sample of at most ``max_tokens``)."""
     E, G = num_experts, num_gpus
     N = G // gpus_per_node
-    wsrc_list = []
     ids_l, src_l = [], []
     for ids, src in tokens:
         ids = np.asarray(ids, dtype=np.int64)
         src = np.asarray(src, dtype=np.int64)
-        valid = ids >= 0
-        if not valid.any():
-            continue
-        node = src // gpus_per_node
-        flat = (np.broadcast_to(node[:, None], ids.shape) * E + np.where(valid, ids, 0))[valid]
-        c = np.bincount(flat, minlength=N * E).reshape(N, E).astype(np.float64)
-        wsrc_list.append(c / c.sum() * G)
-        keep = valid.any(axis=1)
-        ids_l.append(ids[keep])
-        src_l.append(src[keep])
+        keep = (ids >= 0).any(axis=1)
+        if keep.any():
+            ids_l.append(ids[keep])
+            src_l.append(src[keep])
     if not ids_l:
         k = tokens[0][0].shape[1] if tokens else 1
         return TokenData(np.zeros((0, k), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64),
-                         np.zeros(E + 1, np.int64), np.zeros(0, np.int64), np.zeros((1, N, E)))
+                         np.zeros(E + 1, np.int64), np.zeros(0, np.int64), np.full((N, E), 1 / N))
     ids = np.concatenate(ids_l)
     src = np.concatenate(src_l)
+    frac = node_fractions(ids, src, Cluster(N, gpus_per_node, 1), E)
     if ids.shape[0] > max_tokens:
         pick = np.sort(np.random.default_rng(seed).choice(ids.shape[0], max_tokens, replace=False))
         ids, src = ids[pick], src[pick]
@@ -125,7 +125,15 @@ def build_token_data(tokens: tuple[tuple[np.ndarray, np.ndarray], ...], num_expe
     exp_u, tok_u = pair // T, pair % T
     indptr = np.zeros(E + 1, dtype=np.int64)
     np.cumsum(np.bincount(exp_u, minlength=E), out=indptr[1:])
-    return TokenData(ids, src, src // gpus_per_node, indptr, tok_u, np.stack(wsrc_list))
+    return TokenData(ids, src, src // gpus_per_node, indptr, tok_u, frac)
+
+
+def local_loads(w: np.ndarray, frac: np.ndarray | None, num_nodes: int) -> np.ndarray:
+    """``[S, N, E]`` the load a node's replica of every expert serves when the expert has one on
+    every node: its tokens from the node's own GPUs (``frac [N, E]``; None: an even ``1/N``)."""
+    if frac is None:
+        frac = np.full((num_nodes, w.shape[1]), 1.0 / num_nodes)
+    return w[:, None, :] * frac[None, :, :]
 
 
 def home_sends(home: np.ndarray, ids: np.ndarray, node: np.ndarray) -> np.ndarray:
@@ -137,29 +145,6 @@ def home_sends(home: np.ndarray, ids: np.ndarray, node: np.ndarray) -> np.ndarra
     first = np.ones_like(h, dtype=bool)
     first[:, 1:] = h[:, 1:] != h[:, :-1]
     return ((h >= 0) & first).sum(axis=1)
-
-
-def coactivation(td: TokenData, num_experts: int) -> np.ndarray:
-    """``[E, E]`` tokens routed to both experts (zero diagonal)."""
-    T = td.num_tokens
-    E = num_experts
-    counts = np.diff(td.indptr)
-    rows = td.tokens
-    cols = np.repeat(np.arange(E), counts)
-    m = csr_matrix((np.ones(rows.size), (rows, cols)), shape=(T, E))
-    co = np.asarray((m.T @ m).toarray())
-    np.fill_diagonal(co, 0.0)
-    return co
-
-
-def exact_traffic(phy: np.ndarray, cluster: Cluster, num_experts: int,
-                  td: TokenData) -> tuple[float, float]:
-    """In-sample ``(sends per token, static-rule imbalance)`` of ``phy [G, spg]``."""
-    if td.num_tokens == 0:
-        return 0.0, 1.0
-    disp = static_dispatch(phy.reshape(1, -1), cluster, num_experts)
-    sends, _, loads = token_traffic(disp, td.ids[:, None, :], td.src, cluster)
-    return float(sends[0] / td.num_tokens), float(imbalance(loads)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,8 +168,10 @@ class NodeState:
     sends: np.ndarray
 
 
-def _node_state(home: np.ndarray, w: np.ndarray, wsrc: np.ndarray | None, N: int,
-                td: TokenData | None) -> NodeState:
+def node_state(home: np.ndarray, w: np.ndarray, local: np.ndarray, N: int,
+               td: TokenData | None) -> NodeState:
+    """The :class:`NodeState` of ``home [E]`` (``w [S, E]`` loads, ``local [S, N, E]`` what a
+    node's replica of an everywhere expert serves, :func:`local_loads`)."""
     S, _E = w.shape
     load = np.zeros((S, N))
     used = np.zeros(N, dtype=np.int64)
@@ -195,10 +182,7 @@ def _node_state(home: np.ndarray, w: np.ndarray, wsrc: np.ndarray | None, N: int
     ev = home == EVERYWHERE
     if ev.any():
         used += int(ev.sum())
-        if wsrc is not None:
-            load += wsrc[:, :, ev].sum(axis=2)
-        else:
-            load += w[:, ev].sum(axis=1, keepdims=True) / N
+        load += local[:, :, ev].sum(axis=2)
     sends = (home_sends(home, td.ids, td.node) if td is not None and td.num_tokens
              else np.zeros(0, dtype=np.int64))
     return NodeState(home.copy(), load, used, sends)
@@ -231,7 +215,7 @@ def _homed_per_node(
 
 
 def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: float,
-                   cap_slots: int, gpn: int, max_moves: int, deadline: float) -> None:
+                   cap_slots: int, gpn: int, max_moves: int) -> None:
     """Local search on home nodes (Fiduccia-Mattheyses style): the best move of one expert to
     another node, or when balance or slots forbid the good moves, the best swap, while sends
     drop; every node's worst-scenario load per GPU stays at most ``cap_load`` and its slots at
@@ -270,8 +254,6 @@ def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: flo
         return int(after - before)
 
     for _ in range(max_moves):
-        if time.monotonic() > deadline:
-            return
         Z0 = ((c == 0) & ~own).astype(np.float64)
         Z1 = ((c == 1) & ~own).astype(np.float64)
         A = np.asarray(XT @ Z0)  # [E, N] sends added by moving e to n
@@ -331,16 +313,18 @@ def _improve_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: flo
     ns.sends = ((c > 0) & ~own).sum(axis=1)
 
 
-def _grow_everywhere(ns: NodeState, w: np.ndarray, wsrc: np.ndarray | None, td: TokenData, *,
-                     cap_load: float, cap_slots: int, gpn: int,
-                     checkpoints: tuple[int, ...]) -> list[np.ndarray]:
+def grow_everywhere(ns: NodeState, w: np.ndarray, local: np.ndarray, td: TokenData, *,
+                    cap_load: float, cap_slots: int, gpn: int,
+                    checkpoints: tuple[int, ...]) -> list[np.ndarray]:
     """Greedy marginal-gain replication: turn homed experts into everywhere experts, the one
     that saves the most sends first (a token stops sending to node ``a`` when the expert was its
     only one homed on ``a``), while slots and every node's worst-scenario load allow.
 
     Every such expert costs ``N - 1`` slots, so the gain per slot is the savings / (N - 1), the
-    same order. Returns copies of ``home`` after each of ``checkpoints`` growth steps (the
-    packing decides which still balances), ending with the last one reached.
+    same order. While some node is over the cap, the expert whose replicas lower the peak node
+    load most goes first (replication is how a start that keeps groups whole gets balanced).
+    Returns copies of ``home`` after each of ``checkpoints`` growth steps (the packing decides
+    which still balances), ending with the last one reached.
 
     Savings of every expert at once: with ``c[t, n]`` the token's homed experts on node ``n``,
     ``savings[e] = #{t in tokens(e): node(t) != home(e), c[t, home(e)] = 1}`` = ``X^T Z1``.
@@ -354,9 +338,6 @@ def _grow_everywhere(ns: NodeState, w: np.ndarray, wsrc: np.ndarray | None, td: 
     XT, c, own = _homed_per_node(td, ns, E)
     homed = ns.home >= 0
     limit = cap_load * gpn + 1e-12
-    S = w.shape[0]
-    # [S, N, E] load every node serves of an everywhere expert
-    local = wsrc if wsrc is not None else np.broadcast_to(w[:, None, :] / N, (S, N, E))
     steps = 0
     last = max(checkpoints)
     while steps < last:
@@ -373,10 +354,19 @@ def _grow_everywhere(ns: NodeState, w: np.ndarray, wsrc: np.ndarray | None, td: 
         add = local.transpose(2, 0, 1)  # [E, S, N]
         new = ns.load[None, :, :] + add  # [E, S, N]
         new[np.arange(E), :, cur] = (ns.load[:, cur].T - w.T + add[np.arange(E), :, cur])
-        ok = fits & (new.max(axis=(1, 2)) <= limit) & (sav >= 1.0)
-        if not ok.any():
-            break
-        e = int(np.argmax(np.where(ok, sav, -np.inf)))
+        peak = new.max(axis=(1, 2))  # [E]
+        now = float(ns.load.max())
+        if now > limit:
+            # over the cap: the replica that lowers the peak node load most (then saves most)
+            ok = fits & homed & (peak < now - 1e-12)
+            if not ok.any():
+                break
+            e = int(np.lexsort((-np.where(ok, sav, -np.inf), np.where(ok, peak, np.inf)))[0])
+        else:
+            ok = fits & (peak <= limit) & (sav >= 1.0)
+            if not ok.any():
+                break
+            e = int(np.argmax(np.where(ok, sav, -np.inf)))
         a = int(ns.home[e])
         t = td.of(e)
         c[t, a] -= 1
@@ -457,67 +447,6 @@ def _balance_homes(ns: NodeState, w: np.ndarray, td: TokenData, *, cap_load: flo
     return bool(ns.load.max() <= limit + 1e-12)
 
 
-def _partition(w: np.ndarray, experts: np.ndarray, co: np.ndarray, N: int,
-               ufactor: int, seed: int) -> np.ndarray:
-    """pymetis partition of ``experts`` into ``N`` parts: vertex weight = worst-scenario load,
-    edge weight = co-activation. Returns the part of every listed expert."""
-    import warnings
-
-    import pymetis
-
-    n = experts.size
-    if N == 1 or n == 0:
-        return np.zeros(n, dtype=np.int64)
-    sub = co[np.ix_(experts, experts)]
-    scale = 1000.0 / max(sub.max(), 1.0)
-    ew = np.rint(sub * scale).astype(np.int64)
-    xadj = [0]
-    adj: list[int] = []
-    wts: list[int] = []
-    for i in range(n):
-        nb = np.flatnonzero(ew[i] > 0)
-        nb = nb[nb != i]
-        adj.extend(nb.tolist())
-        wts.extend(ew[i, nb].tolist())
-        xadj.append(len(adj))
-    load = w[:, experts].max(axis=0)
-    vw = np.maximum(np.rint(load / max(load.max(), 1e-12) * 1000), 1).astype(np.int64)
-    if not adj:  # no co-activation at all: balance by load only
-        order = np.argsort(-load, kind="stable")
-        part = np.zeros(n, dtype=np.int64)
-        tot = np.zeros(N)
-        for i in order.tolist():
-            p = int(np.argmin(tot))
-            part[i] = p
-            tot[p] += load[i]
-        return part
-    opts = pymetis.Options(seed=int(seed) % (2**31 - 1), ufactor=int(ufactor))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = pymetis.part_graph(N, adjacency=pymetis.CSRAdjacency(xadj, adj),
-                                 vweights=vw.tolist(), eweights=wts, options=opts)
-    return np.asarray(res.vertex_part, dtype=np.int64)
-
-
-def _group_homes(w: np.ndarray, num_groups: int, N: int) -> np.ndarray:
-    """``[E]`` node of every expert when whole groups (``E / num_groups`` consecutive experts)
-    go to nodes, ``num_groups / N`` per node, heaviest group first to the least loaded node."""
-    S, E = w.shape
-    size = E // num_groups
-    gw = w.reshape(S, num_groups, size).sum(axis=2)
-    per_node = num_groups // N
-    load = np.zeros((S, N))
-    cnt = np.zeros(N, dtype=np.int64)
-    node_of = np.zeros(num_groups, dtype=np.int64)
-    for grp in np.argsort(-gw.max(axis=0), kind="stable").tolist():
-        free = [n for n in range(N) if cnt[n] < per_node]
-        n = min(free, key=lambda x: ((load[:, x] + gw[:, grp]).max(), x))
-        node_of[grp] = n
-        cnt[n] += 1
-        load[:, n] += gw[:, grp]
-    return np.repeat(node_of, size)
-
-
 def _repair_homes(ns: NodeState, w: np.ndarray, cap_slots: int) -> bool:
     """Move experts off nodes that need more slots than they have; False if impossible."""
     N = ns.used.shape[0]
@@ -540,168 +469,201 @@ def _repair_homes(ns: NodeState, w: np.ndarray, cap_slots: int) -> bool:
     return bool((ns.used <= cap_slots).all())
 
 
-def _pack_nodes(home: np.ndarray, w: np.ndarray, N: int, gpn: int, spg: int, robust: str,
-                seed: int, rounds: int, max_moves: int, deadline: float) -> np.ndarray | None:
+def _greedy_homes(w: np.ndarray, N: int, cap_slots: int) -> np.ndarray:
+    """``[E]`` a balanced start: heaviest expert first to the node with the least worst-scenario
+    load that has a slot left."""
+    S, E = w.shape
+    load = np.zeros((S, N))
+    used = np.zeros(N, dtype=np.int64)
+    home = np.zeros(E, dtype=np.int64)
+    for e in np.argsort(-w.max(axis=0), kind="stable").tolist():
+        free = [n for n in range(N) if used[n] < cap_slots] or list(range(N))
+        n = min(free, key=lambda x: ((load[:, x] + w[:, e]).max(), x))
+        home[e] = n
+        used[n] += 1
+        load[:, n] += w[:, e]
+    return home
+
+
+def _homes_of(row: np.ndarray | None, cluster: Cluster, num_experts: int) -> np.ndarray | None:
+    """``[E]`` node of every expert of a placement row ``[P]`` when all its replicas share one
+    node (EPLB's hierarchical policy), else None."""
+    if row is None:
+        return None
+    node = np.arange(cluster.num_slots) // (cluster.slots_per_gpu * cluster.gpus_per_node)
+    lo = np.full(num_experts, cluster.num_nodes, dtype=np.int64)
+    hi = np.full(num_experts, -1, dtype=np.int64)
+    np.minimum.at(lo, row, node)
+    np.maximum.at(hi, row, node)
+    return lo if bool((lo == hi).all()) else None
+
+
+def _pack_nodes(home: np.ndarray, w: np.ndarray, local: np.ndarray, N: int, gpn: int,
+                spg: int, robust: str, seed: int, rounds: int, max_moves: int,
+                deadline: float) -> np.ndarray | None:
     """GPUs inside every node: ``phy [G, spg]`` for the homes, or None when a node cannot hold
-    its experts. Everywhere experts get the same replicas on every node (their local load is
-    an even ``1/N`` of their tokens); homed experts split their slots by robust greedy."""
-    _S, _E = w.shape
+    its experts. Every node packs its homed experts with its local share of the everywhere
+    experts (``local``, :func:`local_loads`): robust replica counts
+    inside the node, a multi-scenario LPT, then iterated local search."""
     C = gpn * spg
     ev = np.flatnonzero(home == EVERYWHERE)
-    # replicas per node of everywhere experts: decided once, on the mean node
     rows = []
     for n in range(N):
         mine = np.flatnonzero(home == n)
         items = np.concatenate([mine, ev])
         if items.size > C or items.size == 0 or items.size * gpn < C:
             return None  # too many experts for the node's slots, or too few to fill them
-        wn = np.concatenate([w[:, mine], w[:, ev] / N], axis=1)
-        cnt = robust_counts(wn, C, min(gpn, C - items.size + 1), robust)
-        phy_local = lpt_assign(wn, cnt, gpn, spg, robust)
-        st = LayerState.build(wn, phy_local, robust, max_count=gpn)
+        wn = np.concatenate([w[:, mine], local[:, n, ev]], axis=1)
+        if not (wn.sum(axis=1) > 0).all():
+            wn = wn + 1e-9
+        wn = wn * (gpn / wn.sum(axis=1, keepdims=True))  # mean GPU load 1 inside the node
+        max_count = min(gpn, C - items.size + 1)
+        cnt = robust_counts(wn, C, max_count, robust)
+        st = LayerState.build(wn, lpt_assign(wn, cnt, gpn, spg, robust), robust,
+                              max_count=max_count)
         st = improve(st, rounds=rounds, max_moves=max_moves, seed=seed + 7919 * n,
                      deadline=deadline)
         rows.append(items[st.phy])
     return np.concatenate(rows, axis=0)
 
 
-# ----------------------------------------------------------------------------------------------
-# the layer
-# ----------------------------------------------------------------------------------------------
-def solve_traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
-    """Balance first, then traffic-aware candidates within the tolerance; see module docs.
+NODE_CAPS: tuple[float, ...] = (0.0, 0.03)
+"""Node-load caps of the traffic candidates: every node's worst-scenario load per GPU at most
+``(1 + cap) x`` the balance-only plan's robust imbalance."""
 
-    With ``task.plan_shares`` the search plans on those (shrunk) loads; the objective, bound and
-    status returned are those of the plain shares ``w``.
-    """
-    from placement.solver.balance import count_bound, scaled_loads
-    from placement.solver.optimizer import LayerSolution, balance_layer, exact_model_applies
-
-    G = task.num_gpus
-    if task.plan_shares is None:
-        return _traffic_layer(task, w)
-    sol = _traffic_layer(task, scaled_loads(task.plan_shares, G))
-    phy = sol.phy2log.reshape(G, task.slots_per_gpu)
-    val = LayerState.build(w, phy, task.robust).objective()
-    bound, source = count_bound(w, phy.size, G, task.robust), "counts"
-    if exact_model_applies(task, w.shape[1]):
-        # small layer: the exact model's bound holds for the plain shares too
-        plain = balance_layer(task, w)
-        if plain.bound > bound:
-            bound, source = plain.bound, plain.bound_source
-    bound = min(bound, val)
-    status = "OPTIMAL" if val <= bound + 1e-9 else "FEASIBLE"
-    if sol.status == "TIME_LIMIT":
-        status = "TIME_LIMIT"
-    return LayerSolution(sol.index, sol.phy2log, bound, status, val, source, sol.info)
+def routes_by_groups(ids: np.ndarray, num_experts: int, num_groups: int) -> bool:
+    """Whether the router is group-limited (DeepSeek-V3: every token within 4 of 8 groups of
+    ``E / num_groups`` consecutive experts): no planning token spans as many groups as it could
+    (``min(k, num_groups)``)."""
+    if num_groups <= 1 or num_experts % num_groups or ids.shape[0] == 0:
+        return False
+    k = ids.shape[1]
+    grp = np.where(ids >= 0, ids // (num_experts // num_groups), -1)
+    srt = np.sort(grp, axis=1)
+    first = np.ones_like(srt, dtype=bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    span = ((srt >= 0) & first).sum(axis=1)
+    return bool(span.max() < min(k, num_groups))
 
 
-def _traffic_layer(task: LayerTask, w: np.ndarray) -> LayerSolution:
-    from placement.solver.optimizer import LayerSolution, _canonical, balance_layer
+GROUP_CAPS: tuple[float, ...] = (0.0, 0.02, 0.05)
+"""Group packings of group-limited routers: the best balanced one, and the one with the fewest
+sends among those whose node peak is at most ``(1 + cap) x`` the best."""
 
-    N, gpn, spg = task.num_nodes, task.gpus_per_node, task.slots_per_gpu
-    G = N * gpn
+
+def _group_starts(w: np.ndarray, td: TokenData, num_groups: int,
+                  N: int) -> list[tuple[str, np.ndarray]]:
+    """Homes that keep whole groups per node: every packing of groups to nodes when there are
+    few (else one LPT packing), picked by node peak and sends (:data:`GROUP_CAPS`)."""
     S, E = w.shape
-    cluster = Cluster(N, gpn, spg)
-    node_limited = task.max_nodes_per_token is not None and task.max_nodes_per_token < N
-    td = None
-    if task.tokens is not None:
-        td = build_token_data(task.tokens, E, G, gpn, seed=task.seed)
-        if td.num_tokens == 0:
-            td = None
-    info: dict[str, float] = {}
+    size = E // num_groups
+    gw = w.reshape(S, num_groups, size).sum(axis=2)
+    assignments, _ = _group_assignments(gw, N, num_groups // N, limit=20000)
+    rows = []
+    for assign in assignments:
+        home = np.repeat(np.asarray(assign, dtype=np.int64), size)
+        nl = np.zeros((S, N))
+        np.add.at(nl.T, np.asarray(assign), gw.T)
+        rows.append((float(nl.max()), float(home_sends(home, td.ids, td.node).mean()), home))
+    best_peak = min(r[0] for r in rows)
+    out: list[tuple[str, np.ndarray]] = []
+    seen: list[np.ndarray] = []
+    for f in GROUP_CAPS:
+        ok = [r for r in rows if r[0] <= best_peak * (1.0 + f) + 1e-12]
+        peak, _, home = min(ok, key=lambda r: (r[1], r[0])) if f > 0 else min(ok, key=lambda r: r[:2])
+        if not any(np.array_equal(home, h) for h in seen):
+            seen.append(home)
+            out.append((f"groups, node peak +{(peak / best_peak - 1) * 100:.1f} %", home))
+    return out
 
-    if node_limited:
-        return _node_limited_layer(task, w, td, cluster)
 
-    # 1. balance only: the reference the tolerance is measured from
-    bal = balance_layer(task, w)
-    best_phy, best_val = bal.phy, bal.value
-    if td is None or N == 1:
-        return LayerSolution(task.index, _canonical(best_phy).reshape(-1), bal.bound, bal.status,
-                             best_val, bal.bound_source, info)
-    cap = (1.0 + task.balance_tolerance) * bal.value
-    best_sends, best_static = exact_traffic(best_phy, cluster, E, td)
-    # the engines dispatch by the static rule: its imbalance (all planning tokens) is held to the
-    # same tolerance around the balance-only plan's
-    static_cap = (1.0 + task.balance_tolerance) * best_static
-    info["balance_only_sends"] = best_sends
+def traffic_candidates(task: LayerTask, w: np.ndarray, td: TokenData, *,
+                       balance_value: float) -> list[tuple[str, np.ndarray]]:
+    """Homed/everywhere placements of one layer, ``(label, phy [G, spg])`` each.
 
-    # 2. traffic candidates: R hottest experts everywhere, the rest homed by graph partition
-    co = coactivation(td, E)
-    wsrc = td.wsrc if td.wsrc.shape[0] == S else None
+    Homes: for group-limited routers (:func:`routes_by_groups`), whole groups per node (a
+    token's groups then bound its nodes, on any tokens): the packings of :func:`_group_starts`.
+    Otherwise, for every cap of :data:`NODE_CAPS` (every node's load at most ``(1 + cap) x
+    balance_value`` per GPU in every scenario of ``w [S, E]``), a partition: Mt-KaHyPar refines
+    a balanced start (EPLB's nodes when its layer keeps every expert on one node, else a greedy
+    by load) on the planning tokens, moves repair slots and the multi-scenario caps, and a
+    bounded local search cuts sends further. Then, from each:
+
+    1. replication: the experts whose replica on every node saves the most sends (or, while a
+       node is over the cap, lowers the peak most) turn "everywhere", at checkpoints of the
+       spare slots;
+    2. in-node packing of every checkpoint (:func:`_pack_nodes`).
+    """
+    c = task.cluster
+    N, gpn, spg = c.num_nodes, c.gpus_per_node, c.slots_per_gpu
+    G = N * gpn
+    E = w.shape[1]
     C = gpn * spg
-    order = np.argsort(-w.max(axis=0), kind="stable")
-    r_max = min((G * spg - E) // max(N - 1, 1), E, C)
-    r_values = sorted({round(x) for x in np.linspace(0, r_max, 5)})
-    fracs = (0.3, 0.6, 0.9)
-    rounds = max(2, task.effort.rounds // 3)
-    for r in r_values:
-        order[:r]
-        homed = order[r:]
-        if homed.size + r * N > G * spg or homed.size > N * (C - r):
-            continue
-        starts = ["graph"]
-        ng = task.num_groups
-        if ng > 1 and ng % N == 0 and E % ng == 0:
-            starts.append("groups")  # group-limited routers: whole groups per node (as EPLB)
-        for start, f in [(s0, f0) for s0 in starts for f0 in fracs]:
-            if time.monotonic() > task.deadline:
+    eff = task.effort
+    local = local_loads(w, td.frac, N)
+    starts: list[tuple[str, float, NodeState]] = []
+    ng = task.num_groups
+    if ng % N == 0 and routes_by_groups(td.ids, E, ng):
+        for name, home in _group_starts(w, td, ng, N):
+            ns = node_state(home, w, local, N, td)
+            if _repair_homes(ns, w, C):
+                starts.append((name, balance_value, ns))
+    else:
+        eplb_homes = _homes_of(task.eplb, c, E)
+        start = eplb_homes if eplb_homes is not None else _greedy_homes(w, N, C)
+        # Mt-KaHyPar balances one weight: the mean scenario's load (the local search after it
+        # holds every scenario to the cap)
+        mean = w.mean(axis=0)
+        scale = 100_000.0 / max(float(mean.sum()), 1e-12)
+        weight = np.maximum(np.rint(mean * scale), 1).astype(np.int64)
+        floor = float(weight.sum()) / N
+        for f in NODE_CAPS:
+            if task.timed_out():
                 break
-            node_cap = 1.0 + (cap - 1.0) * f
-            home = np.full(E, EVERYWHERE, dtype=np.int64)
-            if start == "graph":
-                home[homed] = _partition(w, homed, co, N,
-                                         ufactor=max(1, int(1000 * (node_cap - 1.0))),
-                                         seed=task.seed)
-            else:
-                home[homed] = _group_homes(w, ng, N)[homed]
-            ns = _node_state(home, w, wsrc, N, td)
+            node_cap = balance_value * (1.0 + f)
+            caps = np.full(N, max(node_cap * gpn * scale, floor * (1.0 + 1e-3)) + 1.0)
+            home = refine_homes(td.ids, td.node, np.arange(E), weight, start, caps,
+                                num_nodes=N, seed=task.seed, vcycles=eff.vcycles)
+            ns = node_state(home, w, local, N, td)
             if not _repair_homes(ns, w, C):
                 continue
             _balance_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
                            max_steps=4 * E)
             _improve_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
-                           max_moves=4 * E, deadline=task.deadline)
-            homes = [ns.home.copy()]
-            # 3. marginal-gain replication: spare slots to the experts that save most sends
-            spare = (G * spg - E - int((ns.home == EVERYWHERE).sum()) * (N - 1)) // (N - 1)
-            if spare > 0:
-                marks = tuple(sorted({max(1, round(spare * q)) for q in _GROW_STEPS}))
-                homes += _grow_everywhere(ns, w, wsrc, td, cap_load=node_cap, cap_slots=C,
-                                          gpn=gpn, checkpoints=marks)
-            for hm in homes:
-                phy = _pack_nodes(hm, w, N, gpn, spg, task.robust, task.seed, rounds,
-                                  task.effort.max_moves, task.deadline)
-                if phy is None:
-                    continue
-                val = LayerState.build(w, phy, task.robust).objective()
-                if val > cap + 1e-12:
-                    continue
-                sends, static = exact_traffic(phy, cluster, E, td)
-                if static > static_cap + 1e-12:
-                    continue
-                if (sends, val) < (best_sends, best_val):
-                    best_phy, best_val, best_sends, best_static = phy, val, sends, static
-                    info["everywhere_experts"] = float((hm == EVERYWHERE).sum())
-    info["sends_per_token"] = best_sends
-    info["imbalance_static_in_sample"] = best_static
-    status = bal.status if best_phy is bal.phy else "FEASIBLE"
-    if best_val <= bal.bound + 1e-9:
-        status = "OPTIMAL"  # the traffic plan matches the balance bound: optimal for balance
-    if time.monotonic() > task.deadline:
-        status = "TIME_LIMIT"
-    return LayerSolution(task.index, _canonical(best_phy).reshape(-1), min(bal.bound, best_val),
-                         status, best_val, bal.bound_source, info)
+                           max_moves=eff.home_moves)
+            starts.append((f"partition, cap {f:g}", node_cap, ns))
+    out: list[tuple[str, np.ndarray]] = []
+    spare = (G * spg - E) // max(N - 1, 1)
+    for name, node_cap, ns in starts:
+        homes = [ns.home.copy()]
+        if spare > 0:
+            marks = tuple(sorted({max(1, round(spare * q)) for q in _GROW_STEPS}))
+            homes += grow_everywhere(ns, w, local, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
+                                     checkpoints=marks)
+        for hm in homes:
+            if task.timed_out():
+                break
+            phy = _pack_nodes(hm, w, local, N, gpn, spg, task.robust, task.seed,
+                              eff.pack_rounds, eff.max_moves, task.deadline)
+            if phy is not None:
+                out.append((f"{name}, {int((hm == EVERYWHERE).sum())} everywhere", phy))
+    return out
 
 
-def _node_limited_layer(task: LayerTask, w: np.ndarray, td: TokenData | None,
-                        cluster: Cluster) -> LayerSolution:
-    """Groups to nodes (exhaustive when few), then GPUs inside nodes; see module docs."""
-    from placement.solver.balance import count_bound
-    from placement.solver.optimizer import LayerSolution, _canonical
+def node_limited_candidates(task: LayerTask, w: np.ndarray, td: TokenData | None, *,
+                            bound_loads: np.ndarray) -> tuple[list[tuple[str, np.ndarray]], float]:
+    """Node-limited routing: whole expert groups to nodes (every packing when there are few,
+    else one LPT packing), then GPUs inside nodes.
 
-    N, gpn, spg = task.num_nodes, task.gpus_per_node, task.slots_per_gpu
+    Returns ``(candidates, bound)``: placements of the best group packings of ``w [S, E]``
+    (the best balanced one first, then the one with the fewest sends within the tolerance of
+    it), and a valid bound of the robust imbalance of ``bound_loads [S, E]`` for every plan that
+    keeps groups whole (the best packing's node peak when every packing was tried, else 1).
+    """
+    from placement.errors import InputError
+
+    c = task.cluster
+    N, gpn, spg = c.num_nodes, c.gpus_per_node, c.slots_per_gpu
     S, E = w.shape
     ng = task.num_groups
     size = E // ng
@@ -717,48 +679,40 @@ def _node_limited_layer(task: LayerTask, w: np.ndarray, td: TokenData | None,
         scored.append((peak / gpn, assign))
     scored.sort(key=lambda x: x[0])
     best_peak = scored[0][0]
-    cap = (1.0 + task.balance_tolerance) * best_peak
-    cands = [(p, a) for p, a in scored if p <= cap + 1e-12][:64] if td is not None else scored[:1]
-    best: tuple[tuple[float, float], np.ndarray] | None = None
-    rounds = max(2, task.effort.rounds // 2)
-    for peak, assign in cands:
-        home = np.repeat(np.asarray(assign, dtype=np.int64), size)
-        sends = float(home_sends(home, td.ids, td.node).mean()) if td is not None else 0.0
-        if best is None or (sends, peak) < best[0]:
-            best = ((sends, peak), home)
-    assert best is not None
-    home = best[1]
-    phy = _pack_nodes(home, w, N, gpn, spg, task.robust, task.seed, rounds,
-                      task.effort.max_moves, task.deadline)
-    if phy is None:
-        from placement.errors import InputError
-
-        raise InputError(
-            f"a node's {size * per_node} experts do not fit its {gpn * spg} slots."
-        )
-    val = LayerState.build(w, phy, task.robust).objective()
-    # bound: every node holds whole groups, so the best group packing's node peak binds too
-    #        (only when every group packing was tried)
-    bound = count_bound(w, N * gpn * spg, gpn, task.robust)
+    bound = 1.0
     if exhaustive:
-        bound = max(bound, best_peak)
-    info: dict[str, float] = {}
+        bw = bound_loads.reshape(S, ng, size).sum(axis=2)
+        peaks = []
+        for assign in assignments:
+            nl = np.zeros((S, N))
+            np.add.at(nl.T, np.asarray(assign), bw.T)
+            per = nl.max(axis=1)
+            peaks.append(float(per.max() if task.robust == "max" else per.mean()) / gpn)
+        bound = max(1.0, min(peaks))
+    tol = 0.05 if task.balance_tolerance is None else task.balance_tolerance
+    cap = (1.0 + tol) * best_peak
+    picks: list[tuple[str, np.ndarray]] = []
+    chosen = [scored[0]]
     if td is not None:
-        s, st = exact_traffic(phy, cluster, E, td)
-        info["sends_per_token"] = s
-        info["imbalance_static_in_sample"] = st
-        nodes_used = _nodes_per_token(phy, cluster, E, td)
-        info["tokens_over_node_limit"] = float((nodes_used > task.max_nodes_per_token).mean())
-    status = "FEASIBLE"
-    if val <= bound + 1e-9:
-        status = "OPTIMAL"  # no plan that keeps groups on nodes balances better
-    elif time.monotonic() > task.deadline:
-        status = "TIME_LIMIT"
-    return LayerSolution(task.index, _canonical(phy).reshape(-1), min(bound, val), status, val,
-                         "counts", info)
+        within = [(p, a) for p, a in scored if p <= cap + 1e-12][:64]
+        by_sends = sorted(
+            within, key=lambda pa: (float(home_sends(np.repeat(np.asarray(pa[1]), size),
+                                                     td.ids, td.node).mean()), pa[0]))
+        chosen = list(dict.fromkeys([scored[0], by_sends[0]]))
+    for peak, assign in chosen:
+        home = np.repeat(np.asarray(assign, dtype=np.int64), size)
+        phy = _pack_nodes(home, w, local_loads(w, None if td is None else td.frac, N), N, gpn,
+                          spg, task.robust, task.seed,
+                          max(2, task.effort.rounds // 2), task.effort.max_moves, task.deadline)
+        if phy is None:
+            raise InputError(
+                f"a node's {size * per_node} experts do not fit its {gpn * spg} slots."
+            )
+        picks.append((f"groups, node peak {peak:.4f}", phy))
+    return picks, bound
 
 
-def _nodes_per_token(phy: np.ndarray, cluster: Cluster, E: int, td: TokenData) -> np.ndarray:
+def nodes_per_token(phy: np.ndarray, cluster: Cluster, E: int, td: TokenData) -> np.ndarray:
     """``[T]`` distinct nodes of the replicas the static rule picks for every planning token."""
     disp = static_dispatch(phy.reshape(1, -1), cluster, E)[0]  # [G, E]
     node = disp[td.src[:, None], np.maximum(td.ids, 0)] // cluster.slots_per_gpu \
