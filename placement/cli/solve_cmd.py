@@ -12,9 +12,20 @@ import click
 import numpy as np
 
 from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.models import MODEL_PRESETS
+from placement.moe_time import OVERLAPS
 from placement.routing_traces.trace import Trace
-from placement.solver import METHODS, SolveOptions, SolveResult, format_solve_result, solve
+from placement.solver import (
+    METHODS,
+    OBJECTIVES,
+    SolveOptions,
+    SolveResult,
+    format_solve_result,
+    solve,
+)
 from placement.solver.problem import ROBUST_MODES, ProblemData
+from placement.solver.registry import REGISTRY
+from placement.solver.result import bounded_layers
 
 __all__ = ["format_saved", "format_solve_summary", "solve_cmd", "solve_summary_dict"]
 
@@ -34,28 +45,42 @@ def _finite(x: float | None) -> float | None:
 
 
 def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[str, Any]:
-    """The figures of a solve as a JSON-ready dict (means over layers; per layer under
-    ``per_layer``)."""
+    """The figures of a solve as a JSON-ready dict: means over layers under ``plan`` and
+    ``reference`` (figure names in snake_case, as ``placement validate --json`` names them), per
+    layer under ``per_layer``."""
     p = result.plan
     gap = p.gap
+    rows = bounded_layers(p)
+    s = p.settings
     out: dict[str, Any] = {
         "method": p.method,
+        "objective": s.get("objective"),
+        "model": s.get("model"),
+        "overlap": s.get("overlap"),
         "status": p.status,
         "wall_time": p.wall_time,
         "cluster": p.cluster.shape,
         "num_layers": p.num_layers,
         "num_experts": p.num_experts,
-        "objectives": {k: _mean(v) for k, v in p.objectives.items()},
+        "plan": {k: _mean(v) for k, v in p.objectives.items()},
         "reference_method": result.reference_method if result.reference else None,
         "reference": {k: _mean(v) for k, v in result.reference.items()},
-        "lower_bound": None if p.lower_bound is None else _mean(p.lower_bound),
-        "gap": None if gap is None else _finite(float(np.nanmean(gap))) if gap else None,
+        "predicted_time_ratio": result.time_ratio(),
+        "fell_back_layers": result.fell_back,
+        "time_limit_layers": result.cut_layers,
+        "bound_of": s.get("bound_of"),
+        "bounded_layers": len(rows),
+        "lower_bound": None if not rows or p.lower_bound is None
+        else _mean([p.lower_bound[i] for i in rows]),
+        "gap": None if not rows or gap is None
+        else _finite(float(np.nanmean([gap[i] for i in rows]))),
         "per_layer": {
             "layer_ids": p.layer_ids.tolist(),
-            "objectives": p.objectives,
+            "plan": p.objectives,
             "reference": result.reference,
             "lower_bound": p.lower_bound,
             "gap": gap,
+            "choice": s.get("choice"),
         },
         "messages": list(result.messages),
     }
@@ -78,26 +103,43 @@ def format_solve_summary(result: SolveResult, output: str | None = None, *,
     return text
 
 
+_METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
+
+
 @main.command("solve", short_help="Plan expert placement from traces.")
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @cluster_options
-@click.option("--method", type=click.Choice(METHODS), default="optimizer", show_default=True,
-              help="The optimizer, or a baseline: DeepSeek EPLB (hierarchical or global), "
-                   "the engines' contiguous default.")
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
+              help=f"The optimizer, or a baseline ({_METHOD_HELP}).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="time", show_default=True,
+              help="What the optimizer minimises per layer: the predicted MoE layer time "
+                   "(expert compute of the slowest GPU vs the all-to-all over NVLink and the "
+                   "network, for the cluster's bandwidths and the model's shape), peak GPU "
+                   "load, or cross-node sends within --balance-tolerance of the best balance.")
+@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
+              help="Model shape of the predicted time [default: guessed from the traces' model "
+                   "name, expert count and top-k; else deepseek-v3's].")
+@click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
+              help="How the predicted time overlaps communication with compute.")
 @click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
               help="Expert groups (EPLB's hierarchical policy; node-limited routing). "
                    "Default 8 when the experts divide by 8, else 1.")
-@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=0.05,
-              show_default=True,
+@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None,
               help="Peak GPU load the optimizer may give up for less cross-node traffic, as a "
-                   "fraction of the best it finds (token-level traces only).")
+                   "fraction of the balance-only plan's (token-level traces) [default: "
+                   "0.05 for --objective traffic; for time, never balance worse than the "
+                   "balance-only plan or EPLB's].")
 @click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None,
               help="Node-limited routing: keep every expert group on one node, so a token "
                    "routed to at most M groups reaches at most M nodes (DeepSeek-V3: 4).")
-@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=60.0,
-              show_default=True, help="Seconds for the whole solve; the best plan by then.")
+@click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=600.0,
+              show_default=True,
+              help="Safety net, seconds: the search is bounded by work, not time; layers still "
+                   "running when it fires keep the best placement found (and the plan may then "
+                   "differ between machines).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Layers solved in parallel [default: CPU cores].")
+              help="Layers solved in parallel [default: CPU cores]; the plan does not depend "
+                   "on it.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed; same traces and seed, same plan.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
@@ -106,23 +148,27 @@ def format_solve_summary(result: SolveResult, output: str | None = None, *,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Plan file to write (JSON).")
-def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
-              balance_tolerance: float, max_nodes_per_token: int | None, time_limit: float,
-              jobs: int | None, seed: int, robust: str, per_layer: bool, as_json: bool,
-              output: str, **cluster_kwargs: Any) -> None:
+def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: str | None,
+              overlap: str, num_groups: int | None, balance_tolerance: float | None,
+              max_nodes_per_token: int | None, time_limit: float, jobs: int | None, seed: int,
+              robust: str, per_layer: bool, as_json: bool, output: str,
+              **cluster_kwargs: Any) -> None:
     """Plan where every expert's replicas live, from one or more TRACEs.
 
     Every window of every TRACE is a scenario; the plan is made to hold up on all of them
     (--robust max: the worst one). Token-level traces let the optimizer cut cross-node traffic
-    as well as balance load; aggregated counts give balance only. The summary compares the
-    plan with DeepSeek's EPLB on the same input.
+    as well as balance load; aggregated counts give balance only. Every layer is at least as
+    good as DeepSeek's EPLB on the objective (in-sample: where the search does not beat EPLB,
+    the layer is EPLB's), and the summary compares the plan with EPLB on the same input.
 
     \b
     placement solve prefill_a.json prefill_b.json --preset deepseek-prefill -o plan.json
     placement solve trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 10 -o plan.json
+    placement solve bundled:deepseek-v3 --preset deepseek-prefill --objective balance -o p.json
     """
     cluster = cluster_from_options(cluster_kwargs)
-    kwargs: dict[str, Any] = dict(method=method, num_groups=num_groups,
+    kwargs: dict[str, Any] = dict(method=method, objective=objective, model=model_name,
+                                  overlap=overlap, num_groups=num_groups,
                                   balance_tolerance=balance_tolerance,
                                   max_nodes_per_token=max_nodes_per_token,
                                   time_limit=time_limit, seed=seed, robust=robust)

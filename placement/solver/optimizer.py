@@ -36,6 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 import numpy as np
 
+from placement.cluster import Cluster
 from placement.errors import InputError, SolverError
 from placement.plan import Plan
 from placement.solver.balance import count_bound, scaled_loads
@@ -51,7 +52,12 @@ from placement.solver.layer import (
 )
 from placement.solver.objective import LayerScorer, pick
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
-from placement.solver.traffic import build_token_data, node_limited_candidates, traffic_candidates
+from placement.solver.traffic import (
+    build_token_data,
+    node_limited_candidates,
+    nodes_per_token,
+    traffic_candidates,
+)
 
 __all__ = [
     "SHRINK_PER_EXPERT",
@@ -86,6 +92,19 @@ def shrunk_shares(counts: np.ndarray, per_expert: float) -> np.ndarray:
     prior = per_expert * E
     out = (c + prior * pooled) / np.maximum(n + prior, 1e-300)
     return np.where(n > 0, out, 0.0)
+
+
+def _groups_whole(phy: np.ndarray, cluster: Cluster, num_experts: int, num_groups: int) -> bool:
+    """Whether every expert group's replicas share one node (node-limited routing holds)."""
+    row = np.asarray(phy).reshape(-1)
+    E = num_experts
+    node = np.arange(row.size) // (cluster.slots_per_gpu * cluster.gpus_per_node)
+    grp = row // max(E // num_groups, 1)
+    lo = np.full(num_groups, cluster.num_nodes)
+    hi = np.full(num_groups, -1)
+    np.minimum.at(lo, grp, node)
+    np.maximum.at(hi, grp, node)
+    return bool((lo == hi).all())
 
 
 def _colocated(phy: np.ndarray) -> bool:
@@ -147,9 +166,13 @@ def solve_layer(task: LayerTask) -> LayerSolution:
             cands += traffic_candidates(task, wp, td_fit, balance_value=bal.value)
     eplb_index: int | None = None
     eplb_rows: set[int] = set()  # EPLB's layer, as it is and with co-located replicas spread
-    if task.eplb is not None:
+    if task.eplb is not None and (not task.node_limited
+                                  or _groups_whole(np.asarray(task.eplb), c, E,
+                                                                task.num_groups)):
         row = np.asarray(task.eplb)
         spread = spread_colocated(row, G, spg)
+        if task.node_limited and spread.size and not _groups_whole(spread, c, E, task.num_groups):
+            spread = spread[:0]
         if spread.size and not np.array_equal(np.sort(spread, axis=1),
                                               np.sort(row.reshape(G, spg), axis=1)):
             eplb_rows.add(len(cands))
@@ -186,6 +209,10 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     if td is not None:
         info["sends_per_token_in_sample"] = s.sends
         info["balance_only_sends"] = scores[0].sends
+        if task.node_limited:
+            assert task.max_nodes_per_token is not None
+            reach = nodes_per_token(phy, c, E, td)
+            info["tokens_over_node_limit"] = float((reach > task.max_nodes_per_token).mean())
     out = phy if colocated else canonical(phy)
     return LayerSolution(task.index, out.reshape(-1), bound, status, s.robust_even, bound_source,
                          fell_back=fell_back, colocated=colocated, choice=label, info=info)
