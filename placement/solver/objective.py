@@ -13,9 +13,11 @@ The three objectives (:data:`placement.solver.problem.OBJECTIVES`) order candida
   of the plan), its communication
   part that of the planning tokens. Candidates within :data:`TIME_TIE` of the fastest count as
   equally fast and the one with the fewest cross-node sends wins (a compute-bound layer hides
-  its traffic in the model, not on the wire). Guard: a plan never balances worse than the
-  balance-only plan or EPLB's, whichever is worse (``balance_tolerance`` replaces the guard by
-  ``(1 + tolerance) x`` the balance-only plan's). With aggregated counts no traffic is known and
+  its traffic in the model, not on the wire). Guard: a plan's expected static imbalance is
+  never worse than the balance-only plan's or EPLB's, whichever is worse, by more than that
+  same :data:`TIME_TIE` (with aggregated counts: its robust imbalance);
+  ``balance_tolerance`` replaces the guard by ``(1 + tolerance) x`` the balance-only plan's
+  robust and expected static imbalance. With aggregated counts no traffic is known and
   the time is the compute time of the robust (worst-window) loads: the balance objective.
 * ``"balance"``: the least robust even-split imbalance (then static imbalance, then sends).
 * ``"traffic"``: the fewest cross-node sends among plans within ``balance_tolerance`` (default
@@ -42,6 +44,7 @@ __all__ = [
     "LayerScore",
     "LayerScorer",
     "expected_rates",
+    "guard",
     "node_fractions",
     "pick",
     "static_traffic",
@@ -262,22 +265,26 @@ class LayerScorer:
                           float(layer[0]), float(comp[0]), float(dsp[0] + comb[0]))
 
 
-def _guard(objective: str, tolerance: float | None, balance: LayerScore,
-           eplb: LayerScore | None) -> tuple[float, float]:
-    """``(robust even cap, static cap)`` a candidate must meet."""
+def guard(objective: str, tolerance: float | None, balance: LayerScore,
+           eplb: LayerScore | None, *, tokens: bool = True) -> tuple[float, float]:
+    """``(robust even-split cap, expected static cap)`` a candidate must meet, from the
+    balance-only plan's and EPLB's scores (see the module docstring); ``tokens``: whether the
+    scores are of token-level planning data."""
     if objective == "balance":
         return float("inf"), float("inf")
     if tolerance is not None or objective == "traffic":
         tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
         return (1.0 + tol) * balance.robust_even, (1.0 + tol) * balance.expected
-    ref_r, ref_s = balance.robust_even, balance.expected
-    if eplb is not None:
-        ref_r, ref_s = max(ref_r, eplb.robust_even), max(ref_s, eplb.expected)
-    return ref_r, ref_s
+    ref_s = balance.expected if eplb is None else max(balance.expected, eplb.expected)
+    if tokens:
+        # the expected loads of all planning tokens: a short window's worst case is noise
+        return float("inf"), ref_s * (1.0 + TIME_TIE)
+    ref_r = balance.robust_even if eplb is None else max(balance.robust_even, eplb.robust_even)
+    return ref_r * (1.0 + TIME_TIE), ref_s * (1.0 + TIME_TIE)
 
 
 def pick(scores: Sequence[LayerScore], objective: str, *, balance: int,
-         eplb: int | None = None, tolerance: float | None = None) -> int:
+         eplb: int | None = None, tolerance: float | None = None, tokens: bool = True) -> int:
     """Index of the best of ``scores`` by ``objective`` (see the module docstring).
 
     Args:
@@ -285,11 +292,12 @@ def pick(scores: Sequence[LayerScore], objective: str, *, balance: int,
         eplb: index of EPLB's plan of the layer, or None: no candidate may be worse than it on
             the objective, and the guard of ``"time"`` admits its balance.
         tolerance: ``balance_tolerance`` (None: the objective's default).
+        tokens: whether the scores are of token-level planning data.
     Ties go to the earliest candidate.
     """
     b = scores[balance]
     e = scores[eplb] if eplb is not None else None
-    cap_r, cap_s = _guard(objective, tolerance, b, e)
+    cap_r, cap_s = guard(objective, tolerance, b, e, tokens=tokens)
     ok = [i for i, s in enumerate(scores)
           if s.robust_even <= cap_r + _EPS and s.expected <= cap_s + _EPS] or [balance]
     if objective == "balance":

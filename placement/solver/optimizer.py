@@ -50,7 +50,7 @@ from placement.solver.layer import (
     identical_gpus,
     spread_colocated,
 )
-from placement.solver.objective import LayerScorer, pick
+from placement.solver.objective import LayerScorer, guard, pick
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.traffic import (
     build_token_data,
@@ -69,6 +69,10 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
+
+MAX_NODE_CAP = 0.10
+"""The loosest node-load cap of the traffic-aware candidates (a node's pooled load per GPU at
+most 1.1 x the mean)."""
 
 SHRINK_PER_EXPERT = 20.0
 """Prior strength of :func:`shrunk_shares`, in routed tokens per expert."""
@@ -135,10 +139,37 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         if td.num_tokens == 0:
             td = None
     max_count = gpn if task.node_limited else G
-    # the traffic of the candidates is scored on tokens they were not fitted to
-    traffic_tokens = None if td is None else (td.ids, td.src)
+    # the traffic-aware candidates are fitted to some planning tokens and scored on the others
+    traffic = td is not None and c.num_nodes > 1 and not task.node_limited \
+        and task.objective != "balance"
+    td_fit = td
+    scored_tokens = None if td is None else (td.ids, td.src)
+    if traffic and td is not None:
+        fit, scored_tokens = split_tokens(td.ids, td.src)
+        if fit is not None:
+            td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
+                                      seed=task.seed)
+    scorer = LayerScorer(
+        w, c, task.model, task.robust, tokens=scored_tokens,
+        rate_tokens=None if td is None else (td.ids, td.src),
+        pooled=task.pooled, overlap=task.overlap,
+    )
 
-    # 2.-3. candidates; the first is the balance reference
+    # 2. EPLB's layer: a candidate, and what no layer may be worse than
+    refs: list[tuple[str, np.ndarray]] = []
+    if task.eplb is not None and (not task.node_limited
+                                  or _groups_whole(task.eplb, c, E, task.num_groups)):
+        row = np.asarray(task.eplb).reshape(G, spg)
+        spread = spread_colocated(row.reshape(-1), G, spg)
+        if task.node_limited and spread.size and not _groups_whole(spread, c, E,
+                                                                   task.num_groups):
+            spread = spread[:0]
+        if spread.size and not np.array_equal(np.sort(spread, axis=1), np.sort(row, axis=1)):
+            refs.append(("eplb, co-located replicas spread", spread))
+        refs.append(("eplb", row))
+    ref_scores = [scorer.score(phy) for _, phy in refs]
+
+    # 3. the balance-only plan first (the reference of the tolerances), then traffic-aware ones
     cands: list[tuple[str, np.ndarray]] = []
     if task.node_limited:
         cands, bound = node_limited_candidates(task, wp, td, bound_loads=w)
@@ -155,41 +186,23 @@ def solve_layer(task: LayerTask) -> LayerSolution:
                 plain = balance_layer(task, w)  # small layer: its exact bound holds for w
                 if plain.bound > bound:
                     bound, bound_source = plain.bound, plain.bound_source
-        if td is not None and c.num_nodes > 1:
-            fit, check = split_tokens(td.ids, td.src)
-            if fit is not None:
-                td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
-                                          seed=task.seed)
-                traffic_tokens = check
-            else:
-                td_fit = td
-            cands += traffic_candidates(task, wp, td_fit, balance_value=bal.value)
-    eplb_index: int | None = None
-    eplb_rows: set[int] = set()  # EPLB's layer, as it is and with co-located replicas spread
-    if task.eplb is not None and (not task.node_limited
-                                  or _groups_whole(np.asarray(task.eplb), c, E,
-                                                                task.num_groups)):
-        row = np.asarray(task.eplb)
-        spread = spread_colocated(row, G, spg)
-        if task.node_limited and spread.size and not _groups_whole(spread, c, E, task.num_groups):
-            spread = spread[:0]
-        if spread.size and not np.array_equal(np.sort(spread, axis=1),
-                                              np.sort(row.reshape(G, spg), axis=1)):
-            eplb_rows.add(len(cands))
-            cands.append(("eplb, co-located replicas spread", spread))
-        eplb_index = len(cands)
-        eplb_rows.add(eplb_index)
-        cands.append(("eplb", row.reshape(G, spg)))
+        if traffic and td_fit is not None:
+            # node caps up to what the objective lets a plan give up of balance
+            bal_score = scorer.score(bal.phy)
+            cap_r, cap_s = guard(task.objective, task.balance_tolerance, bal_score,
+                                 ref_scores[-1] if ref_scores else None)
+            room = min(cap_r / max(bal_score.robust_even, 1e-12),
+                       cap_s / max(bal_score.expected, 1e-12)) - 1.0
+            room = max(0.0, room)
+            cands += traffic_candidates(task, wp, td_fit, max_cap=min(room, MAX_NODE_CAP))
 
     # 4. score and pick
-    scorer = LayerScorer(
-        w, c, task.model, task.robust,
-        tokens=traffic_tokens, rate_tokens=None if td is None else (td.ids, td.src),
-        pooled=task.pooled, overlap=task.overlap,
-    )
-    scores = [scorer.score(phy) for _, phy in cands]
+    scores = [scorer.score(phy) for _, phy in cands] + ref_scores
+    eplb_rows = set(range(len(cands), len(cands) + len(refs)))
+    eplb_index = len(cands) + len(refs) - 1 if refs else None
+    cands += refs
     best = pick(scores, task.objective, balance=0, eplb=eplb_index,
-                tolerance=task.balance_tolerance)
+                tolerance=task.balance_tolerance, tokens=td is not None)
     label, phy = cands[best]
     s = scores[best]
     fell_back = best in eplb_rows

@@ -37,7 +37,7 @@ from scipy.sparse import csr_matrix
 
 from placement.cluster import Cluster
 from placement.plan import static_dispatch
-from placement.solver.balance import LayerState, improve, lpt_assign, robust_counts
+from placement.solver.balance import LayerState, improve, lpt_assign, robust_counts, scaled_loads
 from placement.solver.layer import LayerTask
 from placement.solver.objective import node_fractions
 from placement.solver.partition import refine_homes
@@ -527,9 +527,11 @@ def _pack_nodes(home: np.ndarray, w: np.ndarray, local: np.ndarray, N: int, gpn:
     return np.concatenate(rows, axis=0)
 
 
+_MIN_CAP = 0.002  # the tightest node cap: a node's pooled load per GPU at most 1.002
+
 NODE_CAPS: tuple[float, ...] = (0.0, 0.03)
-"""Node-load caps of the traffic candidates: every node's worst-scenario load per GPU at most
-``(1 + cap) x`` the balance-only plan's robust imbalance."""
+"""Node-load caps of the partitions (with the loosest cap the objective allows): every node's
+pooled load per GPU at most ``1 + cap`` (mean GPU load 1)."""
 
 def routes_by_groups(ids: np.ndarray, num_experts: int, num_groups: int) -> bool:
     """Whether the router is group-limited (DeepSeek-V3: every token within 4 of 8 groups of
@@ -578,21 +580,24 @@ def _group_starts(w: np.ndarray, td: TokenData, num_groups: int,
 
 
 def traffic_candidates(task: LayerTask, w: np.ndarray, td: TokenData, *,
-                       balance_value: float) -> list[tuple[str, np.ndarray]]:
+                       max_cap: float = 0.05) -> list[tuple[str, np.ndarray]]:
     """Homed/everywhere placements of one layer, ``(label, phy [G, spg])`` each.
 
-    Homes: for group-limited routers (:func:`routes_by_groups`), whole groups per node (a
-    token's groups then bound its nodes, on any tokens): the packings of :func:`_group_starts`.
-    Otherwise, for every cap of :data:`NODE_CAPS` (every node's load at most ``(1 + cap) x
-    balance_value`` per GPU in every scenario of ``w [S, E]``), a partition: Mt-KaHyPar refines
-    a balanced start (EPLB's nodes when its layer keeps every expert on one node, else a greedy
-    by load) on the planning tokens, moves repair slots and the multi-scenario caps, and a
+    Nodes are balanced on the layer's pooled loads: a node's load per GPU at most ``1 + cap``
+    (mean 1), for the caps of :data:`NODE_CAPS` below ``max_cap`` and ``max_cap`` itself (what
+    the objective lets a plan give up of balance). Homes: for group-limited routers
+    (:func:`routes_by_groups`), whole groups per node (a token's groups then bound its nodes,
+    on any tokens), the packings of :func:`_group_starts`; otherwise a partition per cap:
+    Mt-KaHyPar refines a balanced start (EPLB's nodes when its layer keeps every expert on one
+    node, else a greedy by load) on the planning tokens ``td``, moves repair slots, and a
     bounded local search cuts sends further. Then, from each:
 
     1. replication: the experts whose replica on every node saves the most sends (or, while a
        node is over the cap, lowers the peak most) turn "everywhere", at checkpoints of the
        spare slots;
-    2. in-node packing of every checkpoint (:func:`_pack_nodes`).
+    2. a partition's node still over the cap sheds experts (fewest extra sends);
+    3. in-node packing of every checkpoint (:func:`_pack_nodes`) on every scenario of
+       ``w [S, E]``.
     """
     c = task.cluster
     N, gpn, spg = c.num_nodes, c.gpus_per_node, c.slots_per_gpu
@@ -600,36 +605,37 @@ def traffic_candidates(task: LayerTask, w: np.ndarray, td: TokenData, *,
     E = w.shape[1]
     C = gpn * spg
     eff = task.effort
+    # nodes are balanced on the pooled loads (a node spans many GPUs: its load is the sum of
+    # many experts, and a short window's worst case is noise); GPUs inside a node on every
+    # scenario of w
+    pooled = np.asarray(task.pooled, dtype=np.float64)[None, :]
+    wn = scaled_loads(pooled if pooled.sum() > 0 else w.mean(axis=0, keepdims=True), G)
+    local_n = local_loads(wn, td.frac, N)
     local = local_loads(w, td.frac, N)
     starts: list[tuple[str, float, NodeState]] = []
     ng = task.num_groups
     if ng % N == 0 and routes_by_groups(td.ids, E, ng):
-        for name, home in _group_starts(w, td, ng, N):
-            ns = node_state(home, w, local, N, td)
-            if _repair_homes(ns, w, C):
-                starts.append((name, balance_value, ns))
+        for name, home in _group_starts(wn, td, ng, N):
+            ns = node_state(home, wn, local_n, N, td)
+            if _repair_homes(ns, wn, C):
+                starts.append((name, 1.0 + max(max_cap, _MIN_CAP), ns))
     else:
         eplb_homes = _homes_of(task.eplb, c, E)
-        start = eplb_homes if eplb_homes is not None else _greedy_homes(w, N, C)
-        # Mt-KaHyPar balances one weight: the mean scenario's load (the local search after it
-        # holds every scenario to the cap)
-        mean = w.mean(axis=0)
-        scale = 100_000.0 / max(float(mean.sum()), 1e-12)
-        weight = np.maximum(np.rint(mean * scale), 1).astype(np.int64)
+        start = eplb_homes if eplb_homes is not None else _greedy_homes(wn, N, C)
+        scale = 100_000.0 / max(float(wn.sum()), 1e-12)
+        weight = np.maximum(np.rint(wn[0] * scale), 1).astype(np.int64)
         floor = float(weight.sum()) / N
-        for f in NODE_CAPS:
+        for f in sorted({*(x for x in NODE_CAPS if x < max_cap), max(max_cap, 0.0)}):
             if task.timed_out():
                 break
-            node_cap = balance_value * (1.0 + f)
+            node_cap = 1.0 + max(f, _MIN_CAP)
             caps = np.full(N, max(node_cap * gpn * scale, floor * (1.0 + 1e-3)) + 1.0)
             home = refine_homes(td.ids, td.node, np.arange(E), weight, start, caps,
                                 num_nodes=N, seed=task.seed, vcycles=eff.vcycles)
-            ns = node_state(home, w, local, N, td)
-            if not _repair_homes(ns, w, C):
+            ns = node_state(home, wn, local_n, N, td)
+            if not _repair_homes(ns, wn, C):
                 continue
-            _balance_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
-                           max_steps=4 * E)
-            _improve_homes(ns, w, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
+            _improve_homes(ns, wn, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
                            max_moves=eff.home_moves)
             starts.append((f"partition, cap {f:g}", node_cap, ns))
     out: list[tuple[str, np.ndarray]] = []
@@ -638,11 +644,18 @@ def traffic_candidates(task: LayerTask, w: np.ndarray, td: TokenData, *,
         homes = [ns.home.copy()]
         if spare > 0:
             marks = tuple(sorted({max(1, round(spare * q)) for q in _GROW_STEPS}))
-            homes += grow_everywhere(ns, w, local, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
-                                     checkpoints=marks)
+            homes += grow_everywhere(ns, wn, local_n, td, cap_load=node_cap, cap_slots=C,
+                                     gpn=gpn, checkpoints=marks)
         for hm in homes:
             if task.timed_out():
                 break
+            if name.startswith("partition"):
+                # a node still over the cap after replication sheds experts (fewest extra sends)
+                nsh = node_state(hm, wn, local_n, N, td)
+                if nsh.load.max() > node_cap * gpn + 1e-12:
+                    _balance_homes(nsh, wn, td, cap_load=node_cap, cap_slots=C, gpn=gpn,
+                                   max_steps=4 * E)
+                    hm = nsh.home
             phy = _pack_nodes(hm, w, local, N, gpn, spg, task.robust, task.seed,
                               eff.pack_rounds, eff.max_moves, task.deadline)
             if phy is not None:
