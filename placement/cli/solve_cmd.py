@@ -66,6 +66,7 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
         "reference_method": result.reference_method if result.reference else None,
         "reference": {k: _mean(v) for k, v in result.reference.items()},
         "predicted_time_ratio": result.time_ratio(),
+        "objective_ratio": result.objective_ratio(),
         "fell_back_layers": result.fell_back,
         "time_limit_layers": result.cut_layers,
         "bound_of": s.get("bound_of"),

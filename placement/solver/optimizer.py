@@ -50,7 +50,7 @@ from placement.solver.layer import (
     identical_gpus,
     spread_colocated,
 )
-from placement.solver.objective import LayerScorer, guard, pick
+from placement.solver.objective import LayerScore, LayerScorer, guard, pick
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.traffic import (
     build_token_data,
@@ -96,6 +96,13 @@ def shrunk_shares(counts: np.ndarray, per_expert: float) -> np.ndarray:
     prior = per_expert * E
     out = (c + prior * pooled) / np.maximum(n + prior, 1e-300)
     return np.where(n > 0, out, 0.0)
+
+
+def _objective_value(score: LayerScore, objective: str) -> float:
+    """The figure ``objective`` ranks by first: seconds, robust imbalance, or sends."""
+    if objective == "time":
+        return score.time
+    return score.robust_even if objective == "balance" else score.sends
 
 
 def _groups_whole(phy: np.ndarray, cluster: Cluster, num_experts: int, num_groups: int) -> bool:
@@ -215,10 +222,13 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     else:
         status = "FEASIBLE"
     info = {
+        "objective_value": _objective_value(s, task.objective),
         "candidates": float(len(cands)),
         "imbalance_static_in_sample": s.static,
         "predicted_time_in_sample": s.time,
     }
+    if eplb_index is not None:
+        info["eplb_objective_value"] = _objective_value(scores[eplb_index], task.objective)
     if td is not None:
         info["sends_per_token_in_sample"] = s.sends
         info["balance_only_sends"] = scores[0].sends
@@ -360,6 +370,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         "model": model.name,
         "model_source": model_source,
         "robust": options.robust,
+        "token_level": problem.is_token_level,
         "seed": options.seed,
         "balance_tolerance": options.balance_tolerance,
         "max_nodes_per_token": options.max_nodes_per_token,

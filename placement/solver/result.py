@@ -74,6 +74,15 @@ class SolveResult:
         return [int(lid) for lid, s in zip(self.plan.layer_ids.tolist(), st, strict=False)
                 if s == "TIME_LIMIT"]
 
+    def objective_ratio(self) -> float | None:
+        """Mean over layers of the plan's objective figure over EPLB's, as the optimizer scored
+        them (None: not an optimizer plan). Never above 1 on any layer."""
+        mine = self.plan.settings.get("objective_value")
+        ref = self.plan.settings.get("eplb_objective_value")
+        if not mine or not ref or not np.nanmean(ref):
+            return None
+        return float(np.nanmean(mine) / np.nanmean(ref))
+
     def time_ratio(self) -> float | None:
         """Mean predicted MoE layer time of the plan over EPLB's (None: unknown)."""
         mine = self.plan.objectives.get("predicted_moe_layer_time")
@@ -181,6 +190,15 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
                 ratio = mine / theirs if theirs else float("nan")
                 row += f"{_figure(k, theirs):>12}{ratio:>8.3f}"
             lines.append(row)
+    obj_ratio = result.objective_ratio()
+    if obj_ratio is not None:
+        window = "worst" if s.get("robust", "max") == "max" else "mean"
+        time_what = ("predicted MoE layer time of the expected loads" if s.get("token_level")
+                     else f"predicted compute time of the {window} window")
+        what = {"time": time_what,
+                "balance": f"{_LABELS.get(str(s.get('bound_of')), 'robust imbalance')}",
+                "traffic": "cross-node sends per token"}.get(str(s.get("objective")), "objective")
+        lines.append(f"objective ({what}): {obj_ratio:.3f} x EPLB's, no layer worse")
     fb = result.fell_back
     if "fell_back" in s:
         lines.append(f"fell back to EPLB's placement: {len(fb)} of {p.num_layers} layer(s)"

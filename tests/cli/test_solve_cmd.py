@@ -57,10 +57,19 @@ def test_solve_prints_the_summary_and_saves_the_plan(counts_file: Path, tmp_path
     lines = r.stdout.splitlines()
     assert lines[0] == ("method optimizer: 2 layer(s) x 8 experts on 2 node(s) x 2 GPU(s), "
                         "3 slot(s)/GPU = 12 slots per layer")
-    assert lines[1].startswith("status OPTIMAL, wall time ")
-    assert lines[2] == f"{'objective (mean over layers)':<32}{'plan':>10}{'eplb':>10}{'ratio':>8}"
-    assert lines[3].startswith("imbalance ")
-    assert "gap to bound: mean 0.00 %, max 0.00 %" in lines
+    # the trace's model "toy" is unknown; 8 experts are only Mixtral's
+    assert lines[1] == ("objective time (predicted MoE layer time); model mixtral-8x7b "
+                        "(guessed), two-batch overlap")
+    assert lines[2].startswith("status OPTIMAL, wall time ")
+    assert lines[3] == f"{'in-sample, mean over layers':<34}{'plan':>12}{'eplb':>12}{'ratio':>8}"
+    assert lines[4].startswith("predicted MoE layer time (two-batch) ")
+    assert lines[5].startswith("imbalance (even) ")
+    assert lines[6].startswith("worst-window imbalance (even) ")
+    assert lines[7].startswith("objective (predicted compute time of the worst window): ")
+    assert lines[7].endswith(" x EPLB's, no layer worse")
+    assert "fell back to EPLB's placement: 0 of 2 layer(s)" in lines
+    gap = [ln for ln in lines if ln.startswith("lower bound of worst-window imbalance (even): ")]
+    assert len(gap) == 1 and gap[0].endswith("on 2 of 2 layer(s); gap mean 0.00 %, max 0.00 %")
     assert lines[-1] == f"saved plan to {out}"
     assert "traffic unknown: the traces hold aggregated counts only" in r.stdout
     plan = Plan.load(out)
@@ -77,7 +86,17 @@ def test_solve_json_and_per_layer(counts_file: Path, tmp_path: Path) -> None:
     data = json.loads(r.stdout)
     assert data["method"] == "eplb" and data["output"] == str(out)
     assert data["per_layer"]["layer_ids"] == [1, 2]
-    assert data["objectives"]["imbalance"] >= 1.0
+    assert data["plan"]["imbalance_even"] >= 1.0
+    assert data["reference"] == {} and data["predicted_time_ratio"] is None
+    r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "4",
+             "--slots-per-gpu", "3", "--json", "-o", str(out))
+    data = json.loads(r.stdout)
+    assert data["objective"] == "time" and data["model"] == "mixtral-8x7b"
+    assert data["predicted_time_ratio"] > 0
+    assert 0 < data["objective_ratio"] <= 1.0
+    assert data["fell_back_layers"] == [] and data["time_limit_layers"] == []
+    assert set(data["plan"]) >= {"imbalance_even", "worst_window_imbalance_even",
+                                 "predicted_moe_layer_time"}
     r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "4",
              "--slots-per-gpu", "3", "--per-layer", "-o", str(out))
     assert r.exit_code == 0, r.output
@@ -88,19 +107,54 @@ def test_solve_json_and_per_layer(counts_file: Path, tmp_path: Path) -> None:
 def test_solve_token_level_reports_traffic(tokens_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "plan.json"
     r = _run("solve", str(tokens_file), "--nodes", "2", "--gpus-per-node", "2",
-             "--slots-per-gpu", "2", "--balance-tolerance", "0.3", "-o", str(out))
+             "--slots-per-gpu", "3", "--objective", "traffic", "--balance-tolerance", "0.3",
+             "-o", str(out))
     assert r.exit_code == 0, r.output
-    row = [ln for ln in r.stdout.splitlines() if ln.startswith("cross_node_sends_per_token")]
+    row = [ln for ln in r.stdout.splitlines() if ln.startswith("cross-node sends per token")]
     assert len(row) == 1
-    mine, eplb = (float(x) for x in row[0].split()[1:3])
+    mine, eplb = (float(x) for x in row[0].split()[4:6])
     assert mine < eplb
+    assert "objective traffic (cross-node sends)" in r.stdout
+    assert "balance tolerance 0.3" in r.stdout
     assert "traffic unknown" not in r.stdout
+
+
+def _figure(text: str, label: str) -> float:
+    """The first number on the line of ``text`` that starts with ``label`` (any punctuation
+    after it): the same figure under the same label in every command."""
+    import re
+
+    for line in text.splitlines():
+        if line.startswith(label):
+            m = re.search(r"[-+]?\d+\.\d+", line[len(label):])
+            assert m is not None, line
+            return float(m.group(0))
+    raise AssertionError(f"no line starts with {label!r}:\n{text}")
+
+
+@pytest.mark.parametrize("kind", ["tokens", "counts"])
+def test_solve_and_validate_print_the_same_in_sample_figures(
+        kind: str, tokens_file: Path, counts_file: Path, tmp_path: Path) -> None:
+    trace = tokens_file if kind == "tokens" else counts_file
+    out = tmp_path / "plan.json"
+    r = _run("solve", str(trace), "--nodes", "2", "--gpus-per-node", "2", "--slots-per-gpu",
+             "3", "--jobs", "1", "-o", str(out))
+    assert r.exit_code == 0, r.output
+    v = _run("validate", str(out), str(trace))
+    assert v.exit_code == 0, v.output
+    # validate labels its figure "imbalance (max/mean tokens per GPU)" today, figures.md
+    # "imbalance (static)" / "(even)": the value is the same under either label
+    label = "imbalance (static)" if kind == "tokens" else "imbalance (even)"
+    assert _figure(r.stdout, label) == pytest.approx(_figure(v.stdout, "imbalance"), abs=1e-4)
+    if kind == "tokens":
+        for label in ("cross-node sends per token", "cross-node copies per token"):
+            assert _figure(r.stdout, label) == pytest.approx(_figure(v.stdout, label), abs=1e-4)
 
 
 def test_deepseek_files_with_a_preset(tmp_path: Path) -> None:
     files = [str(DEEPSEEK_JSON_DIR / f"decode_in{x}.json") for x in ("1000out1000", "1800out100")]
     out = tmp_path / "plan.json"
-    r = _run("solve", *files, "--preset", "deepseek-decode", "--time-limit", "30", "-o", str(out))
+    r = _run("solve", *files, "--preset", "deepseek-decode", "-o", str(out))
     assert r.exit_code == 0, r.output
     plan = Plan.load(out)
     assert plan.phy2log.shape == (58, 288)
@@ -136,6 +190,9 @@ def test_bad_method_is_a_usage_error(counts_file: Path, tmp_path: Path) -> None:
         (["--preset", "h100-2x8", "--robust", "min"], 2, "Invalid value for '--robust'"),
         (["--preset", "h100-2x8", "--time-limit", "0"], 2, "Invalid value for '--time-limit'"),
         (["--preset", "h100-2x8", "--jobs", "0"], 2, "Invalid value for '--jobs'"),
+        (["--preset", "h100-2x8", "--objective", "speed"], 2, "Invalid value for '--objective'"),
+        (["--preset", "h100-2x8", "--model", "gpt-9"], 2, "Invalid value for '--model'"),
+        (["--preset", "h100-2x8", "--overlap", "full"], 2, "Invalid value for '--overlap'"),
     ],
 )
 def test_bad_options(counts_file: Path, tmp_path: Path, args: list[str], code: int,
