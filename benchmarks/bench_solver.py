@@ -9,7 +9,10 @@ Two families of cases, each in an importable function (a full benchmark suite re
   288 slots: 4 nodes x 8 GPUs, 18 x 8, 1 x 72.
 * :func:`token_level_cases`: token-level traces (shared FLAME-MoE and Mixtral, synthetic
   presets) split by window into a planning half and a held-out half; judged on the held-out half
-  under the engines' static dispatch rule: cross-node sends per token and imbalance.
+  under the engines' static dispatch rule: cross-node sends per token, imbalance and the
+  predicted MoE layer time (:func:`placement.moe_time.layer_times` on the replay).
+* :func:`token_instance_speed`: the full token-level DeepSeek-V3 instance (``bundled:deepseek-v3``
+  on ``deepseek-prefill``), solved with one and two jobs: seconds, status, same plan.
 
 Run: ``python benchmarks/bench_solver.py [--quick]`` (prints tables; exit status 0).
 """
@@ -27,16 +30,17 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.metrics import even_gpu_loads, imbalance, source_gpus, token_traffic
-from placement.plan import static_dispatch
+from placement.models import ModelShape
+from placement.moe_time import layer_times
+from placement.plan import Plan, static_dispatch
 from placement.routing_traces.trace import Trace
-from placement.solver import SolveOptions, baseline_plan, solve
-from placement.solver.problem import ProblemData
+from placement.solver import METHODS, SolveOptions, baseline_plan, solve
+from placement.solver.problem import ProblemData, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEEPSEEK_DIR = SHARED / "traces" / "deepseek_v3_sglang"
 
-METHODS = ("optimizer", "eplb", "eplb-global", "contiguous")
 DEEPSEEK_SHAPES = ((4, 8, 9), (18, 8, 2), (1, 72, 4))
 TARGETS = {"4x8x9": 1.08, "18x8x2": 1.30, "1x72x4": 1.12}
 
@@ -146,8 +150,12 @@ class TokenRow:
     copies: dict[str, float] = field(default_factory=dict)
     imbalance_static: dict[str, float] = field(default_factory=dict)
     imbalance_even: dict[str, float] = field(default_factory=dict)
+    time: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     gap_exact_max: float = float("nan")
+    fell_back: int = 0
+    layers: int = 0
+    model: str = ""
 
 
 def split_half(trace: Trace) -> tuple[Trace, Trace]:
@@ -172,6 +180,18 @@ def heldout_token_figures(phy2log: np.ndarray, held: Trace,
     T = ids.shape[0]
     return (float((sends / T)[ok].mean()), float((copies / T)[ok].mean()),
             float(imbalance(loads)[ok].mean()), float(even[ok].mean()))
+
+
+def heldout_time(plan: Plan, held: Trace, model: ModelShape, overlap: str = "two-batch") -> float:
+    """Predicted MoE layer time of ``plan`` on ``held`` (seconds, mean over layers): the
+    replay's static loads and per-GPU traffic through :func:`placement.moe_time.layer_times`."""
+    from placement.validation import replay
+
+    res = replay(plan, held)
+    traffic = res.per_gpu_traffic()
+    assert traffic is not None
+    return float(layer_times(res.gpu_loads, plan.cluster, model, traffic=traffic,
+                             overlap=overlap)[3].mean())
 
 
 def default_token_cases(quick: bool = False) -> list[tuple[str, Trace, Cluster]]:
@@ -214,7 +234,8 @@ def token_level_cases(
     for name, trace, cluster in cases:
         plan_half, held = split_half(trace)
         problem = ProblemData.from_traces([plan_half], cluster)
-        row = TokenRow(name, cluster.shape)
+        model = resolve_model(options, problem)[0]
+        row = TokenRow(name, cluster.shape, layers=problem.num_layers, model=model.name)
         for m in methods:
             t0 = time.perf_counter()
             if m == "optimizer":
@@ -223,12 +244,14 @@ def token_level_cases(
                 src = plan.settings.get("bound_source", [])
                 ex = [g for g, s in zip(gaps, src, strict=False) if s == "exact"]
                 row.gap_exact_max = float(max(ex)) if ex else float("nan")
+                row.fell_back = int(sum(plan.settings.get("fell_back", [])))
             else:
                 plan = baseline_plan(problem, options, m)
             row.seconds[m] = time.perf_counter() - t0
             s, cp, st, ev = heldout_token_figures(plan.phy2log, held, cluster)
             row.sends[m], row.copies[m] = s, cp
             row.imbalance_static[m], row.imbalance_even[m] = st, ev
+            row.time[m] = heldout_time(plan, held, model, options.overlap)
         rows.append(row)
         if echo:
             figs = "  ".join(f"{m} {row.sends[m]:.3f}/{row.imbalance_static[m]:.3f}"
@@ -274,6 +297,40 @@ def full_instance_speed(traces: dict[str, Trace] | None = None) -> tuple[float, 
     baseline_plan(problem, SolveOptions(), "eplb")
     t_eplb = time.perf_counter() - t0
     return t_opt, t_eplb, res.plan.status
+
+
+@dataclass
+class TokenSpeed:
+    """The full token-level DeepSeek-V3 instance solved with one and two jobs."""
+
+    seconds: dict[int, float]
+    status: dict[int, str]
+    same_plan: bool
+    fell_back: int
+    layers: int
+    cut: int
+
+
+def token_instance_speed(jobs: tuple[int, ...] = (2, 1)) -> TokenSpeed:
+    """``bundled:deepseek-v3`` (4,096 tokens x 58 layers x top-8, 2 windows) on
+    ``deepseek-prefill`` with the default settings, once per ``jobs``."""
+    from placement.routing_traces import load_trace
+
+    trace = load_trace("bundled:deepseek-v3")
+    cluster = Cluster.preset("deepseek-prefill")
+    secs: dict[int, float] = {}
+    status: dict[int, str] = {}
+    plans = []
+    for j in jobs:
+        t0 = time.perf_counter()
+        plan = solve(trace, cluster, SolveOptions(jobs=j)).plan
+        secs[j] = time.perf_counter() - t0
+        status[j] = plan.status
+        plans.append(plan)
+    same = all(np.array_equal(plans[0].phy2log, p.phy2log) for p in plans[1:])
+    st = plans[0].settings
+    return TokenSpeed(secs, status, same, int(sum(st.get("fell_back", []))), plans[0].num_layers,
+                      sum(1 for x in st.get("layer_status", []) if x == "TIME_LIMIT"))
 
 
 def main(argv: list[str] | None = None) -> int:

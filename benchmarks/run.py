@@ -1,12 +1,13 @@
 """The benchmark suite: held-out quality and speed of every method, against EPLB, in one run.
 
-    python benchmarks/run.py            # full run, about 10-15 minutes on 2 cores
+    python benchmarks/run.py            # full run, about 10 minutes on 2 cores
     python benchmarks/run.py --quick    # smoke run, about 2 minutes
 
 Every case plans on one part of the data and judges on another, and runs EPLB (hierarchical and
 global), ``contiguous`` and the optimizer in the same run. Writes ``BENCHMARKS.md`` at the
-repository root and ``benchmarks/results.json`` (the same figures, for tools). Reads the shared
-data from ``../shared/traces/``; a missing file is an error, never a silent skip.
+repository root, ``benchmarks/results.json`` (the same figures, for tools) and
+``benchmarks/frontier.png`` (the balance/traffic frontier). Reads the shared data from
+``../shared/traces/``; a missing file is an error, never a silent skip.
 """
 
 from __future__ import annotations
@@ -35,11 +36,17 @@ import cross_model  # noqa: E402
 
 from placement import Cluster  # noqa: E402
 from placement.routing_traces import read_native, synthesize  # noqa: E402
-from placement.solver import SolveOptions  # noqa: E402
+from placement.solver import METHODS, SolveOptions  # noqa: E402
 
-METHODS = ("optimizer", "eplb", "eplb-global", "contiguous")
 SHARED = ROOT.parent / "shared" / "traces"
-TRAFFIC_TARGET = 0.75  # sends at most 75 % of EPLB's, at imbalance no worse
+FRONTIER_PNG = ROOT / "benchmarks" / "frontier.png"
+# issue 9: held out, static dispatch, ratios to EPLB in the same run
+IMBALANCE_TARGET = 1.01  # imbalance at most 1.01 x EPLB's on every token-level case
+SENDS_TARGET = {"synth deepseek-v3": 0.92}  # sends at most this x EPLB's ...
+SENDS_TARGET_DEFAULT = 0.85  # ... and 0.85 x on the other token-level cases
+TIME_TARGET = 0.90  # predicted MoE layer time at least 10 % below EPLB's (network < NVLink)
+FRONTIER_CASES = ("flame-moe-290m", "synth kimi-k2")
+FRONTIER_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2)
 
 
 def _require(path: Path) -> Path:
@@ -92,12 +99,16 @@ def _versions() -> dict[str, str]:
         "commit": git("rev-parse", "--short", "HEAD") + (
             " (uncommitted changes)"
             if git("status", "--porcelain", "--", ".", ":!BENCHMARKS.md",
-                   ":!benchmarks/results.json") else ""),
+                   ":!benchmarks/results.json", ":!benchmarks/frontier.png") else ""),
     }
 
 
 def _f(x: float, d: int = 3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{d}f}"
+
+
+def _us(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * 1e6:.1f} us"
 
 
 def render(data: dict[str, Any]) -> str:
@@ -172,21 +183,59 @@ def render(data: dict[str, Any]) -> str:
         "Plan on the first half of the windows, judge on the second half. sends = cross-node sends "
         "per token (distinct remote nodes, DeepEP normal mode), copies = cross-node copies per "
         "token (remote experts, low-latency mode), imb = max/mean tokens per GPU under the static "
-        "rule; means over layers. Synthetic traces: `placement trace synth` presets with two "
-        "windows (the topic mix drifts between them).",
+        "rule, time = predicted MoE layer time (`placement.moe_time.layer_times`, two-batch "
+        "overlap, the cluster's default bandwidths: NVLink 160 GB/s, network 40 GB/s, 400 TFLOP/s; "
+        "model shape guessed from the trace, DeepSeek-V3's for Kimi-K2); means over layers. The "
+        "optimizer runs with its default objective (time). Synthetic traces: `placement trace "
+        "synth` presets with two windows (the topic mix drifts between them).",
         "",
-        "| case | cluster | method | sends | copies | imb | sends / eplb | imb / eplb |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| case | cluster | method | sends | copies | imb | time | sends / eplb | imb / eplb | "
+        "time / eplb |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in data["tokens"]:
         for m in METHODS:
             out.append(
                 f"| {r['case']} | {r['cluster']} | {m} | {_f(r['sends'][m])} | {_f(r['copies'][m])} "
-                f"| {_f(r['imbalance_static'][m])} | {_f(r['sends'][m] / r['sends']['eplb'])} | "
-                f"{_f(r['imbalance_static'][m] / r['imbalance_static']['eplb'])} |"
+                f"| {_f(r['imbalance_static'][m])} | {_us(r['time'][m])} | "
+                f"{_f(r['sends'][m] / r['sends']['eplb'])} | "
+                f"{_f(r['imbalance_static'][m] / r['imbalance_static']['eplb'])} | "
+                f"{_f(r['time'][m] / r['time']['eplb'])} |"
             )
     out += [
         "",
+        "Layers of the optimizer's plans that are EPLB's own (the search did not beat it on the "
+        "objective in-sample): "
+        + ", ".join(f"{r['case']} {r['fell_back']} of {r['layers']}" for r in data["tokens"])
+        + ".",
+        "",
+    ]
+    if data.get("frontier"):
+        out += [
+            "## Balance/traffic frontier (held out)",
+            "",
+            "One input solved at several trade-offs (`placement.frontier.frontier`): the optimizer "
+            "with the `balance` objective, `traffic` at balance tolerances "
+            f"{', '.join(f'{t:g}' for t in FRONTIER_TOLERANCES)}, and the default `time`, beside "
+            "EPLB, EPLB's global policy and the contiguous default; every plan replayed on the "
+            "held-out half (static rule). Figure: `benchmarks/frontier.png`.",
+            "",
+            "![balance/traffic frontier](benchmarks/frontier.png)",
+            "",
+            "| case | plan | imb | sends | time | sends / eplb | time / eplb |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for case in data["frontier"]:
+            ref = next(p for p in case["points"] if p["label"] == "eplb")
+            for p in case["points"]:
+                out.append(
+                    f"| {case['case']} | {p['label']} | {_f(p['imbalance_static'])} | "
+                    f"{_f(p['cross_node_sends_per_token'])} | {_us(p['predicted_moe_layer_time'])} | "
+                    f"{_f(p['cross_node_sends_per_token'] / ref['cross_node_sends_per_token'])} | "
+                    f"{_f(p['predicted_moe_layer_time'] / ref['predicted_moe_layer_time'])} |"
+                )
+        out.append("")
+    out += [
         "## Speed",
         "",
         "Full DeepSeek-V3 instance (58 layers x 256 experts, 4 x 8 GPUs x 9 slots = 288 slots, 7 "
@@ -197,6 +246,21 @@ def render(data: dict[str, Any]) -> str:
     ]
     for m, (sec, status) in data["speed"]["solve"].items():
         out.append(f"| {m} | {_f(sec, 2)} | {status} |")
+    ts = data["speed"].get("tokens")
+    if ts:
+        out += [
+            "",
+            "Full token-level DeepSeek-V3 instance (`bundled:deepseek-v3`: 4,096 tokens x 58 layers "
+            "x top-8, two windows; `--preset deepseek-prefill`), default settings (objective time):",
+            "",
+            "| jobs | seconds | status |",
+            "|---:|---:|---|",
+        ]
+        for j, sec in ts["seconds"].items():
+            out.append(f"| {j} | {_f(sec, 1)} | {ts['status'][j]} |")
+        out += ["", f"Same plan with every jobs count: {'yes' if ts['same_plan'] else '**no**'}; "
+                    f"layers that fell back to EPLB's: {ts['fell_back']} of {ts['layers']}; "
+                    f"layers cut by the time limit: {ts['cut']}."]
     out += [
         "",
         f"Replay (`placement.validation.replay`), synthetic DeepSeek-V3 trace of "
@@ -216,6 +280,33 @@ def render(data: dict[str, Any]) -> str:
     out += ["", f"Peak resident memory of the whole benchmark process: "
                 f"{data['speed']['peak_rss_mb']:.0f} MB.", ""]
     return "\n".join(out)
+
+
+def frontier_section(cases: list[tuple[str, Any, Cluster]]) -> list[dict[str, Any]]:
+    """The frontier of :data:`FRONTIER_CASES` (planning half, held-out half); draws
+    :data:`FRONTIER_PNG`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from placement.frontier import frontier, frontier_figure
+
+    chosen = [c for c in cases if c[0] in FRONTIER_CASES]
+    fig, axes = plt.subplots(1, len(chosen), figsize=(6.0 * len(chosen), 4.4), dpi=110,
+                             squeeze=False)
+    out = []
+    for ax, (name, trace, cluster) in zip(axes[0], chosen, strict=True):
+        plan_half, held = bench_solver.split_half(trace)
+        fr = frontier(plan_half, held, cluster, tolerances=FRONTIER_TOLERANCES)
+        print(fr.summary(), flush=True)
+        frontier_figure(fr, ax, title=f"{name}, {cluster.shape}")
+        out.append({"case": name, "cluster": cluster.shape, **fr.to_dict()})
+    fig.tight_layout()
+    FRONTIER_PNG.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FRONTIER_PNG)
+    plt.close(fig)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,7 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     trows = bench_solver.token_level_cases(token_cases(args.quick), options=opts)
     data["tokens"] = [asdict(r) for r in trows]
 
-    # 4. speed
+    # 4. the balance/traffic frontier of two token-level cases
+    print("frontier", flush=True)
+    data["frontier"] = [] if args.quick else frontier_section(token_cases(False))
+
+    # 5. speed
     print("speed", flush=True)
     cluster = Cluster(4, 8, 9)
     names = [n for n in traces if n.startswith("prefill")][:7]
@@ -284,10 +379,14 @@ def main(argv: list[str] | None = None) -> int:
         res = solve(problem, options=SolveOptions(method=m))
         solve_speed[m] = (time.perf_counter() - t0, res.plan.status)
         print(f"  full instance {m}: {solve_speed[m][0]:.2f} s", flush=True)
+    ts = bench_solver.token_instance_speed((2, 1))
+    print(f"  token-level instance: {ts.seconds} s, {ts.status}, same plan {ts.same_plan}",
+          flush=True)
     tokens, repeats = (20_000, 1) if args.quick else (100_000, 3)
     replay_rows = bench_replay.measure(tokens, repeats)
     data["speed"] = {
         "solve": solve_speed,
+        "tokens": asdict(ts),
         "replay": replay_rows,
         "replay_tokens": tokens,
         "replay_repeats": repeats,
@@ -308,34 +407,67 @@ def main(argv: list[str] | None = None) -> int:
             "met": r["optimizer"] <= limit,
         })
     for r in trows:
-        ratio = r.sends["optimizer"] / r.sends["eplb"]
-        imb_ok = r.imbalance_static["optimizer"] <= r.imbalance_static["eplb"]
+        sends = r.sends["optimizer"] / r.sends["eplb"]
+        imb = r.imbalance_static["optimizer"] / r.imbalance_static["eplb"]
+        tm = r.time["optimizer"] / r.time["eplb"]
+        s_target = SENDS_TARGET.get(r.case, SENDS_TARGET_DEFAULT)
+        eplb_txt = (f"sends {_f(r.sends['eplb'])}, imbalance {_f(r.imbalance_static['eplb'])}, "
+                    f"time {_us(r.time['eplb'])}")
         targets.append({
-            "what": f"{r.case} ({r.cluster}): cross-node sends <= 0.75 x EPLB at imbalance <= EPLB",
-            "measured": f"{ratio:.3f} x, imbalance {_f(r.imbalance_static['optimizer'])}",
-            "eplb": f"sends {_f(r.sends['eplb'])}, imbalance {_f(r.imbalance_static['eplb'])}",
-            "met": ratio <= TRAFFIC_TARGET and imb_ok,
+            "what": f"{r.case} ({r.cluster}): not worse than EPLB on both imbalance and sends",
+            "measured": f"sends {sends:.3f} x, imbalance {imb:.3f} x",
+            "eplb": eplb_txt,
+            "met": not (sends > 1.0 and imb > 1.0),
+        })
+        targets.append({
+            "what": f"{r.case}: imbalance at most {IMBALANCE_TARGET} x EPLB's",
+            "measured": f"{imb:.3f} x ({_f(r.imbalance_static['optimizer'])})",
+            "eplb": _f(r.imbalance_static["eplb"]),
+            "met": imb <= IMBALANCE_TARGET,
+        })
+        targets.append({
+            "what": f"{r.case}: cross-node sends at most {s_target} x EPLB's",
+            "measured": f"{sends:.3f} x ({_f(r.sends['optimizer'])})",
+            "eplb": _f(r.sends["eplb"]),
+            "met": sends <= s_target,
+        })
+        targets.append({
+            "what": f"{r.case}: predicted MoE layer time at least 10 % below EPLB's",
+            "measured": f"{tm:.3f} x ({_us(r.time['optimizer'])})",
+            "eplb": _us(r.time["eplb"]),
+            "met": tm <= TIME_TARGET,
         })
     # the bound is of peak load; with --balance-tolerance 0 the optimizer spends nothing of it
     # on traffic, so that is where the in-sample gap to an exact bound is a fair test
     for r in bench_solver.token_level_cases(
         [c for c in token_cases(args.quick) if c[0] in {t.case for t in trows
                                                          if np.isfinite(t.gap_exact_max)}],
-        options=SolveOptions(balance_tolerance=0.0), methods=("optimizer",), echo=False,
+        options=SolveOptions(objective="balance"), methods=("optimizer",), echo=False,
     ):
         targets.append({
             "what": f"{r.case}: in-sample within 2 % of the exact model's bound on every layer "
-                    "it bounds (--balance-tolerance 0)",
+                    "it bounds (--objective balance)",
             "measured": f"max gap {r.gap_exact_max * 100:.2f} %",
             "eplb": "",
             "met": r.gap_exact_max <= 0.02,
         })
     t_opt = solve_speed["optimizer"][0]
     targets.append({
-        "what": "full DeepSeek-V3 instance (58 x 256, 4x8x9) solves in at most 60 s",
+        "what": "full DeepSeek-V3 counts instance (58 x 256, 4x8x9) solves in at most 60 s",
         "measured": f"{t_opt:.1f} s",
         "eplb": f"{solve_speed['eplb'][0]:.2f} s",
         "met": t_opt <= 60,
+    })
+    t_tok = max(ts.seconds.values())
+    targets.append({
+        "what": "full token-level DeepSeek-V3 solve (bundled:deepseek-v3, deepseek-prefill) in at "
+                "most 60 s, FEASIBLE/OPTIMAL, the same plan with --jobs 1 and --jobs 2",
+        "measured": ", ".join(f"jobs {j}: {sec:.1f} s {ts.status[j]}"
+                              for j, sec in ts.seconds.items())
+        + f"; same plan: {'yes' if ts.same_plan else 'no'}",
+        "eplb": "",
+        "met": t_tok <= 60 and ts.same_plan
+        and all(st in ("FEASIBLE", "OPTIMAL") for st in ts.status.values()),
     })
     best = max(r["assignments_per_s"] for r in replay_rows
                if r.get("what") == "replay (cpu)" and "assignments_per_s" in r)

@@ -291,4 +291,4 @@ def frontier_figure(fr: Frontier, ax: Axes | None = None, *, title: str | None =
     ax.legend(fontsize=7, loc="best")
     assert fig is not None
     fig.tight_layout()
-    return fig  # type: ignore[return-value]
+    return fig

@@ -43,6 +43,7 @@ __all__ = [
     "TIME_TIE",
     "LayerScore",
     "LayerScorer",
+    "admissible",
     "expected_rates",
     "guard",
     "node_fractions",
@@ -283,6 +284,16 @@ def guard(objective: str, tolerance: float | None, balance: LayerScore,
     return ref_r * (1.0 + TIME_TIE), ref_s * (1.0 + TIME_TIE)
 
 
+def admissible(scores: Sequence[LayerScore], objective: str, *, balance: int,
+               eplb: int | None = None, tolerance: float | None = None,
+               tokens: bool = True) -> list[int]:
+    """Indices of the candidates that meet the objective's balance guard (:func:`guard`)."""
+    e = scores[eplb] if eplb is not None else None
+    cap_r, cap_s = guard(objective, tolerance, scores[balance], e, tokens=tokens)
+    return [i for i, s in enumerate(scores)
+            if s.robust_even <= cap_r + _EPS and s.expected <= cap_s + _EPS]
+
+
 def pick(scores: Sequence[LayerScore], objective: str, *, balance: int,
          eplb: int | None = None, tolerance: float | None = None, tokens: bool = True) -> int:
     """Index of the best of ``scores`` by ``objective`` (see the module docstring).
@@ -295,11 +306,8 @@ def pick(scores: Sequence[LayerScore], objective: str, *, balance: int,
         tokens: whether the scores are of token-level planning data.
     Ties go to the earliest candidate.
     """
-    b = scores[balance]
-    e = scores[eplb] if eplb is not None else None
-    cap_r, cap_s = guard(objective, tolerance, b, e, tokens=tokens)
-    ok = [i for i, s in enumerate(scores)
-          if s.robust_even <= cap_r + _EPS and s.expected <= cap_s + _EPS] or [balance]
+    ok = admissible(scores, objective, balance=balance, eplb=eplb, tolerance=tolerance,
+                    tokens=tokens) or [balance]
     if objective == "balance":
         return min(ok, key=lambda i: (scores[i].robust_even, scores[i].expected, scores[i].sends,
                                       i))

@@ -15,7 +15,8 @@ does not depend on how many):
    the planning tokens, replicas on every node for the experts that save the most sends, GPUs
    inside every node packed for balance. Node-limited routing keeps expert groups whole
    (:func:`~placement.solver.traffic.node_limited_candidates`).
-4. Every candidate, and EPLB's own placement of the layer, is scored in-sample
+4. Every candidate (EPLB's global placement among them), and EPLB's own placement of the
+   layer, is scored in-sample
    (:class:`~placement.solver.objective.LayerScorer`) and the best by ``options.objective``
    wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
    never worse than EPLB's on the objective: when the search does not beat it, the layer IS
@@ -50,7 +51,7 @@ from placement.solver.layer import (
     identical_gpus,
     spread_colocated,
 )
-from placement.solver.objective import LayerScore, LayerScorer, guard, pick
+from placement.solver.objective import LayerScore, LayerScorer, admissible, guard, pick
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.traffic import (
     build_token_data,
@@ -203,6 +204,11 @@ def solve_layer(task: LayerTask) -> LayerSolution:
             room = max(0.0, room)
             cands += traffic_candidates(task, wp, td_fit, max_cap=min(room, MAX_NODE_CAP))
 
+    if task.warm is not None:  # EPLB's global policy, co-located replicas spread
+        glob = spread_colocated(np.asarray(task.warm), G, spg)
+        if glob.size and (not task.node_limited or _groups_whole(glob, c, E, task.num_groups)):
+            cands.append(("eplb-global", glob))
+
     # 4. score and pick
     scores = [scorer.score(phy) for _, phy in cands] + ref_scores
     eplb_rows = set(range(len(cands), len(cands) + len(refs)))
@@ -229,6 +235,9 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     }
     if eplb_index is not None:
         info["eplb_objective_value"] = _objective_value(scores[eplb_index], task.objective)
+        info["eplb_admissible"] = float(eplb_index in admissible(
+            scores, task.objective, balance=0, eplb=eplb_index,
+            tolerance=task.balance_tolerance, tokens=td is not None))
     if td is not None:
         info["sends_per_token_in_sample"] = s.sends
         info["balance_only_sends"] = scores[0].sends

@@ -198,7 +198,14 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
         what = {"time": time_what,
                 "balance": f"{_LABELS.get(str(s.get('bound_of')), 'robust imbalance')}",
                 "traffic": "cross-node sends per token"}.get(str(s.get("objective")), "objective")
-        lines.append(f"objective ({what}): {obj_ratio:.3f} x EPLB's, no layer worse")
+        adm = [bool(x) for x in s.get("eplb_admissible") or []]
+        L = p.num_layers
+        if all(adm):
+            tail = "no layer worse"
+        else:
+            tail = (f"no layer worse where EPLB's meets the balance tolerance ({sum(adm)} of "
+                    f"{L} layer(s))")
+        lines.append(f"objective ({what}): {obj_ratio:.3f} x EPLB's, {tail}")
     fb = result.fell_back
     if "fell_back" in s:
         lines.append(f"fell back to EPLB's placement: {len(fb)} of {p.num_layers} layer(s)"
