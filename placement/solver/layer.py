@@ -67,7 +67,7 @@ class Effort:
     max_tokens: int = 20000
     home_moves: int = 64
     vcycles: int = 1
-    pack_rounds: int = 3
+    pack_rounds: int = 2
 
 
 @dataclass(frozen=True)

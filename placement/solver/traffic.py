@@ -60,7 +60,7 @@ EVERYWHERE = -1
 
 _SWAP_BLOCKED = 16  # blocked moves tried as swaps per step
 _SWAP_PARTNERS = 4  # partners tried per blocked move
-_GROW_STEPS = (0.25, 0.5, 0.75, 1.0)  # checkpoints of the replication growth (share of spare)
+_GROW_STEPS = (0.5, 1.0)  # checkpoints of the replication growth (share of spare)
 
 
 @dataclass(frozen=True)
