@@ -270,9 +270,14 @@ def frontier_figure(fr: Frontier, ax: Axes | None = None, *, title: str | None =
     if trade:
         ax.plot([p.imbalance for p in trade], [p.sends for p in trade], "-o", color="tab:blue",
                 label="optimizer, traffic at tolerance 0 ... " f"{trade[-1].balance_tolerance:g}")
+        # one label per distinct point ("0, 0.02" where two tolerances give the same plan)
+        spots: dict[tuple[float, float], list[str]] = {}
         for p in trade:
-            ax.annotate(f"{p.balance_tolerance:g}", (p.imbalance, p.sends), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points", color="tab:blue")
+            spots.setdefault((round(p.imbalance, 6), round(p.sends, 6)), []).append(
+                f"{p.balance_tolerance:g}")
+        for (x, y), names in spots.items():
+            ax.annotate(", ".join(names), (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color="tab:blue")
     marks = {"balance": ("s", "tab:green"), "time": ("*", "tab:red")}
     for p in fr.points:
         if p.objective in marks:

@@ -17,11 +17,12 @@ The three objectives (:data:`placement.solver.problem.OBJECTIVES`) order candida
   never worse than the balance-only plan's or EPLB's, whichever is worse, by more than that
   same :data:`TIME_TIE` (with aggregated counts: its robust imbalance);
   ``balance_tolerance`` replaces the guard by ``(1 + tolerance) x`` the balance-only plan's
-  robust and expected static imbalance. With aggregated counts no traffic is known and
+  expected static imbalance. With aggregated counts no traffic is known and
   the time is the compute time of the robust (worst-window) loads: the balance objective.
 * ``"balance"``: the least robust even-split imbalance (then static imbalance, then sends).
 * ``"traffic"``: the fewest cross-node sends among plans within ``balance_tolerance`` (default
-  5 %) of the balance-only plan, on both the robust even-split and the static imbalance.
+  5 %) of the balance-only plan's expected static imbalance (aggregated counts: and its robust
+  even-split imbalance).
 
 Shapes: ``S`` scenarios, ``E`` experts, ``G`` GPUs, ``spg`` slots per GPU, ``T`` tokens, ``k``.
 """
@@ -275,7 +276,10 @@ def guard(objective: str, tolerance: float | None, balance: LayerScore,
         return float("inf"), float("inf")
     if tolerance is not None or objective == "traffic":
         tol = DEFAULT_TOLERANCE if tolerance is None else tolerance
-        return (1.0 + tol) * balance.robust_even, (1.0 + tol) * balance.expected
+        # token-level: the expected loads of all planning tokens (a short window's worst case
+        # is noise); aggregated counts: the robust imbalance too
+        cap_r = float("inf") if tokens else (1.0 + tol) * balance.robust_even
+        return cap_r, (1.0 + tol) * balance.expected
     ref_s = balance.expected if eplb is None else max(balance.expected, eplb.expected)
     if tokens:
         # the expected loads of all planning tokens: a short window's worst case is noise

@@ -231,6 +231,8 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         "objective_value": _objective_value(s, task.objective),
         "candidates": float(len(cands)),
         "imbalance_static_in_sample": s.static,
+        "expected_imbalance": s.expected,
+        "balance_only_expected_imbalance": scores[0].expected,
         "predicted_time_in_sample": s.time,
     }
     if eplb_index is not None:
