@@ -20,7 +20,7 @@ side by side. :func:`frontier_figure` draws sends against imbalance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.solver import BASELINES, SolveOptions, baseline_plan, solve
 from placement.solver.problem import ProblemData, resolve_model
+from placement.solver.registry import Progress
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -51,7 +52,6 @@ __all__ = [
 DEFAULT_TOLERANCES: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 """``balance_tolerance`` values of the ``traffic`` points."""
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

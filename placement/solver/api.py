@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
-from placement.solver.registry import BASELINES, get_method
+from placement.solver.registry import BASELINES, Progress, get_method
 from placement.solver.result import SolveResult
 
 __all__ = ["baseline_plan", "solve"]
-
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called as layers finish."""
 
 
 def baseline_plan(problem: ProblemData, options: SolveOptions, method: str) -> Plan:

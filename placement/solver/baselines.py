@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -11,6 +10,7 @@ from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.plan import Plan
 from placement.solver.problem import ProblemData, SolveOptions
+from placement.solver.registry import Progress
 
 __all__ = [
     "contiguous_phy2log",
@@ -21,7 +21,6 @@ __all__ = [
     "solve_eplb_global",
 ]
 
-Progress = Callable[[int, int], None]
 
 
 def contiguous_phy2log(num_experts: int, cluster: Cluster, num_layers: int) -> np.ndarray:

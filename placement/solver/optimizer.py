@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import numpy as np
@@ -53,6 +52,7 @@ from placement.solver.layer import (
 )
 from placement.solver.objective import LayerScore, LayerScorer, admissible, guard, pick
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
+from placement.solver.registry import Progress
 from placement.solver.traffic import (
     build_token_data,
     node_limited_candidates,
@@ -69,7 +69,6 @@ __all__ = [
     "split_tokens",
 ]
 
-Progress = Callable[[int, int], None]
 
 MAX_NODE_CAP = 0.10
 """The loosest node-load cap of the traffic-aware candidates (a node's pooled load per GPU at
