@@ -117,11 +117,13 @@ class MemoryModel:
         per_slot = model.expert_bytes * model.num_moe_layers / GB
         free = g.memory_gb - reserved
         if free < per_slot:
+            left = f"leave {free:.2f} GB" if free >= 0 else \
+                f"exceed it by {-free:.2f} GB"
             raise ClusterError(
                 f"no room for one expert slot on {g.name} ({g.memory_gb:g} GB): "
                 f"{weights:.1f} GB non-routed weights of {model.name} + {float(kv_reserve_gb):g} "
-                f"GB KV cache + {runtime:.1f} GB runtime reserve leave {free:.2f} GB, one slot "
-                f"needs {per_slot:.2f} GB ({model.num_moe_layers} MoE layers x "
+                f"GB KV cache + {runtime:.1f} GB runtime reserve {left}; one slot needs "
+                f"{per_slot:.2f} GB ({model.num_moe_layers} MoE layers x "
                 f"{model.expert_bytes / 1e6:.1f} MB)."
             )
         return cls(

@@ -486,8 +486,9 @@ def _header(result: SweepResult) -> list[str]:
     o, w, m = result.options, result.options.workload, result.model
     g = o.gpu_spec
     tokens = "input" if w.phase == "prefill" else "output"
+    price = g.usd_per_gpu_hour if o.usd_per_gpu_hour is None else o.usd_per_gpu_hour
     lines = [
-        f"sweep of {m.name} on {g.name} ({g.memory_gb:g} GB, ${o.usd_per_gpu_hour if o.usd_per_gpu_hour is not None else g.usd_per_gpu_hour:g}/GPU-hour): "
+        f"sweep of {m.name} on {g.name} ({g.memory_gb:g} GB, ${price:g}/GPU-hour): "
         f"{len(result.points)} points ({len(o.redundant)} redundancy levels x "
         f"{len(o.nodes) * len(o.gpus_per_node)} cluster shapes x {len(o.methods)} methods) "
         f"in {result.wall_time:.1f} s",

@@ -10,6 +10,7 @@ from placement.cli import (  # noqa: F401  (modules register their commands on i
     demo_cmd,
     engines_cmd,
     solve_cmd,
+    sweep_cmd,
     trace_cmd,
     validate_cmd,
 )

@@ -12,11 +12,16 @@ import click
 import numpy as np
 
 from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.cluster import Cluster, MemoryModel
+from placement.errors import InputError
+from placement.hardware import GPU_PRESETS, gpu_preset
+from placement.models import MODEL_PRESETS, guess_model, model_preset
 from placement.routing_traces.trace import Trace
 from placement.solver import METHODS, SolveOptions, SolveResult, format_solve_result, solve
 from placement.solver.problem import ROBUST_MODES, ProblemData
 
-__all__ = ["format_saved", "format_solve_summary", "solve_cmd", "solve_summary_dict"]
+__all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd",
+           "solve_summary_dict"]
 
 
 def _load(path: str) -> Trace:
@@ -64,6 +69,57 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
     return out
 
 
+def memory_cluster(
+    cluster_kwargs: dict[str, Any], traces: list[Trace], *, gpu_name: str | None,
+    model_name: str | None, kv_reserve_gb: float | None, runtime_reserve_gb: float | None,
+) -> tuple[Cluster, MemoryModel | None]:
+    """The cluster from the cluster options, its slots per GPU from the GPU's memory when
+    ``--gpu`` is given (``--model`` or the traces' model, ``--kv-reserve-gb``)."""
+    if gpu_name is None:
+        for flag, v in (("--model", model_name), ("--kv-reserve-gb", kv_reserve_gb),
+                        ("--runtime-reserve-gb", runtime_reserve_gb)):
+            if v is not None:
+                raise InputError(f"{flag} sets the memory budget: give --gpu NAME with it.")
+        return cluster_from_options(cluster_kwargs), None
+    gpu = gpu_preset(gpu_name)
+    if model_name is not None:
+        model = model_preset(model_name)
+    else:
+        first = traces[0]
+        guessed = guess_model(first.model, num_experts=first.num_experts, top_k=first.top_k)
+        if guessed is None:
+            raise InputError(
+                "--gpu needs the model to size the budget: give --model NAME (one of: "
+                f"{', '.join(sorted(MODEL_PRESETS))})."
+            )
+        model = guessed
+    if model.num_experts != traces[0].num_experts:
+        raise InputError(f"model {model.name} has {model.num_experts} experts but the traces "
+                         f"have {traces[0].num_experts}.")
+    if kv_reserve_gb is None:
+        raise InputError("--gpu needs --kv-reserve-gb GB: the memory per GPU to keep for the KV "
+                         "cache (what is left after it goes to expert slots).")
+    mem = MemoryModel.for_model(gpu, model, kv_reserve_gb=kv_reserve_gb,
+                                runtime_reserve_gb=runtime_reserve_gb)
+    from_file = any(cluster_kwargs.get(k) is not None for k in ("cluster_file", "cluster_preset"))
+    if cluster_kwargs.get("slots_per_gpu") is None:
+        cluster_kwargs["slots_per_gpu"] = mem.max_slots_per_gpu()
+    base = cluster_from_options(cluster_kwargs)
+    if from_file:
+        return dataclasses.replace(base, memory=mem, gpu=gpu.name), mem
+    return Cluster.for_gpu(gpu, base.num_nodes, base.gpus_per_node, base.slots_per_gpu,
+                           memory=mem), mem
+
+
+def format_memory(mem: MemoryModel, cluster: Cluster) -> str:
+    """The memory line(s) of ``placement solve --gpu``: the arithmetic, and the slots used."""
+    line = mem.explain()
+    fit = mem.max_slots_per_gpu()
+    if cluster.slots_per_gpu < fit:
+        line += f"; using {cluster.slots_per_gpu} (--slots-per-gpu)"
+    return line
+
+
 def format_saved(output: str) -> str:
     """The line that says where the plan went."""
     return f"saved plan to {output}"
@@ -102,13 +158,25 @@ def format_solve_summary(result: SolveResult, output: str | None = None, *,
               help="Seed; same traces and seed, same plan.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
+@click.option("--gpu", "gpu_name", default=None, metavar="NAME",
+              help=f"Size the slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) "
+                   "instead of --slots-per-gpu (with --kv-reserve-gb).")
+@click.option("--model", "model_name", default=None, metavar="NAME",
+              help="Model whose weights fill the memory budget [default: guessed from the "
+                   "traces].")
+@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help="With --gpu: GB per GPU kept for the KV cache.")
+@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help="With --gpu: GB per GPU kept for activations and buffers [default: 10 %].")
 @click.option("--per-layer", is_flag=True, help="Add per-layer figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Plan file to write (JSON).")
 def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
               balance_tolerance: float, max_nodes_per_token: int | None, time_limit: float,
-              jobs: int | None, seed: int, robust: str, per_layer: bool, as_json: bool,
+              jobs: int | None, seed: int, robust: str, gpu_name: str | None,
+              model_name: str | None, kv_reserve_gb: float | None,
+              runtime_reserve_gb: float | None, per_layer: bool, as_json: bool,
               output: str, **cluster_kwargs: Any) -> None:
     """Plan where every expert's replicas live, from one or more TRACEs.
 
@@ -120,8 +188,14 @@ def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
     \b
     placement solve prefill_a.json prefill_b.json --preset deepseek-prefill -o plan.json
     placement solve trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 10 -o plan.json
+    placement solve trace.json --nodes 4 --gpus-per-node 8 --gpu h200 --model deepseek-v3 \\
+        --kv-reserve-gb 40 -o plan.json
     """
-    cluster = cluster_from_options(cluster_kwargs)
+    memory_args: dict[str, Any] = dict(gpu_name=gpu_name, model_name=model_name,
+                                       kv_reserve_gb=kv_reserve_gb,
+                                       runtime_reserve_gb=runtime_reserve_gb)
+    if gpu_name is None:
+        cluster, mem = memory_cluster(cluster_kwargs, [], **memory_args)
     kwargs: dict[str, Any] = dict(method=method, num_groups=num_groups,
                                   balance_tolerance=balance_tolerance,
                                   max_nodes_per_token=max_nodes_per_token,
@@ -130,6 +204,11 @@ def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)
     loaded = [_load(t) for t in traces]
+    if gpu_name is not None:
+        cluster, mem = memory_cluster(cluster_kwargs, loaded, **memory_args)
+        if not as_json:
+            assert mem is not None
+            click.echo(format_memory(mem, cluster))
     problem = ProblemData.from_traces(loaded, cluster)
     with progress_bar(f"solving ({method})", "layers") as progress:
         result = solve(problem, options=options, progress=progress)
@@ -138,6 +217,11 @@ def solve_cmd(traces: tuple[str, ...], method: str, num_groups: int | None,
     result = dataclasses.replace(result, plan=plan)
     plan.save(output)
     if as_json:
-        click.echo(json.dumps(solve_summary_dict(result, output), separators=(",", ":")))
+        summary = solve_summary_dict(result, output)
+        if mem is not None:
+            summary["memory"] = {**mem.to_dict(), "slots_fit": mem.max_slots_per_gpu(),
+                                 "slots_per_gpu": cluster.slots_per_gpu,
+                                 "explain": mem.explain()}
+        click.echo(json.dumps(summary, separators=(",", ":")))
     else:
         click.echo(format_solve_summary(result, output, per_layer=per_layer))
