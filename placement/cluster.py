@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from placement.errors import ClusterError, InputError
-from placement.hardware import GPU, gpu_preset
+from placement.hardware import GPU, GPU_PRESETS, gpu_preset
 
 if TYPE_CHECKING:
     from placement.models import ModelShape
@@ -377,7 +377,8 @@ class Cluster:
                 *, name: str = "", memory: MemoryModel | None = None) -> Cluster:
         """A cluster of ``gpu``: links at the shares DeepEP reaches on H800 (0.8 of NVLink and
         of the NIC: 160 and 40 GB/s there), the routed-expert GEMM figure of the MoE-part bound
-        scaled from the H800 default (400 TFLOP/s) by FP8 peak, and the GPU's price."""
+        scaled from the H800 default (400 TFLOP/s) by FP8 peak, and the GPU's price. A GPU that
+        is not a preset leaves ``gpu`` empty (pass it to the cost model yourself)."""
         try:
             g = gpu if isinstance(gpu, GPU) else gpu_preset(gpu)
         except InputError as exc:
@@ -385,7 +386,8 @@ class Cluster:
         return cls(num_nodes, gpus_per_node, slots_per_gpu, memory=memory,
                    nvlink_gbps=0.8 * g.nvlink_gbps, network_gbps=0.8 * g.network_gbps,
                    gpu_tflops=400.0 * g.fp8_tflops / 1979.0,
-                   usd_per_gpu_hour=g.usd_per_gpu_hour, name=name, gpu=g.name)
+                   usd_per_gpu_hour=g.usd_per_gpu_hour, name=name,
+                   gpu=g.name if GPU_PRESETS.get(g.name) == g else "")
 
     def summary(self) -> str:
         """One line for people."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -442,7 +443,9 @@ def sweep(
             if progress is not None:
                 progress(done, total)
     else:
-        with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+        # spawn, not fork: the replays use torch, whose thread pools do not survive a fork
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(tr, ho, model, options)) as pool:
             pending: dict[Future[SweepPoint], tuple[int, int, int, str]] = {
                 pool.submit(_run_point, *task): task for task in tasks

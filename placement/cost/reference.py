@@ -13,7 +13,7 @@ The comparison puts the full-step model (:mod:`placement.cost.step`) at those op
 * prefill: prompts of ``P`` tokens with 56.3 % served from the cache, 16K new tokens per GPU per
   step (DeepSeek's prefill profile); ``P`` follows from the published totals: ``r = 608 / 168``
   input tokens per output token and ``P + D / 2 = 4,989`` with ``P = r D`` give
-  ``P = 4,989 r / (r + 1/2)`` = 4,384;
+  ``P = 4,989 r / (r + 1/2)`` = 4,383;
 * decode: 4,989 tokens of KV cache per sequence and as many sequences per GPU as keep 21 tokens/s
   per sequence (the middle of the published 20-22) and fit in memory;
 * both: uniform routing with the busiest GPU at :data:`DEEPSEEK_IMBALANCE` times the mean, the
