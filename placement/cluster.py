@@ -111,7 +111,8 @@ class MemoryModel:
                                                            runtime_reserve_gb)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ClusterError(f"Expected {name} >= 0, got {v!r}.")
-        runtime = 0.1 * g.memory_gb if runtime_reserve_gb is None else float(runtime_reserve_gb)
+        runtime = round(0.1 * g.memory_gb, 6) if runtime_reserve_gb is None \
+            else float(runtime_reserve_gb)
         weights = model.non_routed_weight_bytes / GB
         reserved = weights + float(kv_reserve_gb) + runtime
         per_slot = model.expert_bytes * model.num_moe_layers / GB

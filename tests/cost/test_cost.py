@@ -9,8 +9,8 @@ from placement.cluster import PRESETS, Cluster
 from placement.cost import (
     MODEL_PRESETS,
     CostOptions,
-    Workload,
     ModelShape,
+    Workload,
     deepseek_reference_comparison,
     estimate_cost,
     format_cost,

@@ -212,7 +212,7 @@ def test_inputs_the_step_needs() -> None:
         estimate_step(MODEL, CLUSTER, gpu="tpu")
     with pytest.raises(ClusterError, match="short by 2 slots"):
         estimate_step(MODEL, Cluster(1, 2, 1), gpu=GPU_TOY)
-    with pytest.raises(InputError, match="Expected num_attention_heads .* multiple"):
+    with pytest.raises(InputError, match=r"Expected num_attention_heads .* multiple"):
         ModelShape("x", 8, 8, 2, 4, 1, 1, attention="gqa", num_attention_heads=3,
                    num_key_value_heads=2, head_dim=4)
     with pytest.raises(InputError, match="Expected kv_lora_rank >= 1 for mla attention"):
