@@ -276,6 +276,16 @@ class SweepResult:
         return min(ok, key=lambda p: (round(p.usd_per_million_tokens or 0.0, 12), p.num_gpus,
                                       p.redundant, order[p.method]))
 
+    def near_best(self, tolerance: float = 0.01) -> list[SweepPoint]:
+        """Feasible points other than the best whose $ per million tokens is within
+        ``tolerance`` (a fraction) of the best's."""
+        b = self.best
+        if b is None or b.usd_per_million_tokens is None:
+            return []
+        limit = b.usd_per_million_tokens * (1.0 + tolerance)
+        return [p for p in self.points if p is not b and p.usd_per_million_tokens is not None
+                and p.usd_per_million_tokens <= limit]
+
     def best_of(self, method: str) -> SweepPoint | None:
         """The best point of one method."""
         ok = [p for p in self.points if p.method == method and p.usd_per_million_tokens is not None]
@@ -537,6 +547,10 @@ def _verdict(result: SweepResult) -> list[str]:
         f"${_f(b.usd_per_million_tokens, '.4f')} per 1M tokens (batch {b.batch} per GPU, "
         f"set by {b.step.batch_limit if b.step else 'n/a'})"
     ]
+    near = result.near_best()
+    if near:
+        out.append("within 1 % of it: " + ", ".join(
+            f"{p.shape} {p.method} with {p.redundant} redundant" for p in near))
     for m in result.options.methods:
         if m == b.method:
             continue
@@ -577,7 +591,7 @@ def format_sweep_markdown(result: SweepResult, figures: Sequence[str] = ()) -> s
     parts += ["", "Imbalance, sends per token: held-out (mean over layers, then over the held-out "
               "traces). Batch: decode sequences / prefill new tokens per GPU that memory (and "
               "the speed target) allow. tokens/s: predicted by the full-step cost model.", ""]
-    parts += [f"**{ln}**" if i == 0 else ln for i, ln in enumerate(_verdict(result))]
+    parts += [f"- **{ln}**" if i == 0 else f"- {ln}" for i, ln in enumerate(_verdict(result))]
     parts.append("")
     for f in figures:
         parts += [f"![{f}]({f})", ""]

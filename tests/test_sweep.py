@@ -57,6 +57,8 @@ def test_the_best_point_is_the_one_with_fewest_slots_per_gpu() -> None:
         by[("2x4", 8, "eplb")].usd_per_million_tokens, rel=1e-3)
     assert best.usd_per_million_tokens is not None
     assert best.usd_per_million_tokens < by[("1x4", 0, "optimizer")].usd_per_million_tokens
+    # EPLB's plan of the same point costs the same (weight reads dominate): within 1 %
+    assert [(p.shape, p.redundant, p.method) for p in res.near_best()] == [("2x4", 0, "eplb")]
     # tokens/s per GPU fall with slots: 1 -> 2 -> 3 -> 4 slots
     tps: dict[int, list[float]] = {}
     for p in res.points:
@@ -150,3 +152,20 @@ def test_sweep_inputs_are_checked() -> None:
     bare = ModelShape("bare", 1000, 500, 2, 8, 1, 1)
     with pytest.raises(InputError, match="model bare has no attention shape"):
         sweep(_uniform(0), _uniform(1), bare, _options())
+
+
+def test_token_level_held_out_traces_give_measured_sends() -> None:
+    def tokens(seed: int) -> Trace:
+        r = np.random.default_rng(seed)
+        ids = np.stack([r.choice(8, size=2, replace=False) for _ in range(400)])
+        return Trace(num_experts=8, topk_ids=ids[:, None, :], window=np.arange(400) // 200,
+                     source_rank=r.integers(0, 8, size=400), num_hidden_layers=1, model="toy")
+
+    res = sweep(tokens(0), tokens(1), MODEL, _options(redundant=(0,), nodes=(2,),
+                                                      methods=("eplb",)))
+    (p,) = res.points
+    assert p.imbalance_rule == "static" and res.token_level
+    assert p.sends_per_token is not None and 0 < p.sends_per_token <= 1
+    assert p.copies_per_token is not None and p.estimated_sends_per_token is None
+    assert p.step is not None and p.step.moe.source == "replay"
+    assert p.step.moe.mean_sends_per_token == pytest.approx(p.sends_per_token)

@@ -29,6 +29,7 @@ from placement.cost.reference import (
     ReferencePoint,
     deepseek_reference_comparison,
     deepseek_workload,
+    fleet_nodes,
     format_reference_comparison,
 )
 from placement.cost.step import (
@@ -70,6 +71,7 @@ __all__ = [
     "deepseek_workload",
     "estimate_cost",
     "estimate_step",
+    "fleet_nodes",
     "format_cost",
     "format_reference_comparison",
     "format_step",

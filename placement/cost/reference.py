@@ -49,6 +49,7 @@ __all__ = [
     "ReferencePoint",
     "deepseek_reference_comparison",
     "deepseek_workload",
+    "fleet_nodes",
     "format_reference_comparison",
 ]
 
@@ -68,6 +69,8 @@ DEEPSEEK_SERVICE: dict[str, float] = {
     "tokens_per_s_per_user_low": 20.0,
     "tokens_per_s_per_user_high": 22.0,
     "prefill_tokens_per_gpu": 16384.0,
+    "average_nodes": 226.75,
+    "peak_nodes": 278.0,
 }
 """The 24-hour statistics of DeepSeek's overview (and the prefill profile's batch)."""
 
@@ -218,6 +221,19 @@ REFERENCE_EXPLANATION = (
 )
 
 
+def fleet_nodes(points: tuple[ReferencePoint, ...]) -> dict[str, float]:
+    """Nodes the published 24 hours of traffic need at the predicted per-node throughputs:
+    ``tokens / (tokens/s per node x 86,400 s)`` per phase (``prefill`` from the 608B input
+    tokens, ``decode`` from the 168B output tokens), and their ``total``, to hold beside the
+    226.75 nodes DeepSeek reports on average (an independent published figure)."""
+    s = DEEPSEEK_SERVICE
+    tokens = {"prefill": s["input_tokens"], "decode": s["output_tokens"]}
+    out = {p.phase: tokens[p.phase] / (p.estimate.tokens_per_s_per_node * 86400.0)
+           for p in points if p.estimate.tokens_per_s_per_node > 0}
+    out["total"] = sum(out.values())
+    return out
+
+
 def _si(x: float) -> str:
     if not math.isfinite(x):
         return "n/a"
@@ -275,6 +291,16 @@ def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
             f"KV cache {m.kv_bytes_per_token / 1e3:.1f} kB per token in BF16), "
             f"{m.matmul_precision.upper()} GEMMs, FP8 dispatch and BF16 combine; no speculative "
             "decoding (MTP)."
+        )
+    if {p.phase for p in points} == set(DEEPSEEK_PUBLISHED):
+        f = fleet_nodes(points)
+        s = DEEPSEEK_SERVICE
+        lines.append(
+            f"- fleet check: at these predictions the published 24 hours (608B input, 168B output "
+            f"tokens) need {f['prefill']:.1f} prefill + {f['decode']:.1f} decode = "
+            f"{f['total']:.1f} nodes on average; DeepSeek reports {s['average_nodes']:g} "
+            f"(peak {s['peak_nodes']:g}), so the fleet ran at about "
+            f"{f['total'] / s['average_nodes']:.0%} of the predicted capacity."
         )
     lines.append("")
     lines.append(REFERENCE_EXPLANATION)

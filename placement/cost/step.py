@@ -350,7 +350,7 @@ class StepEstimate:
             or the speed target cannot be met; then the figures are zero / infinite.
         reason: why it is not feasible ("" otherwise).
         batch: prefill, new tokens per GPU per step; decode, sequences per GPU.
-        batch_limit: what set the batch: ``"given"``, ``"memory"`` or ``"speed target"``.
+        batch_limit: what set the batch: ``"workload"``, ``"memory"`` or ``"speed target"``.
         max_batch_memory: the most the KV cache holds (sequences or new tokens).
         step_s: seconds per step.
         parts: seconds per step of every piece, as if run one after the other (``attention``,
@@ -616,11 +616,11 @@ def estimate_step(
     # 3. the batch
     if workload.phase == "prefill":
         want = workload.batch or DEFAULT_PREFILL_TOKENS
-        batch, limit = (want, "given") if want <= cap else (cap, "memory")
+        batch, limit = (want, "workload") if want <= cap else (cap, "memory")
     else:
         batch, limit = (cap, "memory")
         if workload.batch is not None and workload.batch < cap:
-            batch, limit = workload.batch, "given"
+            batch, limit = workload.batch, "workload"
         target = workload.min_tokens_per_s_per_user
         if target is not None and 1.0 / roof.step(batch)[0] < target:
             if 1.0 / roof.step(1)[0] < target:

@@ -62,7 +62,7 @@ def test_decode_without_overlap_by_hand() -> None:
     # 1000 B over NVLink (k (gpn - 1) / G = 1 per token), combine twice that; head 2e6 * 10 / 1e12
     moe = 4e-5 + (4e-6 + 2.008e-5) + 6e-5 + 1e-7 + 2e-7
     assert est.step_s == pytest.approx(moe + 2e-5)
-    assert est.batch == 10 and est.batch_limit == "given"
+    assert est.batch == 10 and est.batch_limit == "workload"
     assert est.tokens_per_s_per_gpu == pytest.approx(10 / (moe + 2e-5))
     assert est.tokens_per_s == pytest.approx(2 * 10 / (moe + 2e-5))
     assert est.tokens_per_s_per_user == pytest.approx(1 / (moe + 2e-5))
