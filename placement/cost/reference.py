@@ -294,13 +294,13 @@ def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
         )
     if {p.phase for p in points} == set(DEEPSEEK_PUBLISHED):
         f = fleet_nodes(points)
-        s = DEEPSEEK_SERVICE
+        svc = DEEPSEEK_SERVICE
         lines.append(
             f"- fleet check: at these predictions the published 24 hours (608B input, 168B output "
             f"tokens) need {f['prefill']:.1f} prefill + {f['decode']:.1f} decode = "
-            f"{f['total']:.1f} nodes on average; DeepSeek reports {s['average_nodes']:g} "
-            f"(peak {s['peak_nodes']:g}), so the fleet ran at about "
-            f"{f['total'] / s['average_nodes']:.0%} of the predicted capacity."
+            f"{f['total']:.1f} nodes on average; DeepSeek reports {svc['average_nodes']:g} "
+            f"(peak {svc['peak_nodes']:g}), so the fleet ran at about "
+            f"{f['total'] / svc['average_nodes']:.0%} of the predicted capacity."
         )
     lines.append("")
     lines.append(REFERENCE_EXPLANATION)
