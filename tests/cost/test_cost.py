@@ -13,6 +13,7 @@ from placement.cost import (
     Workload,
     deepseek_reference_comparison,
     estimate_cost,
+    fleet_nodes,
     format_cost,
     format_reference_comparison,
     guess_model,
@@ -137,6 +138,11 @@ def test_deepseek_reference_comparison() -> None:
     assert dec.sends_per_token == pytest.approx(17 * (1 - (17 / 18) ** 8))
     # prefill: the service average sits well below what the model says the hardware does
     assert pre.ratio > 1.25
+    # fleet check: node-days the published traffic needs at the predicted per-node figures
+    f = fleet_nodes(points)
+    assert f["decode"] == pytest.approx(168e9 / (dec.estimate.tokens_per_s_per_node * 86400))
+    assert f["prefill"] == pytest.approx(608e9 / (pre.estimate.tokens_per_s_per_node * 86400))
+    assert f["total"] == pytest.approx(f["decode"] + f["prefill"]) and f["total"] < 226.75
     # more imbalance, less throughput
     worse = deepseek_reference_comparison(imbalance=2.0)
     assert worse[1].estimate.tokens_per_s < dec.estimate.tokens_per_s
