@@ -646,8 +646,12 @@ def sweep_figures(result: SweepResult) -> dict[str, bytes]:
     return out
 
 
-def write_sweep(result: SweepResult, out_dir: str | Path) -> list[Path]:
-    """Write ``sweep.md``, ``sweep.json``, the figures and the best point's plan (atomically)."""
+def write_sweep(result: SweepResult, out_dir: str | Path, *,
+                plan_settings: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``sweep.md``, ``sweep.json``, the figures and the best point's plan (atomically).
+
+    ``plan_settings`` are added to the best plan's ``settings`` (the CLI records the planning
+    traces there as ``inputs``, as ``placement solve`` does, for ``placement compare``)."""
     out = Path(out_dir)
     figs = sweep_figures(result)
     paths: list[Path] = []
@@ -658,7 +662,9 @@ def write_sweep(result: SweepResult, out_dir: str | Path) -> list[Path]:
     paths.append(out / "sweep.json")
     b = result.best
     if b is not None and b.plan is not None:
-        b.plan.save(out / "best-plan.json")
+        plan = b.plan if not plan_settings else \
+            replace(b.plan, settings={**b.plan.settings, **plan_settings})
+        plan.save(out / "best-plan.json")
         paths.append(out / "best-plan.json")
     atomic_write_text(out / "sweep.md", format_sweep_markdown(result, list(figs)))
     paths.append(out / "sweep.md")

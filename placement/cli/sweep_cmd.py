@@ -170,7 +170,8 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], redundant: tupl
     with progress_bar("sweeping", "points") as progress:
         result = sweep(plan_on, judge_on, model, options, planned_from=[Path(t).name for t in traces],
                        heldout_names=[Path(h).name for h in heldout], progress=progress)
-    paths = write_sweep(result, out_dir)
+    inputs = [t if t.startswith("bundled:") else str(Path(t).resolve()) for t in traces]
+    paths = write_sweep(result, out_dir, plan_settings={"inputs": inputs})
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "output": out_dir,
                                "files": [p.name for p in paths]}, separators=(",", ":")))

@@ -39,7 +39,7 @@ the KV-cache transfer from prefill to decode.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -650,13 +650,6 @@ def _resolve_gpu(gpu: GPU | str | None, cluster: Cluster) -> GPU:
         raise InputError("No GPU given: pass gpu= (a preset name such as 'h800') or a cluster "
                          "with one.")
     return gpu_preset(name)
-
-
-def with_imbalance(moe: MoeLoad, imbalance: float) -> MoeLoad:
-    """``moe`` with every layer's imbalance (and the hot GPU's traffic) scaled to ``imbalance``."""
-    scale = imbalance / moe.imbalance
-    return replace(moe, imbalance=moe.imbalance * scale, sends=moe.sends * scale,
-                   copies=moe.copies * scale, intra=moe.intra * scale)
 
 
 # -------------------------------------------------------------------------------------------

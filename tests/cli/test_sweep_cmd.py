@@ -11,6 +11,7 @@ from click.testing import CliRunner, Result
 
 from placement.cli import main
 from placement.cli.sweep_cmd import same_data
+from placement.plan import Plan
 from placement.routing_traces import Trace, write_native
 
 
@@ -68,6 +69,8 @@ def test_sweep_prints_the_table_and_writes_the_files(traces: tuple[Path, Path],
     data = json.loads((out / "sweep.json").read_text())
     assert data["model"] == "mixtral-8x7b" and len(data["points"]) == 6
     assert r.stderr == ""
+    # the best plan records what it was planned from, for `placement compare`
+    assert Plan.load(out / "best-plan.json").settings["inputs"] == [str(a.resolve())]
 
 
 def test_sweep_json(traces: tuple[Path, Path], tmp_path: Path) -> None:
