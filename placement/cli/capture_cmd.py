@@ -25,7 +25,7 @@ def format_capture(trace: Trace, output: str) -> str:
     )
 
 
-@main.command("capture")
+@main.command("capture", short_help="Record routing from a local Hugging Face MoE model.")
 @click.argument("model_path", metavar="MODEL_PATH", type=click.Path(file_okay=False))
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Prompts: one per line, or JSONL with \"prompt\"/\"text\".")

@@ -13,7 +13,7 @@ from placement.solver import SolveOptions
 __all__ = ["demo"]
 
 
-@main.command("demo")
+@main.command("demo", short_help="Run the whole pipeline on a bundled trace.")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("placement-demo"), show_default=True, help="Where to write the files.")
 @click.option("--trace", "source", default="bundled:deepseek-v3-workloads", show_default=True,

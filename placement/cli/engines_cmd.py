@@ -39,7 +39,7 @@ def format_import(result: ImportResult, output: str) -> str:
     return result.summary() + f"\nwrote {output}"
 
 
-@main.command("export")
+@main.command("export", short_help="Write a plan as an engine placement file.")
 @click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
               help="Engine format to write.")
@@ -80,7 +80,7 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
         echo_err(w)
 
 
-@main.command("import")
+@main.command("import", short_help="Read a deployed engine placement file into a plan.")
 @click.argument("engine_file", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Plan file to write (JSON).")

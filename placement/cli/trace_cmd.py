@@ -20,7 +20,7 @@ def _load(sources: tuple[str, ...]) -> Trace:
     return load_trace(sources[0] if len(sources) == 1 else list(sources))
 
 
-@main.group("trace")
+@main.group("trace", short_help="Inspect, synthesize and convert routing traces.")
 def trace() -> None:
     """Inspect, synthesize and convert routing traces."""
 

@@ -158,6 +158,33 @@ def _top_share(values: np.ndarray, n: int) -> float:
     return float(-np.partition(-values, n - 1)[:n].sum() / total)
 
 
+def _pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids [T, L, k]`` (-1 = none) -> per layer, ``[L, E * E]`` tokens routed to both experts
+    i < j (flat index ``i * E + j``, upper triangle only) and ``[L, E]`` tokens routed to each
+    expert. A token listing an expert twice counts it once. Numpy only: one ``bincount`` of the
+    ``k (k - 1) / 2`` pairs of every token per layer (the bins of one layer stay in cache)."""
+    T, L, k = ids.shape
+    E = num_experts
+    pairs = np.zeros((L, E * E), dtype=np.int64)
+    single = np.zeros((L, E), dtype=np.int64)
+    if T == 0:
+        return pairs, single
+    # 1. sorted per token, repeats dropped, laid out [L, k, T] so that every slot is contiguous
+    x = np.sort(ids, axis=2).astype(np.int32)
+    x[:, :, 1:][x[:, :, 1:] == x[:, :, :-1]] = -1
+    x = np.ascontiguousarray(x.transpose(1, 2, 0))
+    ia, ib = np.triu_indices(k, 1)
+    # 2. per layer: sorted ids make a < b for every valid pair
+    for layer in range(L):
+        xl = x[layer]
+        single[layer] = np.bincount(xl[xl >= 0], minlength=E)
+        if len(ia):
+            a, b = xl[ia], xl[ib]  # [pairs, T]
+            valid = (a >= 0) & (b >= 0)
+            pairs[layer] = np.bincount((a * E + b)[valid], minlength=E * E)
+    return pairs, single
+
+
 def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
     """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent."""
     E = trace.num_experts
@@ -167,10 +194,11 @@ def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
            for w in ("obs", "ind") for p in (1, 5)}
     if n_pairs == 0:
         return out
+    pairs, single = _pair_counts(trace.topk_ids, E)
+    upper = iu[0] * E + iu[1]
     for layer in range(trace.num_layers):
-        c = trace.coactivation(layer)
-        obs = c[iu]
-        d = np.diag(c)
+        obs = pairs[layer][upper].astype(np.float64)
+        d = single[layer].astype(np.float64)
         ind = (d[:, None] * d[None, :])[iu]
         for frac, p in zip(_TOP_PAIRS, (1, 5), strict=True):
             n = max(1, math.ceil(frac * n_pairs))
