@@ -25,6 +25,7 @@ def _modules_after(code: str) -> set[str]:
 
 @pytest.mark.parametrize("code", [
     "import placement",
+    "import placement.validation, placement.cost, placement.report, placement.engines",
     "from placement.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
     "from placement.cli import main\ntry:\n    main(['trace', 'inspect', 'bundled:mixtral'])\n"
     "except SystemExit:\n    pass",

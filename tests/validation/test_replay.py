@@ -15,7 +15,7 @@ from replay_reference import (
     reference_replay,
 )
 
-import placement.validation as validation
+import placement.validation.token_stream as token_stream
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.plan import static_dispatch
@@ -119,7 +119,7 @@ def test_node_mask_grouping(monkeypatch: pytest.MonkeyPatch, bins: int) -> None:
     plan = random_plan(rng, c, 20, [0, 1])
     trace = random_tokens(rng, 70, 2, 20, 6, pad=0.1, ranks=14)
     full = replay(plan, trace)
-    monkeypatch.setattr(validation, "PATTERN_BINS", bins)
+    monkeypatch.setattr(token_stream, "PATTERN_BINS", bins)
     cut = replay(plan, trace)
     np.testing.assert_array_equal(cut.node_sends, full.node_sends)
     np.testing.assert_array_equal(cut.tokens, full.tokens)
