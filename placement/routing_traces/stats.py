@@ -31,8 +31,10 @@ from placement.routing_traces.trace import Trace
 __all__ = [
     "MAX_PAIRWISE_WINDOWS",
     "TraceStats",
+    "activation_rate_top_k",
     "describe_trace",
     "format_trace_stats",
+    "infer_top_k",
     "inspect_trace",
 ]
 
@@ -50,6 +52,7 @@ class TraceStats:
     num_layers: int
     num_experts: int
     top_k: int | None
+    top_k_source: str | None
     num_tokens: int | None
     num_assignments: float
     num_windows: int
@@ -239,16 +242,67 @@ def _nanmean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else math.nan
 
 
+def activation_rate_top_k(wc: np.ndarray) -> int | None:
+    """``wc [W, L, E]`` -> k when the counts are activation rates (shares of tokens, not
+    whole counts) whose every window and layer sums to the same whole number ``k``: each token
+    picks k experts. None otherwise."""
+    if wc.size == 0 or np.all(wc == np.round(wc)):
+        return None
+    sums = wc.sum(axis=2).reshape(-1)
+    sums = sums[sums > 0]
+    if sums.size == 0:
+        return None
+    k = round(float(np.median(sums)))
+    if 1 <= k <= wc.shape[2] and np.allclose(sums, k, rtol=1e-3, atol=1e-3):
+        return k
+    return None
+
+
+def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
+    """Experts per token and how it is known: ``(k, source)``, source one of ``"trace"``
+    (token-level, or a counts file that records it), ``"activation rates"`` (see
+    :func:`activation_rate_top_k`) or ``"model preset NAME"`` (the trace's model name, when
+    that preset has the trace's expert count); ``(None, None)`` when nothing tells."""
+    if trace.top_k is not None:
+        return trace.top_k, "trace"
+    k = activation_rate_top_k(trace.window_counts() if wc is None else wc)
+    if k is not None:
+        return k, "activation rates"
+    if trace.model:
+        from placement.models import guess_model
+
+        m = guess_model(trace.model)
+        if m is not None and m.num_experts == trace.num_experts:
+            return m.top_k, f"model preset {m.name}"
+    return None, None
+
+
 def inspect_trace(trace: Trace, *, source: str | None = None,
-                  coactivation: bool = True) -> TraceStats:
+                  coactivation: bool = True, top_k: int | None = None) -> TraceStats:
     """Shape, per-layer skew, co-activation (token-level traces) and drift of ``trace``.
 
     Args:
         trace: any trace.
         source: where it came from, for the report.
         coactivation: compute co-activation (``[E, E]`` per layer; skip for speed).
+        top_k: experts per token, for a counts trace that does not say (see
+            :func:`infer_top_k` for what is tried otherwise); must agree with a trace that
+            does.
     """
+    from placement.errors import InputError
+
     wc = trace.window_counts()                                         # [W, L, E]
+    k: int | None
+    k_source: str | None
+    if top_k is not None:
+        if top_k < 1:
+            raise InputError(f"Expected top_k >= 1, got {top_k}.")
+        if trace.top_k is not None and trace.top_k != top_k:
+            raise InputError(f"--top-k {top_k} contradicts the trace, which routes each token "
+                             f"to {trace.top_k} experts.")
+        k, k_source = top_k, "--top-k"
+    else:
+        k, k_source = infer_top_k(trace, wc)
     counts = wc.sum(axis=0)
     max_over_mean, hot10 = _skew(counts)
     co = _coactivation(trace) if (trace.is_token_level and coactivation) else None
@@ -263,7 +317,8 @@ def inspect_trace(trace: Trace, *, source: str | None = None,
         kind=trace.kind,
         num_layers=trace.num_layers,
         num_experts=trace.num_experts,
-        top_k=trace.top_k,
+        top_k=k,
+        top_k_source=k_source,
         num_tokens=trace.num_tokens,
         num_assignments=float(counts.sum()),
         num_windows=trace.num_windows,
@@ -312,7 +367,9 @@ def _num(v: float | None, digits: int = 2) -> str:
 
 
 def _count(v: float) -> str:
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:,.2f}"
+    """A count as a whole number with thousands separators (activation rates and split counts
+    are fractional; their sum is shown to the nearest whole assignment)."""
+    return f"{round(float(v)):,}"
 
 
 def _names(names: tuple[str, ...], width: int = 64) -> str:
@@ -334,9 +391,14 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
     lines.append(f"model         {s.model or 'unknown'}")
     if s.kind == "tokens":
         lines.append(f"routing       token-level: {s.num_tokens:,} tokens, top-{s.top_k}")
+    elif s.top_k_source == "activation rates":
+        lines.append(f"routing       aggregated activation rates (shares of tokens), top-"
+                     f"{s.top_k} (each window and layer sums to {s.top_k})")
+    elif s.top_k is None:
+        lines.append("routing       aggregated counts, top-k unknown (give --top-k K)")
     else:
-        k = f"top-{s.top_k}" if s.top_k is not None else "top-k unknown"
-        lines.append(f"routing       aggregated counts, {k}")
+        why = "" if s.top_k_source in (None, "trace") else f" ({s.top_k_source})"
+        lines.append(f"routing       aggregated counts, top-{s.top_k}{why}")
     layers = f"{s.num_layers} MoE (ids {_ids(s.layer_ids)})"
     if s.num_hidden_layers is not None:
         dense = _ids(s.dense_layer_ids)

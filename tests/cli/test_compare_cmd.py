@@ -56,7 +56,7 @@ def setup(tmp_path: Path) -> dict[str, str]:
 def test_report_from_recorded_inputs(setup: dict[str, str]) -> None:
     # plan first, trace second: told apart by content
     r = _run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
-             "contiguous", "--model", "olmoe-1b-7b", "--layer", "4", "-o", setup["out"])
+             "contiguous", "--model", "mixtral-8x7b", "--layer", "4", "-o", setup["out"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
@@ -97,7 +97,9 @@ def test_contiguous_needs_no_data(setup: dict[str, str]) -> None:
 
 def test_heldout_equal_to_recorded_input_is_refused(setup: dict[str, str]) -> None:
     _one_line_error(_run("compare", setup["fit"], setup["mine"], "-o", setup["out"]),
-                    "which is also given as held-out")
+                    f"{setup['fit']}: this trace is data {setup['mine']} was made from (its "
+                    "input fit.npz): judge the plan on other data, or pass --allow-overlap for "
+                    "in-sample figures.")
 
 
 def test_baselines_only_with_cluster_options(setup: dict[str, str], tmp_path: Path) -> None:

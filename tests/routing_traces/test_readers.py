@@ -463,7 +463,7 @@ BROKEN: list[tuple[str, Callable[[Path], Any], str, str | None]] = [
      "pass the directory", "rank0.safetensors"),
     ("mixed-models-dir", _mixed_models, "has 16 experts but a.json has 8", "b.json"),
     ("mixed-layers-dir", _mixed_layers, "MoE layers", "b.json"),
-    ("mixed-kinds-dir", _mixed_kinds, "is not an SGLang per_pass", "z.json"),
+    ("mixed-kinds-dir", _mixed_kinds, "is not one rank's SGLang per_pass", "z.json"),
     ("mixed-modes-dir", _mixed_modes, "is a per_pass dump but r0.pt is a per_token", "r1.pt"),
     ("empty-dir", _subdir("empty"), "empty directory", "empty"),
     ("list-with-dir", _list_with_dir, "is a directory", "sub"),
