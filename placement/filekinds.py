@@ -379,7 +379,7 @@ def identify(source: str | Path | Probe) -> FileKind | None:
 
 _ADVICE: dict[tuple[str, str], str] = {
     ("plan", "trace"): "judge a plan on a trace with placement validate {path} TRACE",
-    ("engine", "trace"): "it holds a placement, not routing: turn it into a plan with "
+    ("engine", "trace"): "to judge the placement it holds, turn it into a plan with "
                          "placement import {path} --preset NAME -o plan.json",
     ("trace", "plan"): "make a plan from it with placement solve {path} --preset NAME "
                        "-o plan.json",

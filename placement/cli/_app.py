@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ __all__ = [
     "cluster_from_options",
     "cluster_options",
     "echo_err",
+    "format_usage_error",
     "main",
     "progress_bar",
 ]
@@ -86,6 +88,27 @@ class _Group(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Click's main, with usage errors (a misspelt option, a missing argument) as one line
+        and exit status 2."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            echo_err(format_usage_error(exc))
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            echo_err("Aborted!")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -101,7 +124,17 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def format_usage_error(exc: click.UsageError) -> str:
+    """``error: <what is wrong> (see 'placement solve --help')``; a misspelt option names the
+    closest one (``--num-nodes``: did you mean ``--nodes``?)."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    if isinstance(exc, click.NoSuchOption) and exc.possibilities:
+        best = difflib.get_close_matches(exc.option_name, exc.possibilities, n=1, cutoff=0.0)
+        return f"error: no such option {exc.option_name}: did you mean {best[0]}?{where}"
+    return f"error: {exc.format_message().rstrip('.')}{where}."
+
+
+@click.group("placement", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="placement", prog_name="placement")
 def main() -> None:
     """Plan where MoE experts live: traces in, engine placement files out.

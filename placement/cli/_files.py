@@ -157,7 +157,8 @@ def check_heldout(plan: Plan, plan_text: str, held: Sequence[TraceArg], *,
         for source in inputs:
             if not isinstance(source, str):
                 continue
-            common = sorted(set(_planning_windows(h, source)) & set(h.selected))
+            planning = set(_planning_windows(h, source))
+            common = sorted(planning & set(h.selected))
             if not common:
                 continue
             whole = len(common) == len(h.base_names)
@@ -168,7 +169,7 @@ def check_heldout(plan: Plan, plan_text: str, held: Sequence[TraceArg], *,
                 notes.append(f"{h.text}: {what} data {plan_text} was made from (in-sample "
                              "figures, for diagnosis only).")
                 continue
-            rest = sorted(set(range(len(h.base_names))) - set(common))
+            rest = sorted(set(range(len(h.base_names))) - planning)
             base = split_spec(h.text)[0]
             other = (f"judge the plan on other windows (e.g. "
                      f"{base}#{format_ids(rest).replace(' ', '')})" if rest

@@ -122,6 +122,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     if not trace_files:
         raise InputError("no held-out trace given (every argument is a plan file).")
     plans = [load_plan_arg(f) for f in plan_files]
+    held = [load_trace_arg(t) for t in trace_files]
     any_cluster = any(cluster_kwargs.get(k) is not None for k in
                       ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
                        "slots_per_gpu"))
@@ -130,7 +131,6 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
         chosen: tuple[str, ...] = ()
     else:
         chosen = baselines or ("eplb",)
-    held = [load_trace_arg(t) for t in trace_files]
     notes = [n for p, f in zip(plans, plan_files, strict=True)
              for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
     traces: list[Trace] = [h.trace for h in held]

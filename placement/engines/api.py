@@ -32,7 +32,6 @@ from placement.engines._common import (
 from placement.engines.registry import format_names, formats, get_format
 from placement.errors import ClusterError, EngineFormatError, InputError, PlanError
 from placement.filekinds import Probe, identify, mismatch
-from placement.models import MODEL_PRESETS
 from placement.plan import Plan
 
 __all__ = [
@@ -119,8 +118,11 @@ def export_plan(
     if fill_missing not in FILL_CHOICES:
         raise InputError(f"Expected fill_missing in {FILL_CHOICES}, got {fill_missing!r}.")
     if path.suffix.lower() not in form.suffixes:
-        raise InputError(f"{path}: a {form.name} file must end in "
-                         f"{' or '.join(form.suffixes)}{form.suffix_reason}.")
+        endings = form.suffixes
+        said = (", ".join(endings[:-1]) + " or " + endings[-1]) if len(endings) > 1 \
+            else endings[0]
+        raise InputError(f"{path}: --format {form.name} needs a file ending in {said}"
+                         f"{form.suffix_reason}.")
     for option, value in (("mtp_layers", tuple(mtp_layers)), ("mtp_copy_from", mtp_copy_from)):
         if value not in ((), None) and option not in form.options:
             takers = [f.name for f in formats() if option in f.options]
@@ -153,20 +155,19 @@ def export_plan(
 
 
 def _layers_of_model(plan: Plan) -> tuple[int | None, str]:
-    """Decoder layers from the model preset the plan's model name points to (the plan's
-    source trace named its model but not its layers): ``(n, note)`` or ``(None, "")``."""
-    if not plan.model:
+    """Decoder layers from the model preset the plan's model name points to, when the plan
+    places every MoE layer of that model (the plan's source trace named its model and traced
+    all of its MoE layers, but did not count the dense ones): ``(n, note)`` or ``(None, "")``."""
+    from placement.models import guess_model
+
+    m = guess_model(plan.model) if plan.model else None
+    if (m is None or m.num_experts != plan.num_experts or m.num_moe_layers != plan.num_layers
+            or m.num_hidden_layers <= int(plan.layer_ids.max())):
         return None, ""
-    low = plan.model.lower()
-    for m in MODEL_PRESETS.values():
-        if (m.name == low or any(a in low for a in m.aliases)) and m.num_experts == \
-                plan.num_experts and m.num_hidden_layers > int(plan.layer_ids.max()):
-            return m.num_hidden_layers, (
-                f"the model has {m.num_hidden_layers} decoder layers (model preset {m.name}, "
-                f"from the plan's model name {plan.model!r}; pass --num-hidden-layers to say "
-                "otherwise)"
-            )
-    return None, ""
+    return m.num_hidden_layers, (
+        f"the model has {m.num_hidden_layers} decoder layers (model preset {m.name}, from the "
+        f"plan's model name {plan.model!r}; pass --num-hidden-layers to say otherwise)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

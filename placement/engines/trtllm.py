@@ -259,7 +259,7 @@ class TrtllmFormat:
     name = "trtllm"
     engine = "TensorRT-LLM moe_config.load_balancer"
     suffixes = (".yaml", ".yml", ".json")
-    suffix_reason = " (TensorRT-LLM reads it with yaml.safe_load)"
+    suffix_reason = " (.json writes JSON, the others YAML; TensorRT-LLM reads both)"
     options = frozenset({"mtp_layers", "mtp_copy_from"})
     kind = FileKind("trtllm", "engine",
                     "a TensorRT-LLM load-balancer config (moe_config.load_balancer)")

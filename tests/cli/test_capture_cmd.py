@@ -77,7 +77,7 @@ def test_capture_token_ids_and_text(model_dir, tmp_path):
 def test_capture_input_errors(model_dir, tmp_path):
     r = run("capture", model_dir, "-o", tmp_path / "t.npz")
     assert r.exit_code == 2
-    assert "Give exactly one of --prompts, --text or --token-ids." in r.stderr
+    assert "Give exactly one of --prompts, --text or --token-ids" in r.stderr
     r = run("capture", model_dir, "--prompts", tmp_path / "none.txt", "-o", tmp_path / "t.npz")
     assert r.exit_code == 1
     assert r.stderr == f"error: {tmp_path / 'none.txt'}: no such file.\n"

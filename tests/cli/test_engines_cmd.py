@@ -166,7 +166,8 @@ def test_import_dense_options_conflict(tmp_path):
     r = run("import", out, "--dense-layers", "0", "--first-k-dense", 1, "-o",
             tmp_path / "p.json")
     assert r.exit_code == 2
-    assert "Give either --dense-layers or --first-k-dense, not both." in r.stderr
+    assert r.stderr == ("error: Give either --dense-layers or --first-k-dense, not both (see "
+                        "'placement import --help').\n")
     r = run("import", out, "--layer-ids", "x", "-o", tmp_path / "p.json")
     assert r.exit_code == 1
     assert r.stderr == "error: Expected layer ids like '3-60' or '0,1,2', got 'x'.\n"
