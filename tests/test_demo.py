@@ -39,3 +39,16 @@ def test_demo_needs_two_windows(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="at least 2 windows"):
         run_demo(tmp_path, source="bundled:mixtral#0", cluster=Cluster(2, 2, 3))
+
+
+def test_default_out_dir_is_outside_any_checkout(monkeypatch, tmp_path: Path) -> None:
+    from placement.demo import default_out_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    d = default_out_dir()
+    assert d.parent == tmp_path and d.name.startswith("placement-demo-")
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in d.resolve().parents

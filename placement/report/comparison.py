@@ -17,7 +17,7 @@ from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.validation import RULES, ValidationResult, replay
 
-__all__ = ["BASELINES", "Comparison", "SummaryRow", "compare"]
+__all__ = ["BASELINES", "Comparison", "SummaryRow", "compare", "moe_part_only"]
 
 BASELINES: tuple[str, ...] = ("eplb", "eplb-global", "contiguous")
 """Baselines :func:`compare` can make: DeepSeek's EPLB (hierarchical when it applies, or
@@ -30,7 +30,11 @@ Progress = Callable[[str], None]
 class SummaryRow:
     """One plan's figures, averaged over the held-out traces (None: not measurable).
 
-    ``*_ratio`` fields are the value divided by the reference plan's (EPLB's).
+    ``tokens_per_s`` is the whole cluster's, ``tokens_per_s_per_node`` one node's (the report
+    shows per node, as DeepSeek's published figures are); both, and ``usd_per_million_tokens``,
+    come from the cost model, which counts the MoE part only while ``moe_only``: then they are
+    an upper bound on throughput (a lower bound on $), good for ratios. ``*_ratio`` fields are
+    the value divided by the reference plan's (EPLB's).
     """
 
     label: str
@@ -43,6 +47,8 @@ class SummaryRow:
     tokens_per_s: float | None
     usd_per_million_tokens: float | None
     compute_only: bool
+    tokens_per_s_per_node: float | None = None
+    moe_only: bool = True
     imbalance_ratio: float | None = None
     sends_ratio: float | None = None
     gb_ratio: float | None = None
@@ -100,6 +106,27 @@ class Comparison:
         """Whether any held-out trace is token-level."""
         return any(self.traces_token_level)
 
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The dispatch rules the replays' loads used (in :data:`RULES` order): the one asked
+        for, and ``even`` for counts without source ranks, which have no other."""
+        used = {r.dispatch for row in self.results for r in row}
+        return tuple(rule for rule in RULES if rule in used)
+
+    @property
+    def imbalance_label(self) -> str:
+        """``"imbalance (static)"``: the figure's name, with the rule its loads used."""
+        return f"imbalance ({'/'.join(self.rules)})"
+
+    @property
+    def dispatch_phrase(self) -> str:
+        """``"dispatch static"``, or which rules the loads used when some could not use the
+        one asked for."""
+        if self.rules == (self.dispatch,):
+            return f"dispatch {self.dispatch}"
+        return (f"dispatch {' and '.join(self.rules)} ({self.dispatch} asked; counts without "
+                "source ranks have only the even rule)")
+
     def rows(self) -> list[SummaryRow]:
         """One :class:`SummaryRow` per plan."""
         if not self._rows:
@@ -155,6 +182,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def moe_part_only(est: CostEstimate) -> bool:
+    """Whether an estimate counts the MoE part alone (routed-expert GEMMs and the all-to-all),
+    so that its tokens/s are an upper bound and its $ a lower one: the estimate's ``moe_only``
+    where the cost model says, else True (the cost model of :mod:`placement.cost` counts no
+    more)."""
+    return bool(getattr(est, "moe_only", True))
+
+
 def _summary_rows(cmp: Comparison) -> list[SummaryRow]:
     rows = []
     model = cmp.model
@@ -168,19 +203,22 @@ def _summary_rows(cmp: Comparison) -> list[SummaryRow]:
             per_token = sends * model.hidden_size * (
                 model.dispatch_bytes_per_element + model.combine_bytes_per_element)
             gb = per_token * model.num_moe_layers * 1e6 / 1e9
-        tps = usd = None
-        compute_only = True
+        tps = per_node = usd = None
+        compute_only = moe_only = True
         if cmp.costs is not None:
+            # over traces: the mean time per token (so tokens/s is its inverse) and the mean $
             spt = _mean([c.seconds_per_token for c in cmp.costs[i]])
             if spt is not None and spt > 0:
                 tps = 1.0 / spt
-                c0 = cmp.costs[i][0]
-                usd = c0.cluster.num_gpus * c0.usd_per_gpu_hour / 3600.0 / tps * 1e6
+                per_node = tps / cmp.cluster.num_nodes
+                usd = _mean([c.usd_per_million_tokens for c in cmp.costs[i]])
             compute_only = all(c.compute_only for c in cmp.costs[i])
+            moe_only = all(moe_part_only(c) for c in cmp.costs[i])
         rows.append(SummaryRow(
             label=label, method=cmp.plans[i].method, baseline=cmp.baseline[i], imbalance=imb,
             sends_per_token=sends, copies_per_token=copies, cross_node_gb_per_million_tokens=gb,
             tokens_per_s=tps, usd_per_million_tokens=usd, compute_only=compute_only,
+            tokens_per_s_per_node=per_node, moe_only=moe_only,
         ))
     if cmp.reference is not None:
         ref = rows[cmp.reference]

@@ -82,7 +82,7 @@ def make_figures(cmp: Comparison, *, layer: int | None = None) -> list[Figure]:
                 label=f"{lab} (mean {v.mean():.3f})")
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("decoder layer")
-    ax.set_ylabel("imbalance: max / mean tokens per GPU")
+    ax.set_ylabel(f"{cmp.imbalance_label}: max / mean tokens per GPU")
     ax.set_title("Per-layer imbalance on the held-out traces (lower is better, 1 = perfect)")
     ax.grid(alpha=0.3)
     ax.legend()

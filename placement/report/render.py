@@ -11,7 +11,7 @@ from placement._io import atomic_write_bytes, atomic_write_text
 from placement.cost import deepseek_reference_comparison, format_reference_comparison
 from placement.report.comparison import Comparison
 from placement.report.figures import Figure, make_figures
-from placement.report.tables import SUMMARY_HEADER, format_summary_table, summary_cells, verdict
+from placement.report.tables import format_summary_table, summary_cells, summary_header, verdict
 
 __all__ = ["render_html", "render_markdown", "write_report"]
 
@@ -25,7 +25,7 @@ def _context_lines(cmp: Comparison) -> list[str]:
             f"{n} ({'token-level' if tl else 'aggregated counts'})"
             for n, tl in zip(cmp.trace_names, cmp.traces_token_level, strict=True)) + ".",
         f"- Replayed layers: {len(cmp.layer_ids)} ({int(cmp.layer_ids[0])}-"
-        f"{int(cmp.layer_ids[-1])}); dispatch rule: {cmp.dispatch}.",
+        f"{int(cmp.layer_ids[-1])}); {cmp.dispatch_phrase}.",
     ]
     if cmp.model is not None:
         lines.append(f"- Model: {cmp.model.summary()}.")
@@ -33,6 +33,12 @@ def _context_lines(cmp: Comparison) -> list[str]:
         lines.append(f"- Cost model: overlap {o.overlap}, GEMM efficiency {o.efficiency:g}, "
                      f"price ${cmp.costs[0][0].usd_per_gpu_hour:g} per GPU-hour."
                      if cmp.costs else f"- Cost model: overlap {o.overlap}.")
+        if cmp.costs:
+            scope = ("the MoE part alone (routed-expert GEMMs and the all-to-all): an upper bound "
+                     "on throughput and a lower bound on $" if all(r.moe_only for r in cmp.rows())
+                     else "the whole model")
+            lines.append(f"- Tokens/s are per node (x {c.num_nodes} for the cluster) and, like "
+                         f"$ per 1M tokens, count {scope}.")
     if any(cmp.baseline):
         lines.append(f"- Baselines made for this cluster: "
                      f"{', '.join(lab for lab, b in zip(cmp.labels, cmp.baseline, strict=True) if b)}"
@@ -94,7 +100,7 @@ def render_html(cmp: Comparison, figures: Sequence[Figure]) -> str:
     ref = cmp.labels[cmp.reference] if cmp.reference is not None else None
     body = ["<h1>Expert placement: held-out comparison</h1>", "<ul>"]
     body += [f"<li>{html.escape(ln[2:])}</li>" for ln in _context_lines(cmp)]
-    body += ["</ul>", "<h2>Summary</h2>", _html_table(SUMMARY_HEADER, summary_cells(cmp))]
+    body += ["</ul>", "<h2>Summary</h2>", _html_table(summary_header(cmp), summary_cells(cmp))]
     if ref is not None:
         body.append(f"<p>Brackets: ratio to {html.escape(ref)} (below 1 is better for imbalance, "
                     "traffic and $; above 1 is better for tokens/s).</p>")

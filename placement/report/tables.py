@@ -6,8 +6,8 @@ import math
 
 from placement.report.comparison import Comparison
 
-__all__ = ["NA", "NA_TRAFFIC", "SUMMARY_HEADER", "format_comparison", "format_summary_table",
-           "summary_cells", "verdict"]
+__all__ = ["NA", "NA_TRAFFIC", "format_comparison", "format_summary_table", "summary_cells",
+           "summary_header", "verdict"]
 
 NA_TRAFFIC = "n/a (needs token-level trace)"
 NA = "n/a"
@@ -30,10 +30,18 @@ def _with_ratio(text: str, ratio: float | None) -> str:
     return text if ratio is None or text == NA else f"{text} ({ratio:.3f}x)"
 
 
-SUMMARY_HEADER = (
-    "plan", "method", "imbalance (max/mean)", "cross-node sends per token",
-    "cross-node GB per 1M tokens", "est. tokens/s", "$ per 1M tokens",
-)
+def _bound(cmp: Comparison) -> str:
+    """`` (MoE-part bound)`` where the cost model counts the MoE part alone."""
+    rows = cmp.rows()
+    return " (MoE-part bound)" if rows and all(r.moe_only for r in rows) else ""
+
+
+def summary_header(cmp: Comparison) -> tuple[str, ...]:
+    """The summary table's column names (the imbalance column names the dispatch rule its
+    loads used; tokens/s are per node)."""
+    b = _bound(cmp)
+    return ("plan", "method", cmp.imbalance_label, "cross-node sends per token",
+            "cross-node GB per 1M tokens", f"tokens/s per node{b}", f"$ per 1M tokens{b}")
 
 
 def summary_cells(cmp: Comparison) -> list[list[str]]:
@@ -43,8 +51,8 @@ def summary_cells(cmp: Comparison) -> list[list[str]]:
     for r in cmp.rows():
         sends = num(r.sends_per_token, ".3f")
         gb = num(r.cross_node_gb_per_million_tokens, ".1f")
-        tps = si(r.tokens_per_s)
-        if r.tokens_per_s is not None and r.compute_only:
+        tps = si(r.tokens_per_s_per_node)
+        if r.tokens_per_s_per_node is not None and r.compute_only:
             tps += " (compute only)"
         out.append([
             r.label + (" (baseline)" if r.baseline else ""),
@@ -61,8 +69,9 @@ def summary_cells(cmp: Comparison) -> list[list[str]]:
 
 def format_summary_table(cmp: Comparison) -> str:
     """The summary as a Markdown table (one row per plan)."""
-    lines = ["| " + " | ".join(SUMMARY_HEADER) + " |",
-             "|---|---|" + "---:|" * (len(SUMMARY_HEADER) - 2)]
+    header = summary_header(cmp)
+    lines = ["| " + " | ".join(header) + " |",
+             "|---|---|" + "---:|" * (len(header) - 2)]
     for cells in summary_cells(cmp):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -93,15 +102,20 @@ def verdict(cmp: Comparison) -> list[str]:
         )
     else:
         out.append(f"Traffic: {NA_TRAFFIC}.")
-    if b.tokens_per_s is not None and ref.tokens_per_s is not None and b.tokens_per_s_ratio:
+    if b.tokens_per_s_per_node is not None and ref.tokens_per_s_per_node is not None \
+            and b.tokens_per_s_ratio:
         kind = "expert compute only" if b.compute_only else "expert compute and all-to-all"
-        out.append(
-            f"Estimated MoE-part throughput {si(b.tokens_per_s)} vs {si(ref.tokens_per_s)} "
-            f"tokens/s ({b.tokens_per_s_ratio:.3f}x; {kind}); $ per million tokens "
-            f"{num(b.usd_per_million_tokens, '.4g')} vs {num(ref.usd_per_million_tokens, '.4g')}"
-            f" ({_pct(b.usd_ratio)}). The cost model is an upper bound that leaves out attention, "
-            "KV cache and scheduling: trust the ratio, not the absolute figure."
+        what = "MoE-part throughput" if b.moe_only else "throughput"
+        text = (
+            f"Estimated {what} {si(b.tokens_per_s_per_node)} vs "
+            f"{si(ref.tokens_per_s_per_node)} tokens/s per node ({b.tokens_per_s_ratio:.3f}x; "
+            f"{kind}); $ per million tokens {num(b.usd_per_million_tokens, '.4g')} vs "
+            f"{num(ref.usd_per_million_tokens, '.4g')} ({_pct(b.usd_ratio)})."
         )
+        if b.moe_only:
+            text += (" These are the MoE part's bound (attention, KV cache and scheduling left "
+                     "out): trust the ratio, not the absolute figure.")
+        out.append(text)
     return out
 
 
@@ -110,9 +124,10 @@ def format_comparison(cmp: Comparison) -> str:
     c = cmp.cluster
     lines = [
         f"compared {len(cmp.plans)} plan(s) on {len(cmp.trace_names)} held-out trace(s), "
-        f"cluster {c.shape} ({c.num_gpus} GPUs), dispatch {cmp.dispatch}",
+        f"cluster {c.shape} ({c.num_gpus} GPUs), {cmp.dispatch_phrase}",
     ]
-    head = ["plan", "imbalance", "sends/token", "GB/1M tok", "tokens/s", "$/1M tok"]
+    head = ["plan", cmp.imbalance_label, "sends/token", "GB/1M tok", "tokens/s/node",
+            "$/1M tok"]
     table = [head]
     for r in cmp.rows():
         table.append([
@@ -120,7 +135,7 @@ def format_comparison(cmp: Comparison) -> str:
             _with_ratio(num(r.imbalance, ".4f"), r.imbalance_ratio),
             _with_ratio(num(r.sends_per_token, ".3f"), r.sends_ratio),
             _with_ratio(num(r.cross_node_gb_per_million_tokens, ".1f"), r.gb_ratio),
-            _with_ratio(si(r.tokens_per_s), r.tokens_per_s_ratio),
+            _with_ratio(si(r.tokens_per_s_per_node), r.tokens_per_s_ratio),
             _with_ratio(num(r.usd_per_million_tokens, ".4g"), r.usd_ratio),
         ])
     widths = [max(len(row[c]) for row in table) for c in range(len(head))]
@@ -128,6 +143,9 @@ def format_comparison(cmp: Comparison) -> str:
         cells = [row[0].ljust(widths[0])] + [x.rjust(w) for x, w in zip(row[1:], widths[1:],
                                                                         strict=True)]
         lines.append("  ".join(cells).rstrip())
+    if cmp.costs is not None and _bound(cmp):
+        lines.append("(tokens/s per node and $ per 1M tokens: the cost model's bound from the "
+                     "MoE part alone)")
     lines.extend(verdict(cmp))
     for m in cmp.messages:
         lines.append(f"note: {m}")

@@ -117,6 +117,12 @@ class ValidationResult:
         """Imbalance averaged over layers."""
         return float(self.imbalance.mean()) if self.num_layers else float("nan")
 
+    @property
+    def imbalance_label(self) -> str:
+        """The figure's name in every command: ``"imbalance (static)"``, ``"imbalance (even)"``
+        (``"imbalance (plan)"`` for the plan's own table): the rule that made the loads."""
+        return f"imbalance ({self.dispatch})"
+
     # -- traffic, per layer ----------------------------------------------------------------------
     def _traffic(self) -> dict[str, np.ndarray]:
         if "traffic" not in self._cache:
@@ -272,12 +278,13 @@ class ValidationResult:
         def f(v: np.ndarray | None, i: int) -> float | None:
             return None if v is None else float(v[i])
 
+        key = f"imbalance_{self.dispatch}"
         layers = []
         for i, lid in enumerate(self.layer_ids.tolist()):
             layers.append({
                 "layer_id": int(lid),
                 "tokens": f(self.tokens, i),
-                "imbalance": float(imb[i]),
+                key: float(imb[i]),
                 "max_tokens_per_gpu": float(loads[i].max()),
                 "mean_tokens_per_gpu": float(loads[i].mean()),
                 "tokens_per_gpu": [float(x) for x in loads[i]],
@@ -301,9 +308,9 @@ class ValidationResult:
             "num_tokens": self.num_tokens,
             "layers_replayed": self.num_layers,
             "skipped_layer_ids": list(self.skipped_layer_ids),
-            "imbalance": self.mean_imbalance,
-            "max_imbalance": float(imb.max()) if imb.size else None,
-            "balancedness": 1.0 / self.mean_imbalance if self.num_layers else None,
+            key: self.mean_imbalance if self.num_layers else None,
+            f"worst_layer_{key}": float(imb.max()) if imb.size else None,
+            f"balancedness_{self.dispatch}": float(np.mean(1.0 / imb)) if imb.size else None,
             "cross_node_sends_per_token": self.mean_cross_node_sends_per_token,
             "cross_node_copies_per_token": self.mean_cross_node_copies_per_token,
             "intra_node_copies_per_token": self.mean_intra_node_copies_per_token,

@@ -33,8 +33,8 @@ def format_validation(result: ValidationResult) -> str:
         imb = r.imbalance
         worst = int(np.argmax(imb))
         lines.append(
-            f"imbalance (max/mean tokens per GPU): mean {r.mean_imbalance:.4f}, "
-            f"worst {imb[worst]:.4f} (layer {int(r.layer_ids[worst])})"
+            f"{r.imbalance_label}: {r.mean_imbalance:.4f} (max/mean tokens per GPU, mean over "
+            f"layers; worst layer {int(r.layer_ids[worst])}: {imb[worst]:.4f})"
         )
     if r.has_traffic:
         lines.append(

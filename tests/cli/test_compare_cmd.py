@@ -61,8 +61,8 @@ def test_report_from_recorded_inputs(setup: dict[str, str]) -> None:
     lines = r.stdout.splitlines()
     assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
                        "dispatch static"
-    assert lines[1].split() == ["plan", "imbalance", "sends/token", "GB/1M", "tok", "tokens/s",
-                                "$/1M", "tok"]
+    assert lines[1].split() == ["plan", "imbalance", "(static)", "sends/token", "GB/1M", "tok",
+                                "tokens/s/node", "$/1M", "tok"]
     assert [ln.split()[0] for ln in lines[2:5]] == ["mine", "eplb", "contiguous"]
     assert lines[-1] == (f"wrote 6 files to {setup['out']}: imbalance.png, cross_node_sends.png, "
                          "tokens_per_gpu.png, traffic_matrix.png, report.md, report.html")

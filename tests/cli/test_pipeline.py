@@ -26,7 +26,7 @@ def test_deepseek_counts_solve_validate_export_compare(shared_dir: Path, tmp_pat
     r = _run("validate", plan, d / "prefill_in2048.json", "--dispatch", "even", "--json")
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)
-    assert len(v["layers"]) == 58 and 1.0 <= v["imbalance"] < 1.3
+    assert len(v["layers"]) == 58 and 1.0 <= v["imbalance_even"] < 1.3
     assert v["cross_node_sends_per_token"] is None  # counts carry no traffic
 
     out = tmp_path / "init_expert_location.json"

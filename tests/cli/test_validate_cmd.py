@@ -58,7 +58,8 @@ def test_summary_lines(files: tuple[str, str]) -> None:
         f"replayed trace {held} against plan {plan}: 1 layer(s), 4 tokens, dispatch static, "
         "device cpu",
         "cluster: 2 node(s) x 1 GPU(s), 2 slot(s)/GPU = 4 slots per layer",
-        f"imbalance (max/mean tokens per GPU): mean {4 / 3.5:.4f}, worst {4 / 3.5:.4f} (layer 4)",
+        f"imbalance (static): {4 / 3.5:.4f} (max/mean tokens per GPU, mean over layers; worst "
+        f"layer 4: {4 / 3.5:.4f})",
         "cross-node sends per token: 0.2500 (distinct remote nodes; DeepEP normal mode)",
         "cross-node copies per token: 0.2500 (remote experts; DeepEP low-latency mode)",
         "intra-node copies per token: 0.0000",
@@ -75,7 +76,9 @@ def test_json(files: tuple[str, str]) -> None:
     # even: expert 0 split 1/2 over GPUs 0 and 1
     loads = np.array([[0.5 + 1 + 1 + 0 + 0.5 + 1, 0.5 + 1 + 0.5 + 1]])
     assert d["layers"][0]["tokens_per_gpu"] == pytest.approx(loads[0].tolist())
-    assert d["imbalance"] == pytest.approx(float(imbalance(loads)[0]))
+    assert d["imbalance_even"] == pytest.approx(float(imbalance(loads)[0]))
+    assert d["layers"][0]["imbalance_even"] == d["imbalance_even"]
+    assert "imbalance" not in d  # every figure names its rule
     # token 0 (node 0): expert 0 on node 1 with prob 1/2; token 1: expert 1 on node 0;
     # token 2: expert 0 on node 0 with prob 1/2
     assert d["cross_node_sends_per_token"] == pytest.approx((0.5 + 1 + 0.5) / 4)
@@ -90,8 +93,8 @@ def test_aggregated_trace(tmp_path: Path, files: tuple[str, str]) -> None:
     r = _run("validate", plan, str(tmp_path / "counts.npz"))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[2] == f"imbalance (max/mean tokens per GPU): mean {4 / 4:.4f}, worst 1.0000 " \
-                       "(layer 4)"
+    assert lines[2] == ("imbalance (even): 1.0000 (max/mean tokens per GPU, mean over layers; "
+                        "worst layer 4: 1.0000)")
     assert lines[3] == "traffic: n/a (needs token-level trace); this trace holds aggregated counts"
     r = _run("validate", plan, str(tmp_path / "counts.npz"), "--json")
     d = json.loads(r.stdout)
