@@ -14,7 +14,7 @@ import numpy as np
 
 from placement.errors import InputError
 
-__all__ = ["Progress", "format_ids", "int_array", "parse_ids"]
+__all__ = ["Progress", "format_ids", "int_array", "parse_ids", "parse_range"]
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: what long-running library functions call as work finishes (the CLI
@@ -61,7 +61,7 @@ def int_array(
         whole = (whole_floats and np.issubdtype(a.dtype, np.floating)
                  and bool(np.all(np.isfinite(a))) and bool(np.all(a == np.round(a))))
         if not whole:
-            raise fail(f"Expected {name} to hold integers, got dtype {a.dtype}.")
+            raise fail(f"Expected {name} to be an integer array, got dtype {a.dtype}.")
         a = a.astype(np.int64)
     if ndim is not None and a.ndim != ndim:
         raise fail(f"Expected {name} with {ndim} dimension{'s' if ndim != 1 else ''}, "
@@ -82,7 +82,7 @@ def parse_ids(spec: str | Iterable[int] | None, what: str = "layer ids") -> tupl
         for part in spec.replace(" ", "").split(","):
             if not part:
                 continue
-            lo, hi = _range(part, spec, what)
+            lo, hi = parse_range(part, spec, what)
             ids.extend(range(lo, hi + 1))
     if any(i < 0 for i in ids):
         raise InputError(f"Expected {what} >= 0, got {spec!r}.")
@@ -91,8 +91,11 @@ def parse_ids(spec: str | Iterable[int] | None, what: str = "layer ids") -> tupl
     return tuple(sorted(ids))
 
 
-def _range(part: str, spec: str, what: str) -> tuple[int, int]:
-    """``"3-60"`` -> ``(3, 60)``, ``"7"`` -> ``(7, 7)``."""
+def parse_range(part: str, spec: str = "", what: str = "layer ids") -> tuple[int, int]:
+    """One item of a range spec: ``"3-60"`` -> ``(3, 60)``, ``"7"`` -> ``(7, 7)`` (both ends
+    included); :class:`InputError` for junk or a range that runs backwards (``spec`` is the
+    whole spec, for the message)."""
+    spec = spec or part
     lo_s, sep, hi_s = part.partition("-")
     try:
         lo = int(lo_s)

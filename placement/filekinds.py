@@ -184,23 +184,24 @@ class Probe:
 
     # -- archives and pickles --------------------------------------------------------------------
     @cached_property
-    def zip_error(self) -> str | None:
-        """Why the zip archive cannot be read (None when it can, or is no zip)."""
-        self.zip_names  # noqa: B018  (fills _zip_error)
-        return self._zip_error
-
-    @cached_property
-    def zip_names(self) -> tuple[str, ...] | None:
-        """Member names of a zip archive (None when the file is no readable zip)."""
-        self._zip_error: str | None = None
+    def _zip(self) -> tuple[tuple[str, ...] | None, str | None]:
         if self.head[:2] != b"PK":
-            return None
+            return None, None
         try:
             with zipfile.ZipFile(self.path) as zf:
-                return tuple(zf.namelist())
+                return tuple(zf.namelist()), None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            self._zip_error = str(exc) or type(exc).__name__
-            return None
+            return None, str(exc) or type(exc).__name__
+
+    @property
+    def zip_names(self) -> tuple[str, ...] | None:
+        """Member names of a zip archive (None when the file is no readable zip)."""
+        return self._zip[0]
+
+    @property
+    def zip_error(self) -> str | None:
+        """Why the zip archive cannot be read (None when it can, or is no zip)."""
+        return self._zip[1]
 
     @cached_property
     def npz_keys(self) -> tuple[str, ...]:
@@ -238,25 +239,25 @@ class Probe:
             return None
 
     @cached_property
-    def json_error(self) -> str | None:
-        """Why the text is not valid JSON (None when it is, or the file is no JSON)."""
-        self.json  # noqa: B018  (fills _json_error)
-        return self._json_error
+    def _json(self) -> tuple[Any, str | None]:
+        if self.container != "json" or self.text is None:
+            return INVALID, None
+        try:
+            return json.loads(self.text), None
+        except json.JSONDecodeError as exc:
+            return INVALID, f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        except RecursionError:
+            return INVALID, "nested too deep"
 
-    @cached_property
+    @property
     def json(self) -> Any:
         """The parsed JSON (:data:`INVALID` when the text is not JSON)."""
-        self._json_error: str | None = None
-        if self.container != "json" or self.text is None:
-            return INVALID
-        try:
-            return json.loads(self.text)
-        except json.JSONDecodeError as exc:
-            self._json_error = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-            return INVALID
-        except RecursionError:
-            self._json_error = "nested too deep"
-            return INVALID
+        return self._json[0]
+
+    @property
+    def json_error(self) -> str | None:
+        """Why the text is not valid JSON (None when it is, or the file is no JSON)."""
+        return self._json[1]
 
     @cached_property
     def yaml(self) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_text
+from placement._util import int_array
 from placement.cluster import Cluster
 from placement.errors import ClusterError, InputError, PlanError
 
@@ -118,12 +119,7 @@ def static_dispatch(phy2log: np.ndarray, cluster: Cluster, num_experts: int) -> 
 
 
 def _as_int_array(name: str, value: Any, ndim: int) -> np.ndarray:
-    a = np.asarray(value)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise PlanError(f"Expected {name} to be an integer array, got dtype {a.dtype}.")
-    if a.ndim != ndim:
-        raise PlanError(f"Expected {name} with {ndim} dimensions, got shape {a.shape}.")
-    return a.astype(np.int64)
+    return int_array(value, name, ndim, error=PlanError).astype(np.int64)
 
 
 @dataclass(frozen=True)

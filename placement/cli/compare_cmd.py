@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from placement.cli._app import cluster_from_options, cluster_options, echo_err, main
+from placement.cli._app import (
+    cluster_from_options,
+    cluster_options,
+    echo_err,
+    main,
+    progress_bar,
+)
 from placement.cli._files import (
     check_heldout,
     kind_of,
@@ -156,17 +161,15 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
                           trace_label=trace_files[0])
     options = CostOptions(overlap=overlap, efficiency=efficiency, usd_per_gpu_hour=price)
 
-    def progress(line: str) -> None:
-        if sys.stderr.isatty():
-            echo_err(line)
-
-    cmp = compare(
-        traces, plans, baselines=chosen, baseline_inputs=base_inputs, cluster=cluster,
-        model=model, cost_options=options, dispatch=dispatch,
-        labels=[Path(f).stem for f in plan_files], trace_names=[Path(t).name for t in trace_files],
-        baseline_source=", ".join(Path(s).name for s in sources), device=device,
-        progress=progress,
-    )
+    with progress_bar("comparing", "steps") as progress:
+        cmp = compare(
+            traces, plans, baselines=chosen, baseline_inputs=base_inputs, cluster=cluster,
+            model=model, cost_options=options, dispatch=dispatch,
+            labels=[Path(f).stem for f in plan_files],
+            trace_names=[Path(t).name for t in trace_files],
+            baseline_source=", ".join(Path(s).name for s in sources), device=device,
+            progress=progress,
+        )
     if notes:
         import dataclasses
 

@@ -5,11 +5,12 @@ its per-plan :class:`SummaryRow` figures."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from placement._util import Progress
 from placement.cluster import Cluster
 from placement.cost import CostEstimate, CostOptions, ModelShape, estimate_cost
 from placement.errors import InputError
@@ -23,7 +24,6 @@ BASELINES: tuple[str, ...] = ("eplb", "eplb-global", "contiguous")
 """Baselines :func:`compare` can make: DeepSeek's EPLB (hierarchical when it applies, or
 global) and the engines' contiguous default (needs no data)."""
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ def compare(
         dispatch: dispatch rule of every replay (see :data:`placement.validation.RULES`).
         labels, trace_names: names for the report.
         baseline_source: a line saying where ``baseline_inputs`` came from.
-        progress: called with a line before each replay.
+        progress: ``progress(steps_done, steps)`` after each baseline made and each replay.
     """
     traces = list(traces)
     plans = list(plans)
@@ -344,12 +344,20 @@ def compare(
     names = list(labels) if labels is not None else [p.method for p in plans]
     flags = [False] * len(plans)
     like: Plan | Trace = plans[0] if plans else traces[0]
-    for b in baselines:
+    steps = len(baselines) + (len(plans) + len(baselines)) * len(traces)
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
         if progress is not None:
-            progress(f"planning baseline {b}")
+            progress(done, steps)
+
+    for b in baselines:
         plans.append(_baseline_plan(b, cluster, like, baseline_inputs))
         names.append(b)
         flags.append(True)
+        step()
     names = _unique(names)
     tnames = list(trace_names) if trace_names is not None else \
         [f"trace {j + 1}" for j in range(len(traces))]
@@ -360,8 +368,6 @@ def compare(
     for i, p in enumerate(plans):
         row = []
         for j, t in enumerate(traces):
-            if progress is not None:
-                progress(f"replaying {names[i]} on {tnames[j]}")
             row.append(replay(
                 p, t, dispatch=dispatch, device=device, plan_name=names[i], trace_name=tnames[j],
                 hidden_size=None if model is None else model.hidden_size,
@@ -370,6 +376,7 @@ def compare(
                 combine_bytes_per_element=2.0 if model is None
                 else model.combine_bytes_per_element,
             ))
+            step()
         results.append(tuple(row))
         if model is not None:
             costs.append(tuple(estimate_cost(r, model, options) for r in row))

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import Probe, identify, mismatch, split_spec
 from placement.routing_traces import native, sglang, trtllm
@@ -164,8 +165,9 @@ def combine_windows(traces: Sequence[Trace], names: Sequence[str],
             )
         if not np.array_equal(t.layer_ids, first.layer_ids):
             raise TraceFormatError(
-                f"has MoE layers {_span(t.layer_ids)} but {ref} has {_span(first.layer_ids)} "
-                "(a directory or list of traces must hold one model).", p,
+                f"has MoE layers {format_ids(t.layer_ids, 40)} but {ref} has "
+                f"{format_ids(first.layer_ids, 40)} (a directory or list of traces must hold one "
+                "model).", p,
             )
         if (t.num_hidden_layers is not None and first.num_hidden_layers is not None
                 and t.num_hidden_layers != first.num_hidden_layers):
@@ -213,13 +215,6 @@ def combine_windows(traces: Sequence[Trace], names: Sequence[str],
         num_hidden_layers=nhl,
         top_k=top_k,
     )
-
-
-def _span(ids: np.ndarray) -> str:
-    v = ids.tolist()
-    if v and v == list(range(v[0], v[-1] + 1)):
-        return f"{v[0]}-{v[-1]}" if len(v) > 1 else str(v[0])
-    return str(v[:6])[:-1] + (", ...]" if len(v) > 6 else "]")
 
 
 def _read_many(paths: Sequence[Path]) -> Trace:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import int_array
 from placement.errors import TraceFormatError
 from placement.filekinds import INVALID, FileKind, Probe
 from placement.routing_traces.registry import Reader
@@ -108,13 +109,8 @@ def _to_numpy(value: Any, name: str, path: Path) -> np.ndarray:
 
 
 def _int_array(value: Any, name: str, ndim: int, path: Path) -> np.ndarray:
-    a = _to_numpy(value, name, path)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise TraceFormatError(f"Expected {name} to hold integers, got dtype {a.dtype}.", path)
-    if a.ndim != ndim:
-        raise TraceFormatError(f"Expected {name} with {ndim} dimensions, got shape {a.shape}.",
-                               path)
-    return a.astype(np.int64, copy=False)
+    return int_array(_to_numpy(value, name, path), name, ndim, error=TraceFormatError,
+                     path=path).astype(np.int64, copy=False)
 
 
 def _check_counts(a: np.ndarray, name: str, path: Path) -> np.ndarray:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -345,19 +346,7 @@ def inspect_trace(trace: Trace, *, source: str | None = None,
 # -------------------------------------------------------------------------------------------
 def _ids(ids: tuple[int, ...]) -> str:
     """``3-60`` for a run, else a short list."""
-    if not ids:
-        return "none"
-    runs: list[str] = []
-    start = prev = ids[0]
-    for i in (*ids[1:], None):
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        runs.append(f"{start}-{prev}" if prev > start else str(start))
-        if i is not None:
-            start = prev = i
-    text = ", ".join(runs)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return format_ids(ids, max_chars=60)
 
 
 def _num(v: float | None, digits: int = 2) -> str:

@@ -201,7 +201,7 @@ BROKEN = {
     "ragged.json": (json.dumps({"physical_to_logical_map": [GOOD_ROW, [1, 2]]}).encode(),
                     "ragged"),
     "floats.json": (json.dumps({"physical_to_logical_map": [[0.5] * 8]}).encode(),
-                    "to hold integers"),
+                    "to be an integer array"),
     "negative.json": (json.dumps({"physical_to_logical_map": [[-1, *GOOD_ROW[1:]]]}).encode(),
                       "negative expert ids"),
     "missing_expert.json": (json.dumps({"physical_to_logical_map": [[0] * 7 + [7]]}).encode(),

@@ -446,7 +446,7 @@ BROKEN: list[tuple[str, Callable[[Path], Any], str, str | None]] = [
      "outside [-1, 8)", "o.pt"),
     ("float-topk-ids",
      _pt("f.pt", _dump(_record(topk_ids_of_layer=torch.zeros(LAYERS, 2, 8)))),
-     "to hold integers", "f.pt"),
+     "to be an integer array", "f.pt"),
     ("record-without-rank", _pt("nr.pt", _dump(_record(rank=None))), "lacks rank", "nr.pt"),
     ("physical-count-shape",
      _pt("sh.pt", _dump(_record(global_physical_count=torch.ones(LAYERS, P + 1)))),
