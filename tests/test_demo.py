@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from placement import Cluster, InputError
@@ -12,6 +13,7 @@ from placement.cli import main
 from placement.demo import format_demo, run_demo
 
 
+@pytest.mark.slow
 def test_demo_on_bundled_mixtral(tmp_path: Path) -> None:
     res = run_demo(tmp_path, source="bundled:mixtral", cluster=Cluster(2, 2, 3))
     for name in ("plan.json", "init_expert_location.json", "report/report.md",
@@ -35,8 +37,6 @@ def test_demo_cli_default_trace_is_counts(tmp_path: Path) -> None:
 
 
 def test_demo_needs_two_windows(tmp_path: Path) -> None:
-    import pytest
-
     with pytest.raises(InputError, match="at least 2 windows"):
         run_demo(tmp_path, source="bundled:mixtral#0", cluster=Cluster(2, 2, 3))
 
