@@ -405,7 +405,9 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
         lines.append(f"  {label:<26}{_num(sm.get('min')):>8}{_num(sm.get('mean')):>8}"
                      f"{_num(sm.get('max')):>8}")
     lines.append("")
-    if s.layer_coact_top1_share is None:
+    if s.layer_coact_top1_share is None and s.kind == "tokens":
+        lines.append("co-activation  not computed (--no-coactivation)")
+    elif s.layer_coact_top1_share is None:
         lines.append("co-activation  needs token-level routing (this trace holds counts)")
     else:
         lines.append("co-activation (share of pair mass in the top pairs, mean over layers)")

@@ -237,3 +237,9 @@ def test_activation_rates_give_top_k_and_whole_assignments() -> None:
     tokens = Trace(num_experts=4, topk_ids=np.array([[[0, 1]]]))
     with pytest.raises(InputError, match="--top-k 3 contradicts the trace"):
         inspect_trace(tokens, top_k=3)
+
+
+def test_skipped_coactivation_says_so() -> None:
+    t = Trace(num_experts=4, topk_ids=np.array([[[0, 1]], [[2, 3]]]))
+    text = format_trace_stats(inspect_trace(t, coactivation=False))
+    assert "co-activation  not computed (--no-coactivation)" in text.splitlines()
