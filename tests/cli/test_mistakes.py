@@ -270,3 +270,15 @@ def test_inspect_activation_rates_and_top_k(files, run) -> None:
     r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json",
             "--top-k", 8)
     assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"
+
+
+def test_heldout_of_a_bundled_trace(tmp_path, run, error) -> None:
+    plan = solve(load_trace("bundled:mixtral#0"), Cluster(1, 2, 4), SolveOptions(method="eplb")).plan
+    plan = dataclasses.replace(plan, settings={"inputs": ["bundled:mixtral#0"]})
+    plan.save(tmp_path / "p.json")
+    p = str(tmp_path / "p.json")
+    error(run("validate", p, "bundled:mixtral"),
+          f"error: bundled:mixtral: window w0 of this trace is data {p} was made from (its input "
+          "bundled:mixtral#0): judge the plan on other windows (e.g. bundled:mixtral#1), or pass "
+          "--allow-overlap for in-sample figures.")
+    assert run("validate", p, "bundled:mixtral#1").exit_code == 0
