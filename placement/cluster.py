@@ -420,6 +420,11 @@ published; a GB200 NVL72 domain with 4 slots per GPU (288 slots); 2 nodes of 8 H
 slots per GPU (288 slots)."""
 
 
+_FLAGS = {"num_nodes": "--nodes", "gpus_per_node": "--gpus-per-node",
+          "slots_per_gpu": "--slots-per-gpu"}
+"""The command-line flag of every cluster field (``--nodes`` sets ``num_nodes``)."""
+
+
 def load_cluster(
     *,
     preset: str | None = None,
@@ -445,7 +450,7 @@ def load_cluster(
     if base is None:
         missing = [k for k in ("num_nodes", "gpus_per_node", "slots_per_gpu") if k not in overrides]
         if missing:
-            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            flags = ", ".join(_FLAGS[m] for m in missing)
             raise ClusterError(f"Cluster not fully given: missing {flags} (or use --cluster/--preset).")
         return Cluster(**overrides)
     return dataclasses.replace(base, **overrides) if overrides else base

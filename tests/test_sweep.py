@@ -94,6 +94,7 @@ def test_points_that_do_not_fit_in_memory() -> None:
     assert res.best is fits
 
 
+@pytest.mark.slow  # two spawned worker processes import torch
 def test_sweep_writes_its_files_and_points_in_parallel_match(tmp_path: Path) -> None:
     one = sweep(_uniform(0), _uniform(1), MODEL, _options(), planned_from=["a.npz"],
                 heldout_names=["b.npz"])

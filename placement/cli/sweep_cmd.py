@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from placement.cli._app import main, progress_bar
-from placement.cli.validate_cmd import load_trace_arg, resolve_model
+from placement.cli._files import TraceArg, check_heldout, load_trace_arg, resolve_model
 from placement.cost.step import PHASES, STEP_OVERLAPS, Workload
 from placement.errors import InputError
+from placement.filekinds import split_spec
 from placement.hardware import GPU_PRESETS, gpu_preset
 from placement.models import MODEL_PRESETS
 from placement.solver import METHODS, SolveOptions
 from placement.sweep import SweepOptions, format_sweep, sweep, write_sweep
 
-__all__ = ["IntList", "same_data", "sweep_cmd"]
+__all__ = ["IntList", "NameList", "heldout_notes", "sweep_cmd"]
 
 
 class IntList(click.ParamType):
@@ -54,22 +56,25 @@ class NameList(click.ParamType):
         return tuple(v.strip() for v in str(value).split(",") if v.strip())
 
 
-def _source_key(source: str) -> tuple[str, str | None]:
-    base, sep, spec = source.rpartition("#")
-    if not sep or not base:
-        base, spec_out = source, None
-    else:
-        spec_out = spec
-    if base.startswith("bundled:"):
-        return base, spec_out
-    return str(Path(base).resolve()), spec_out
+class _Inputs:
+    """What :func:`placement.cli._files.check_heldout` reads of a plan: the planning inputs."""
+
+    def __init__(self, inputs: list[str]) -> None:
+        self.settings = {"inputs": inputs}
 
 
-def same_data(a: str, b: str) -> bool:
-    """Whether two trace sources may hold the same data: one file (or bundled trace) with the
-    same window spec, or with no spec on either side (the whole file holds every window)."""
-    (pa, sa), (pb, sb) = _source_key(a), _source_key(b)
-    return pa == pb and (sa == sb or sa is None or sb is None)
+def heldout_notes(traces: Sequence[str], held: Sequence[TraceArg], *,
+                  allow_overlap: bool) -> list[str]:
+    """Refuse held-out traces that share windows with the planning traces (the same check as
+    ``placement validate`` and ``compare``), unless ``allow_overlap``: then notes."""
+    inputs = [t if t.startswith("bundled:") else _resolved(t) for t in traces]
+    return check_heldout(_Inputs(inputs), "every plan of the sweep", held,  # type: ignore[arg-type]
+                         allow_overlap=allow_overlap)
+
+
+def _resolved(text: str) -> str:
+    base, spec = split_spec(text)
+    return str(Path(base).resolve()) + (f"#{spec}" if spec is not None else "")
 
 
 @main.command("sweep", short_help="Sweep redundant experts and cluster shapes: tokens/s and $.")
@@ -77,6 +82,9 @@ def same_data(a: str, b: str) -> bool:
 @click.option("--heldout", "heldout", multiple=True, required=True, metavar="TRACE",
               help="Held-out trace the plans are judged on (repeatable; TRACE#SPEC keeps some "
                    "windows). Never the data the plans are made from.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Accept held-out traces that share windows with the planning traces "
+                   "(in-sample figures, for diagnosis).")
 @click.option("--redundant", type=IntList(0), default="0,8,16,32,64", show_default=True,
               help="Redundant experts P - E to try.")
 @click.option("--nodes", type=IntList(1), default="2,4,8", show_default=True,
@@ -118,7 +126,8 @@ def same_data(a: str, b: str) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Directory for sweep.md, sweep.json, the figures and the best plan.")
-def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], redundant: tuple[int, ...],
+def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], allow_overlap: bool,
+              redundant: tuple[int, ...],
               nodes: tuple[int, ...], gpus_per_node: tuple[int, ...], gpu_name: str,
               model_name: str | None, phase: str, context: float, min_user_speed: float | None,
               cache_hit_rate: float, prefill_tokens: int | None,
@@ -137,13 +146,6 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], redundant: tupl
     """
     # 1. what the user asked for, checked before any work
     gpu = gpu_preset(gpu_name)
-    for h in heldout:
-        for t in traces:
-            if same_data(h, t):
-                raise InputError(
-                    f"{h} is both planned from and held out: judge the plans on other data "
-                    "(another file, or other windows: TRACE#first-half / TRACE#second-half)."
-                )
     if phase == "decode" and (cache_hit_rate or prefill_tokens is not None):
         raise InputError("--cache-hit-rate and --prefill-tokens apply to --phase prefill.")
     if phase == "prefill" and min_user_speed is not None:
@@ -153,9 +155,11 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], redundant: tupl
                         min_tokens_per_s_per_user=min_user_speed,
                         cache_hit_rate=cache_hit_rate, overlap=overlap,
                         runtime_reserve_gb=runtime_reserve_gb)
-    plan_on = [load_trace_arg(t) for t in traces]
-    judge_on = [load_trace_arg(h) for h in heldout]
-    model = resolve_model(model_name, None, plan_on[0])
+    plan_on = [load_trace_arg(t).trace for t in traces]
+    held = [load_trace_arg(h) for h in heldout]
+    notes = heldout_notes(traces, held, allow_overlap=allow_overlap)
+    judge_on = [h.trace for h in held]
+    model = resolve_model(model_name, None, plan_on[0], trace_label=traces[0])
     if model is None:
         raise InputError(
             f"model unknown: give --model NAME (one of: {', '.join(sorted(MODEL_PRESETS))})."
@@ -170,11 +174,13 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], redundant: tupl
     with progress_bar("sweeping", "points") as progress:
         result = sweep(plan_on, judge_on, model, options, planned_from=[Path(t).name for t in traces],
                        heldout_names=[Path(h).name for h in heldout], progress=progress)
-    inputs = [t if t.startswith("bundled:") else str(Path(t).resolve()) for t in traces]
+    inputs = [t if t.startswith("bundled:") else _resolved(t) for t in traces]
     paths = write_sweep(result, out_dir, plan_settings={"inputs": inputs})
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "output": out_dir,
                                "files": [p.name for p in paths]}, separators=(",", ":")))
         return
     click.echo(format_sweep(result))
+    for note in notes:
+        click.echo(f"note: {note}")
     click.echo(f"wrote {len(paths)} files to {out_dir}: " + ", ".join(p.name for p in paths))

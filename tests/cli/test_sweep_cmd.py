@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from placement.cli import main
-from placement.cli.sweep_cmd import same_data
 from placement.plan import Plan
 from placement.routing_traces import Trace, write_native
 
@@ -26,11 +25,12 @@ def _assert_one_line_error(result: Result, line: str) -> None:
     assert "Traceback" not in result.output
 
 
-def _counts(path: Path, seed: int, experts: int = 8, model: str = "Mixtral-8x7B-Instruct") -> Path:
+def _counts(path: Path, seed: int, experts: int = 8, model: str = "Mixtral-8x7B-Instruct",
+            top_k: int = 2) -> Path:
     rng = np.random.default_rng(seed)
     counts = np.rint(rng.dirichlet(np.full(experts, 2.0), size=(2, 2)) * 20000)
-    write_native(Trace(num_experts=experts, counts=counts, layer_ids=[0, 1], num_hidden_layers=32,
-                       top_k=2, model=model), path)
+    write_native(Trace(num_experts=experts, counts=counts, layer_ids=[0, 1], num_hidden_layers=8,
+                       top_k=top_k, model=model), path)
     return path
 
 
@@ -107,17 +107,23 @@ def test_sweep_mistakes_get_one_line(traces: tuple[Path, Path], tmp_path: Path) 
         "qwen3-235b-a22b, qwen3-30b-a3b.")
     _assert_one_line_error(
         _run("sweep", str(a), "--heldout", str(a), *ARGS, "-o", out),
-        f"error: {a} is both planned from and held out: judge the plans on other data "
-        "(another file, or other windows: TRACE#first-half / TRACE#second-half).")
+        f"error: {a}: this trace is data every plan of the sweep was made from (its input "
+        "a.npz): judge the plan on other data, or pass --allow-overlap for in-sample figures.")
     _assert_one_line_error(
         _run("sweep", str(a), "--heldout", str(b), *ARGS, "--min-user-speed", "20",
              "--phase", "prefill", "-o", out),
         "error: --min-user-speed applies to --phase decode.")
+    flame = _counts(tmp_path / "f.npz", 4, experts=64, model="FLAME-MoE-290M", top_k=6)
+    flame2 = _counts(tmp_path / "f2.npz", 5, experts=64, model="FLAME-MoE-290M", top_k=6)
+    _assert_one_line_error(
+        _run("sweep", str(flame), "--heldout", str(flame2), *ARGS, "-o", out),
+        "error: model flame-moe-290m has no attention shape (attention, heads, ...): the full "
+        "step cannot be costed; give a preset that has one or set those fields.")
     _assert_one_line_error(
         _run("sweep", str(a), "--heldout", str(b), *ARGS, "--model", "flame-moe-290m",
              "-o", out),
-        "error: model flame-moe-290m has no attention shape (attention, heads, ...): the full "
-        "step cannot be costed; give a preset that has one or set those fields.")
+        f"error: --model flame-moe-290m has 64 experts per layer but {a} has 8: choose the "
+        "model the plan and trace are for (models that fit: mixtral-8x7b).")
     odd = _counts(tmp_path / "odd.npz", 2, experts=5, model="toy")
     odd2 = _counts(tmp_path / "odd2.npz", 3, experts=5, model="toy")
     _assert_one_line_error(
@@ -135,8 +141,19 @@ def test_sweep_mistakes_get_one_line(traces: tuple[Path, Path], tmp_path: Path) 
     assert bad.exit_code == 2 and "expected integers separated by commas" in bad.stderr
 
 
-def test_held_out_windows_of_the_planning_file_are_other_data(tmp_path: Path) -> None:
-    assert same_data("t.npz", "t.npz") and same_data("t.npz", "t.npz#0-3")
-    assert same_data("t.npz#0-3", "./t.npz#0-3")
-    assert not same_data("t.npz#first-half", "t.npz#second-half")
-    assert not same_data("t.npz", "u.npz")
+def test_held_out_windows_of_the_planning_file(traces: tuple[Path, Path], tmp_path: Path) -> None:
+    a, _ = traces
+    out = str(tmp_path / "out")
+    ok = _run("sweep", f"{a}#first-half", "--heldout", f"{a}#second-half", *ARGS, "-o", out)
+    assert ok.exit_code == 0, ok.output
+    _assert_one_line_error(
+        _run("sweep", f"{a}#first-half", "--heldout", str(a), *ARGS, "-o", out),
+        f"error: {a}: window 0 of this trace is data every plan of the sweep was made from (its "
+        f"input a.npz#first-half): judge the plan on other windows (e.g. {a}#1), or pass "
+        "--allow-overlap for in-sample figures.")
+    diag = _run("sweep", f"{a}#first-half", "--heldout", str(a), "--allow-overlap", *ARGS,
+                "-o", out)
+    assert diag.exit_code == 0, diag.output
+    assert diag.stdout.splitlines()[-2] == (
+        f"note: {a}: window 0 of this trace is data every plan of the sweep was made from "
+        "(in-sample figures, for diagnosis only).")
