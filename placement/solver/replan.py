@@ -229,7 +229,7 @@ def format_replan_result(result: ReplanResult) -> str:
     P = r.deployed.num_slots
     L = int(r.layer_ids.size)
     lines = [
-        f"re-planned {L} layer(s) of a {r.deployed.method} plan on "
+        f"re-planned {L} layer(s) of the deployed plan (method {r.deployed.method}) on "
         f"{r.deployed.cluster.summary()}",
         f"budget: {budget}",
     ]
