@@ -27,8 +27,10 @@ from placement.plan_eval import PlanFigures, plan_figures
 from placement.routing_traces.trace import Trace
 
 __all__ = [
+    "WEIGHT_BYTES",
     "PlanDiff",
     "check_comparable",
+    "default_bytes_per_param",
     "diff_plans",
     "expert_bytes",
     "expert_size_text",
@@ -38,6 +40,17 @@ __all__ = [
     "size_text",
     "time_text",
 ]
+
+
+WEIGHT_BYTES: dict[str, float] = {"deepseek-v3": 1.0}
+"""Bytes per expert weight of models not served in BF16 (2 bytes): DeepSeek-V3/R1 are released
+and served in FP8 (definitions.md: about 44 MB per expert)."""
+
+
+def default_bytes_per_param(model: ModelShape | None) -> float:
+    """Bytes per expert weight as the model is released: FP8 (1) for DeepSeek-V3, else BF16
+    (2)."""
+    return 2.0 if model is None else WEIGHT_BYTES.get(model.name, 2.0)
 
 
 def expert_bytes(model: ModelShape, bytes_per_param: float = 1.0) -> float:
@@ -178,7 +191,7 @@ def diff_plans(
     new: Plan,
     *,
     model: ModelShape | None = None,
-    bytes_per_param: float = 1.0,
+    bytes_per_param: float | None = None,
     trace: Trace | None = None,
     old_name: str = "OLD",
     new_name: str = "NEW",
@@ -193,10 +206,12 @@ def diff_plans(
         model: the model shape for bytes; default: guessed from the plans' (and the trace's)
             model name, else from the expert count (None when that is ambiguous: bytes
             unknown).
-        bytes_per_param: bytes per weight (FP8: 1, BF16: 2).
+        bytes_per_param: bytes per weight (FP8: 1, BF16: 2); default: as the model is
+            released (:func:`default_bytes_per_param`).
         trace: replay both plans on it (held-out traffic, ideally).
     """
-    if not (math.isfinite(bytes_per_param) and bytes_per_param > 0):
+    if bytes_per_param is not None and not (math.isfinite(bytes_per_param)
+                                            and bytes_per_param > 0):
         raise InputError(f"Expected bytes_per_param > 0, got {bytes_per_param!r}.")
     common = check_comparable(old, new, old_name, new_name)
     rows_o = {int(x): i for i, x in enumerate(old.layer_ids.tolist())}
@@ -208,6 +223,8 @@ def diff_plans(
     if model is None:
         model = guess_model(old.model, new.model, trace.model if trace is not None else None,
                             num_experts=old.num_experts)
+    if bytes_per_param is None:
+        bytes_per_param = default_bytes_per_param(model)
     fo = fn = None
     if trace is not None:
         fo = plan_figures(old, trace, model=model, device=device)

@@ -21,13 +21,15 @@ __all__ = ["diff_cmd"]
 @click.argument("new_file", metavar="NEW")
 @click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default=None,
               help="Model shape for bytes [default: guessed from the plans].")
-@click.option("--bytes-per-param", type=float, default=1.0, show_default=True,
-              help="Bytes per expert weight (FP8: 1, BF16: 2).")
+@click.option("--bytes-per-param", type=float, default=None,
+              help="Bytes per expert weight (FP8: 1, BF16: 2) [default: as the model is "
+                   "released: 1 for DeepSeek-V3, else 2].")
 @click.option("--trace", "trace_source", metavar="TRACE", default=None,
               help="Replay both plans on TRACE: imbalance, cross-node sends, predicted time.")
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def diff_cmd(old_file: str, new_file: str, model_name: str | None, bytes_per_param: float,
+def diff_cmd(old_file: str, new_file: str, model_name: str | None,
+             bytes_per_param: float | None,
              trace_source: str | None, as_json: bool, **cluster_kw: Any) -> None:
     """What going from plan OLD to plan NEW moves, per layer and in total.
 

@@ -13,7 +13,12 @@ from placement._io import atomic_write_bytes
 from placement.cli._app import cluster_options, main, progress_bar
 from placement.cli._plan_args import MODEL_CHOICES, model_for, optional_cluster
 from placement.errors import InputError
-from placement.plan_diff import expert_bytes, expert_size_text, figure_lines
+from placement.plan_diff import (
+    default_bytes_per_param,
+    expert_bytes,
+    expert_size_text,
+    figure_lines,
+)
 from placement.plan_eval import PlanFigures, plan_figures
 from placement.plan_source import read_plan
 from placement.solver.replan import ReplanOptions, ReplanResult, format_replan_result, replan
@@ -120,8 +125,9 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
                    "read as windows of one trace).")
 @click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default=None,
               help="Model shape for bytes [default: guessed from the plan and traces].")
-@click.option("--bytes-per-param", type=float, default=1.0, show_default=True,
-              help="Bytes per expert weight (FP8: 1, BF16: 2).")
+@click.option("--bytes-per-param", type=float, default=None,
+              help="Bytes per expert weight (FP8: 1, BF16: 2) [default: as the model is "
+                   "released: 1 for DeepSeek-V3, else 2].")
 @click.option("--robust", type=click.Choice(("max", "mean")), default="max", show_default=True,
               help="How the traces' windows combine: worst case or mean.")
 @click.option("--no-target", is_flag=True,
@@ -134,7 +140,7 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
               help="Plan file to write (JSON).")
 def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | None,
                max_bytes: str | None, per_layer_budget: bool, heldout_sources: tuple[str, ...],
-               model_name: str | None, bytes_per_param: float, robust: str, no_target: bool,
+               model_name: str | None, bytes_per_param: float | None, robust: str, no_target: bool,
                jobs: int | None, as_json: bool, output: str, **cluster_kw: Any) -> None:
     """The best plan reachable from DEPLOYED moving at most --max-moves expert weights (or
     --max-bytes), for the traffic of TRACE....
@@ -155,6 +161,8 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     deployed = src.plan
     loaded = [load_trace(t) for t in traces]
     model = model_for(model_name, deployed, trace_model=loaded[0].model)
+    if bytes_per_param is None:
+        bytes_per_param = default_bytes_per_param(model)
     if not (bytes_per_param > 0):
         raise InputError(f"Expected --bytes-per-param > 0, got {bytes_per_param}.")
     per_expert = None if model is None else expert_bytes(model, bytes_per_param)
