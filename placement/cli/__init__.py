@@ -18,6 +18,7 @@ for _name, _module, _help in (
     ("import", "engines_cmd", "Read a deployed engine placement file into a plan."),
     ("replan", "replan_cmd", "Re-plan within a budget of expert weights moved."),
     ("show", "show_cmd", "What a plan or an engine placement file holds."),
+    ("simulate", "simulate_cmd", "Periodic EPLB vs a static plan vs budgeted re-plans."),
     ("solve", "solve_cmd", "Plan expert placement from traces."),
     ("trace", "trace_cmd", "Inspect, synthesize and convert routing traces."),
     ("validate", "validate_cmd", "Replay a held-out trace against a plan."),
