@@ -704,6 +704,20 @@ def _problem(deployed: Plan, traces: Trace | Sequence[Trace] | ProblemData) -> P
     return problem
 
 
+def _target_rows(target: Plan, problem: ProblemData, deployed: Plan) -> np.ndarray:
+    """``[L, P]`` the target plan's rows for the problem's layers; :class:`InputError` when it
+    does not fit."""
+    if target.cluster.shape != deployed.cluster.shape or target.num_experts != deployed.num_experts:
+        raise InputError(f"the target plan is for cluster {target.cluster.shape} with "
+                         f"{target.num_experts} experts, the deployed plan for "
+                         f"{deployed.cluster.shape} with {deployed.num_experts}.")
+    pos = {int(x): i for i, x in enumerate(target.layer_ids.tolist())}
+    missing = [int(x) for x in problem.layer_ids.tolist() if int(x) not in pos]
+    if missing:
+        raise InputError(f"the target plan lacks layer(s) {', '.join(map(str, missing[:8]))}.")
+    return np.asarray(target.phy2log)[[pos[int(x)] for x in problem.layer_ids.tolist()]]
+
+
 def _run(tasks: list[_LayerTask], jobs: int, progress: Progress | None) -> list[_LayerPoints]:
     out: list[_LayerPoints | None] = [None] * len(tasks)
     if progress is not None:
@@ -729,6 +743,7 @@ def replan(
     options: ReplanOptions,
     *,
     progress: Progress | None = None,
+    target_plan: Plan | None = None,
 ) -> ReplanResult:
     """The best plan reachable from ``deployed`` within ``options``' move budget, for the
     traffic of ``traces`` (see the module docstring).
@@ -739,6 +754,8 @@ def replan(
             must be layers of ``deployed`` (the plan's other layers stay as they are).
         options: the budget and search settings.
         progress: called as ``progress(layers done, layers)``.
+        target_plan: the unconstrained plan to search toward (``options.target``), when already
+            made (it must place the traces' layers on the same cluster); default: solved here.
     Returns:
         A :class:`ReplanResult`; its ``plan`` is ``deployed`` itself when nothing moves.
     """
@@ -756,11 +773,13 @@ def replan(
     # 1. the target: the unconstrained optimizer's plan, aligned to the deployed one
     target_rows: np.ndarray | None = None
     if options.target and budget > 0:
-        topts = options.target_options or SolveOptions(
-            robust=options.robust, time_limit=_TARGET_TIME_LIMIT, jobs=options.jobs)
-        tplan = solve(problem, options=topts).plan
+        if target_plan is None:
+            topts = options.target_options or SolveOptions(
+                robust=options.robust, time_limit=_TARGET_TIME_LIMIT, jobs=options.jobs)
+            target_plan = solve(problem, options=topts).plan
+        t_rows = _target_rows(target_plan, problem, deployed)
         gpn = c.gpus_per_node if problem.is_token_level else None
-        target_rows = np.stack([_align(dep_rows[i], np.asarray(tplan.phy2log[i]), G, spg, E, gpn)
+        target_rows = np.stack([_align(dep_rows[i], t_rows[i], G, spg, E, gpn)
                                 for i in range(L)])
 
     # 2. per-layer search

@@ -192,3 +192,15 @@ def test_plan_objectives_match_the_solver() -> None:
     mine = plan_objectives(np.asarray(plan.phy2log), problem)
     for k, v in plan.objectives.items():
         np.testing.assert_allclose(mine[k], v, err_msg=k)
+
+
+def test_a_given_target_plan_is_the_one_solved(instance: tuple[Plan, list[Trace]]) -> None:
+    deployed, traces = instance
+    tplan = solve(ProblemData.from_traces(traces, C),
+                  options=SolveOptions(jobs=1, time_limit=24 * 3600.0)).plan
+    a = replan(deployed, traces, _opts(7))
+    b = replan(deployed, traces, _opts(7), target_plan=tplan)
+    np.testing.assert_array_equal(a.plan.phy2log, b.plan.phy2log)
+    other = dataclasses.replace(tplan, layer_ids=np.array([5, 6, 7]))
+    with pytest.raises(InputError, match="the target plan lacks layer"):
+        replan(deployed, traces, _opts(7), target_plan=other)
