@@ -234,7 +234,13 @@ class SimulationResult:
 
 
 def _pooled(trace: Trace, windows: list[int]) -> Trace:
-    """One window of aggregated counts: the sum over ``windows``."""
+    """``windows`` of ``trace`` as one window: their tokens (token-level) or the sum of their
+    counts."""
+    if trace.is_token_level:
+        part = trace.select_windows(windows)
+        return Trace(num_experts=trace.num_experts, topk_ids=part.topk_ids,
+                     source_rank=part.source_rank, layer_ids=trace.layer_ids, model=trace.model,
+                     num_hidden_layers=trace.num_hidden_layers)
     counts = trace.window_counts()[windows].sum(axis=0)  # [L, E]
     return Trace(num_experts=trace.num_experts, counts=counts, layer_ids=trace.layer_ids,
                  model=trace.model, num_hidden_layers=trace.num_hidden_layers, top_k=trace.top_k)

@@ -12,9 +12,12 @@ The search, layer by layer (layers are independent and searched in parallel, ``j
 
 1. Loads are scaled so that the mean GPU load of every scenario is 1 (loads ARE imbalances).
 2. Greedy descent from the deployed placement. A step is the candidate with the largest drop of
-   ``F + 0.1 * mean_s peak_s + 0.01 * mean_{s,g} relu(load - 1)^2`` per weight moved, never
-   raising ``F`` (the objective; ``peak_s`` the scenario's busiest GPU, so ties and plateaus
-   go to the placement that is better balanced everywhere). Candidates:
+   ``F + 0.1 * mean_s peak_s + 0.01 * mean_{s,g} relu(load - 1)^2 + 0.1 * C`` per weight
+   moved, never raising ``F`` (the objective; ``peak_s`` the scenario's busiest GPU, so ties
+   and plateaus go to the placement that is better balanced everywhere; ``C`` the cross-node
+   copies per token under the static rule, token-level traces only: an assignment from node
+   ``n`` to expert ``e`` crosses nodes exactly when ``n`` holds no replica of ``e``, so among
+   moves that balance alike the one that keeps tokens on their node wins). Candidates:
 
    a. replace an expert in a slot of one of the busiest GPUs by any other expert (1 move; the
       removed expert keeps at least one replica);
@@ -82,6 +85,7 @@ _BETA = 0.01  # weight of the mean squared overload in the descent's score
 _TOP_GPUS = 3  # busiest GPUs (of every scenario) whose slots the descent changes
 _LIGHT = 48  # light experts tried in a busiest GPU's slot
 _HOT = 16  # hot experts offered another replica
+_GAMMA = 0.1  # weight of the cross-node copies per token in the descent's score (token-level)
 _TARGET_TIME_LIMIT = 24 * 3600.0
 
 
@@ -309,6 +313,8 @@ class _LayerTask:
     robust: str
     max_steps: int
     target: np.ndarray | None  # [P] the target placement, aligned to ``row``
+    node_share: np.ndarray | None = None  # [N, E] assignments per token from node n to e
+    gpus_per_node: int = 1
 
 
 @dataclass(frozen=True)
@@ -321,9 +327,12 @@ class _LayerPoints:
 
 class _State:
     """One layer's placement and loads: ``phy [G, spg]``, ``H [G, E]`` replicas per GPU,
-    ``cnt [E]`` replicas per expert, ``loads [S, G]``."""
+    ``cnt [E]`` replicas per expert, ``loads [S, G]``; with token-level traces also ``Hn [N, E]``
+    replicas per node and ``copies``, the cross-node copies per token under the static rule
+    (an assignment from node ``n`` to expert ``e`` crosses nodes iff ``n`` holds no ``e``)."""
 
-    def __init__(self, row: np.ndarray, w: np.ndarray, G: int, spg: int, robust: str) -> None:
+    def __init__(self, row: np.ndarray, w: np.ndarray, G: int, spg: int, robust: str,
+                 node_share: np.ndarray | None = None, gpus_per_node: int = 1) -> None:
         self.G, self.spg, self.robust = G, spg, robust
         self.w = w
         self.E = w.shape[1]
@@ -332,6 +341,32 @@ class _State:
         np.add.at(self.H, (np.repeat(np.arange(G), spg), self.phy.reshape(-1)), 1)
         self.cnt = self.H.sum(axis=0)
         self.loads = self._loads()
+        self.node_share = node_share
+        self.gpn = gpus_per_node
+        self.Hn = self.H.reshape(G // gpus_per_node, gpus_per_node, self.E).sum(axis=1)
+        self.copies = (0.0 if node_share is None
+                       else float((node_share * (self.Hn == 0)).sum()))
+
+    def copies_after_replace(self, gs: np.ndarray, xs: np.ndarray, ys: np.ndarray
+                             ) -> np.ndarray | float:
+        """Cross-node copies per token after replacing ``xs`` by ``ys`` on GPUs ``gs``."""
+        A = self.node_share
+        if A is None:
+            return 0.0
+        n = gs // self.gpn
+        return (self.copies + A[n, xs] * (self.Hn[n, xs] == 1)
+                - A[n, ys] * (self.Hn[n, ys] == 0))
+
+    def copies_after_swap(self, g: np.ndarray, x: np.ndarray, h: np.ndarray, y: np.ndarray
+                          ) -> np.ndarray | float:
+        """Cross-node copies per token after swapping ``x`` on ``g`` with ``y`` on ``h``."""
+        A = self.node_share
+        if A is None:
+            return 0.0
+        n1, n2 = g // self.gpn, h // self.gpn
+        d = (A[n1, x] * (self.Hn[n1, x] == 1) - A[n1, y] * (self.Hn[n1, y] == 0)
+             + A[n2, y] * (self.Hn[n2, y] == 1) - A[n2, x] * (self.Hn[n2, x] == 0))
+        return self.copies + np.where(n1 == n2, 0.0, d)
 
     def _loads(self) -> np.ndarray:
         per = self.w / np.maximum(self.cnt, 1)[None, :]  # [S, E]
@@ -350,12 +385,22 @@ class _State:
 
     def replace(self, g: int, j: int, y: int) -> None:
         x = int(self.phy[g, j])
+        if self.node_share is not None:
+            after = self.copies_after_replace(np.array([g]), np.array([x]), np.array([y]))
+            self.copies = float(np.asarray(after).reshape(-1)[0])
         self.phy[g, j] = y
         self.H[g, x] -= 1
         self.H[g, y] += 1
+        self.Hn[g // self.gpn, x] -= 1
+        self.Hn[g // self.gpn, y] += 1
         self.cnt[x] -= 1
         self.cnt[y] += 1
         self.loads = self._loads()
+
+    def full_score(self) -> tuple[float, float]:
+        """``(objective, descent score)`` of the current placement."""
+        f, s = self.score(self.loads)
+        return float(f), float(s) + _GAMMA * self.copies
 
     # -- candidate evaluation ------------------------------------------------------------------
     def eval_replace(self, gs: np.ndarray, js: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -436,6 +481,7 @@ def _best_replace(st: _State, gs: np.ndarray, js: np.ndarray, ys: np.ndarray, f0
     for a in range(0, gs.size, per):
         b = min(gs.size, a + per)
         f, s = st.score(st.eval_replace(gs[a:b], js[a:b], ys[a:b]))
+        s = s + _GAMMA * st.copies_after_replace(gs[a:b], st.phy[gs[a:b], js[a:b]], ys[a:b])
         drop = np.where(f <= f0 + _EPS, s0 - s, -np.inf)
         i = int(np.argmax(drop))
         if drop[i] > best + _EPS:
@@ -485,7 +531,7 @@ def _best_swap(st: _State, top: np.ndarray, f0: float, s0: float
     q = ((over * over).sum() - q_cols[g].sum(1) - q_cols[h].sum(1)
          + (np.maximum(new_g - 1.0, 0.0) ** 2).sum(1)
          + (np.maximum(new_h - 1.0, 0.0) ** 2).sum(1)) / (S * G)
-    s = f + _ALPHA * peaks.mean(axis=1) + _BETA * q
+    s = f + _ALPHA * peaks.mean(axis=1) + _BETA * q + _GAMMA * st.copies_after_swap(g, x, h, y)
     drop = np.where(f <= f0 + _EPS, (s0 - s) / 2.0, -np.inf)
     i = int(np.argmax(drop))
     if drop[i] <= _EPS:
@@ -550,9 +596,9 @@ class _Frontier:
 def _descend(task: _LayerTask, frontier: _Frontier, dep_H: np.ndarray,
              target: np.ndarray | None) -> None:
     """Step 2: greedy descent from the deployed placement."""
-    st = _State(task.row, task.w, task.num_gpus, task.slots_per_gpu, task.robust)
+    st = _state(task, task.row)
     for _ in range(task.max_steps):
-        f0, s0 = (float(v) for v in st.score(st.loads))
+        f0, s0 = st.full_score()
         top = _busiest(st.loads)
         extra = _target_ops(st, target) if target is not None else []
         gs, js, ys = _replace_candidates(st, top, extra)
@@ -573,7 +619,7 @@ def _descend(task: _LayerTask, frontier: _Frontier, dep_H: np.ndarray,
 def _toward(task: _LayerTask, frontier: _Frontier, dep_H: np.ndarray,
             target: np.ndarray) -> None:
     """Step 3: from the deployed placement to the target, best slot change first."""
-    st = _State(task.row, task.w, task.num_gpus, task.slots_per_gpu, task.robust)
+    st = _state(task, task.row)
     while True:
         ops = _target_ops(st, target)
         if not ops:
@@ -584,16 +630,23 @@ def _toward(task: _LayerTask, frontier: _Frontier, dep_H: np.ndarray,
             break
         arr = arr[ok]
         _f, s = st.score(st.eval_replace(arr[:, 0], arr[:, 1], arr[:, 2]))
+        s = s + _GAMMA * st.copies_after_replace(arr[:, 0], st.phy[arr[:, 0], arr[:, 1]],
+                                                  arr[:, 2])
         i = int(np.argmin(s))
         st.replace(int(arr[i, 0]), int(arr[i, 1]), int(arr[i, 2]))
         frontier.add(_moves_from(dep_H, st), st.objective(), st.phy.reshape(-1))
-    end = _State(target.reshape(-1), task.w, task.num_gpus, task.slots_per_gpu, task.robust)
+    end = _state(task, target.reshape(-1))
     frontier.add(_moves_from(dep_H, end), end.objective(), end.phy.reshape(-1))
+
+
+def _state(task: _LayerTask, row: np.ndarray) -> _State:
+    return _State(row, task.w, task.num_gpus, task.slots_per_gpu, task.robust,
+                  task.node_share, task.gpus_per_node)
 
 
 def _search_layer(task: _LayerTask) -> _LayerPoints:
     """Steps 2-4 for one layer."""
-    st = _State(task.row, task.w, task.num_gpus, task.slots_per_gpu, task.robust)
+    st = _state(task, task.row)
     frontier = _Frontier()
     frontier.add(0, st.objective(), st.phy.reshape(-1))
     dep_H = st.H.copy()
@@ -704,6 +757,25 @@ def _problem(deployed: Plan, traces: Trace | Sequence[Trace] | ProblemData) -> P
     return problem
 
 
+def _node_shares(problem: ProblemData) -> np.ndarray:
+    """``[L, N, E]`` expert assignments per token from tokens whose source GPU is on node ``n``
+    (all token-level scenarios together)."""
+    c = problem.cluster
+    L, N, E = problem.num_layers, c.num_nodes, problem.num_experts
+    acc = np.zeros((L, N * E))
+    tokens = 0
+    assert problem.token_traces is not None
+    for t in problem.token_traces:
+        ids = np.asarray(t.topk_ids, dtype=np.int64)  # [T, L, k]
+        node = source_gpus(ids.shape[0], t.source_rank, c.num_gpus) // c.gpus_per_node
+        key = node[:, None, None] * E + ids
+        for i in range(L):
+            k = key[:, i, :][ids[:, i, :] >= 0]
+            acc[i] += np.bincount(k, minlength=N * E)
+        tokens += ids.shape[0]
+    return (acc / max(tokens, 1)).reshape(L, N, E)
+
+
 def _target_rows(target: Plan, problem: ProblemData, deployed: Plan) -> np.ndarray:
     """``[L, P]`` the target plan's rows for the problem's layers; :class:`InputError` when it
     does not fit."""
@@ -790,6 +862,7 @@ def replan(
         max_steps = min(P, budget)
     else:  # three times the even share of the budget, at least 16 steps, at most P
         max_steps = min(P, budget, max(16, -(-3 * budget // max(L, 1))))
+    node_share = _node_shares(problem) if problem.is_token_level else None
     tasks = []
     for i in range(L):
         sh = shares[:, i, :]
@@ -799,6 +872,8 @@ def replan(
             index=i, row=dep_rows[i], w=w, num_gpus=G, slots_per_gpu=spg,
             robust=options.robust, max_steps=max_steps if active.any() else 0,
             target=None if target_rows is None or not active.any() else target_rows[i],
+            node_share=None if node_share is None else node_share[i],
+            gpus_per_node=c.gpus_per_node,
         ))
     points = _run(tasks, options.jobs, progress)
 

@@ -204,3 +204,26 @@ def test_a_given_target_plan_is_the_one_solved(instance: tuple[Plan, list[Trace]
     other = dataclasses.replace(tplan, layer_ids=np.array([5, 6, 7]))
     with pytest.raises(InputError, match="the target plan lacks layer"):
         replan(deployed, traces, _opts(7), target_plan=other)
+
+
+def test_copies_proxy_is_the_static_rules_cross_node_copies() -> None:
+    """The descent's traffic term: an assignment from node n to expert e crosses nodes under the
+    static rule exactly when node n holds no replica of e."""
+    from placement.solver.replan import _node_shares, _State
+
+    t = synthesize("olmoe", num_tokens=512, num_windows=2, num_source_ranks=8, num_layers=2,
+                   seed=5)
+    c = Cluster(2, 4, 9)
+    problem = ProblemData.from_traces(t, c)
+    plan = baseline_plan(problem, SolveOptions(method="eplb"), "eplb")
+    want = plan_objectives(np.asarray(plan.phy2log), problem)["cross_node_copies_per_token"]
+    shares = _node_shares(problem)
+    for i in range(2):
+        st = _State(np.asarray(plan.phy2log)[i], np.ones((1, 64)), 8, 9, "max", shares[i], 4)
+        assert st.copies == pytest.approx(want[i])
+        # and it follows a change exactly (a slot whose expert has a replica to spare)
+        j = int(np.flatnonzero(st.cnt[st.phy[0]] >= 2)[0])
+        st.replace(0, j, int(np.flatnonzero(st.H[0] == 0)[0]))
+        row = st.phy.reshape(-1)[None]
+        again = plan_objectives(np.concatenate([row, row]), problem)
+        assert st.copies == pytest.approx(again["cross_node_copies_per_token"][i])
