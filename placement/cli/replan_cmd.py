@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,9 +19,11 @@ from placement.plan_diff import (
     expert_size_text,
     figure_lines,
 )
-from placement.plan_eval import PlanFigures, plan_figures
 from placement.plan_source import read_plan
-from placement.solver.replan import ReplanOptions, ReplanResult, format_replan_result, replan
+
+if TYPE_CHECKING:
+    from placement.plan_eval import PlanFigures
+    from placement.solver.replan import ReplanResult
 
 __all__ = ["format_replan_output", "parse_bytes", "replan_cmd", "replan_summary_dict"]
 
@@ -92,6 +94,8 @@ def _layer_cross(r: ReplanResult) -> list[int]:
 def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanFigures] | None,
                          heldout_name: str, expert_size: str | None, output: str) -> str:
     """The text a user reads after ``placement replan``: cost, in-sample and held-out gain."""
+    from placement.solver.replan import format_replan_result
+
     lines = [format_replan_result(result)]
     if expert_size is not None:
         lines.append(f"expert size: {expert_size}")
@@ -155,7 +159,9 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     placement replan init_expert_location.json trace.npz --preset deepseek-prefill \\
         --max-bytes 40GB --heldout later.npz -o plan.json
     """
+    from placement.plan_eval import plan_figures
     from placement.routing_traces import load_trace
+    from placement.solver.replan import ReplanOptions, replan
 
     src = read_plan(deployed_file, optional_cluster(cluster_kw))
     deployed = src.plan

@@ -8,7 +8,6 @@ from typing import Any
 import click
 
 from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
-from placement.simulate import POLICIES, SimulateOptions, format_simulation, simulate
 
 __all__ = ["simulate_cmd"]
 
@@ -32,7 +31,7 @@ def _policies(text: str) -> tuple[str, ...]:
               help="Windows an EPLB re-plan sees [default: K, as the engines do].")
 @click.option("--eplb-method", type=click.Choice(("eplb", "eplb-global")), default="eplb",
               show_default=True, help="EPLB's hierarchical or global policy.")
-@click.option("--policies", default=",".join(POLICIES), show_default=True,
+@click.option("--policies", default="eplb,static,replan", show_default=True,
               help="Which policies to run, comma-separated.")
 @click.option("--replan-target", is_flag=True,
               help="Re-plans also search toward the optimizer's plan (slower).")
@@ -54,6 +53,7 @@ def simulate_cmd(traces: tuple[str, ...], every: int, warmup: int | None, max_mo
     placement simulate decode_*.json prefill_*.json --preset deepseek-prefill --every 1
     """
     from placement.routing_traces import load_trace
+    from placement.simulate import SimulateOptions, format_simulation, simulate
 
     cluster = cluster_from_options(cluster_kw)
     trace = load_trace(traces[0] if len(traces) == 1 else list(traces))
