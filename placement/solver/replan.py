@@ -252,7 +252,7 @@ def format_replan_result(result: ReplanResult) -> str:
                      f"{int(r.target_moves.sum())} move(s)")
         gain = before - float(np.mean(r.objective_target))
         if gain > 1e-12:
-            lines.append(f"share of the optimizer's gain: {(before - after) / gain:.1%}")
+            lines.append(f"share of the optimizer's in-sample gain: {(before - after) / gain:.1%}")
     lines.extend(f"note: {m}" for m in r.messages)
     return "\n".join(lines)
 
