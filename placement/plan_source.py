@@ -8,14 +8,14 @@ not say their cluster (SGLang's map has slots but no GPU count) need one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from placement.cluster import Cluster
 from placement.engines import import_plan
 from placement.errors import PlanError
-from placement.plan import PLAN_FORMAT, Plan
+from placement.filekinds import identify, mismatch
+from placement.plan import Plan
 
 __all__ = ["PlanSource", "read_plan"]
 
@@ -43,46 +43,32 @@ class PlanSource:
         return "placement plan" if self.kind == "plan" else f"{self.kind} engine file"
 
 
-def _plan_json(path: Path) -> dict | None:
-    """The parsed JSON object when ``path`` is a plan file, else None."""
-    try:
-        with path.open("rb") as fh:
-            if not fh.read(64).lstrip().startswith(b"{"):
-                return None
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) and data.get("format") == PLAN_FORMAT else None
-
-
 def read_plan(path: str | Path, cluster: Cluster | None = None) -> PlanSource:
-    """Read a plan file or an engine placement file.
+    """Read a plan file or an engine placement file, told by content
+    (:func:`placement.filekinds.identify`).
 
     Args:
         path: the file.
         cluster: for engine files, the cluster they run on (needed when the file does not say);
             for plan files, a cluster the plan must be for (checked, not applied).
     Raises:
-        PlanError, EngineFormatError, ClusterError: the file is missing or malformed, or does not
-            fit ``cluster``.
+        PlanError, EngineFormatError, ClusterError: the file is missing, malformed, of another
+            kind (a trace, say), or does not fit ``cluster``.
     """
     p = Path(path)
     if not p.exists():
         raise PlanError("no such file.", p)
     if p.is_dir():
         raise PlanError("is a directory, not a plan or engine file.", p)
-    try:
-        data = _plan_json(p)
-    except OSError as exc:
-        raise PlanError(f"cannot read ({exc.strerror or exc}).", p) from None
-    if data is not None:
-        try:
-            plan = Plan.from_dict(data)
-        except PlanError as exc:
-            raise PlanError(exc.reason, p) from None
-        if cluster is not None and cluster.shape != plan.cluster.shape:
-            raise PlanError(f"the plan is for cluster {plan.cluster.shape} (nodes x GPUs per "
-                            f"node x slots per GPU), not the given {cluster.shape}.", p)
-        return PlanSource(plan=plan, path=p, kind="plan")
-    result = import_plan(p, cluster)
-    return PlanSource(plan=result.plan, path=p, kind=result.fmt, notes=tuple(result.notes))
+    kind = identify(p)
+    if kind is not None and kind.role == "engine":
+        result = import_plan(p, cluster)
+        return PlanSource(plan=result.plan, path=p, kind=result.fmt,
+                          notes=tuple(result.notes))
+    if kind is not None and kind.role != "plan":
+        raise PlanError(mismatch(kind, "plan", p), p)
+    plan = Plan.load(p)
+    if cluster is not None and cluster.shape != plan.cluster.shape:
+        raise PlanError(f"the plan is for cluster {plan.cluster.shape} (nodes x GPUs per "
+                        f"node x slots per GPU), not the given {cluster.shape}.", p)
+    return PlanSource(plan=plan, path=p, kind="plan")

@@ -136,3 +136,13 @@ def test_read_missing_and_odd_files(tmp_path: Path) -> None:
     with pytest.raises(PlanError) as exc:
         read_plan(bad)
     assert str(exc.value) == f"{bad}: plan file lacks 'num_experts'."
+
+
+def test_read_a_trace_instead_of_a_plan(tmp_path: Path) -> None:
+    from placement.routing_traces import Trace, write_native
+
+    write_native(Trace(num_experts=8, counts=np.ones((1, 2, 8))), tmp_path / "t.npz")
+    with pytest.raises(PlanError) as exc:
+        read_plan(tmp_path / "t.npz")
+    assert str(exc.value).startswith(f"{tmp_path / 't.npz'}: a routing trace")
+    assert "not a placement plan" in str(exc.value)

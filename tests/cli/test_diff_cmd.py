@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.cluster import Cluster
 from placement.engines import export_plan
 from placement.plan import Plan
@@ -25,14 +23,6 @@ NEW = np.array([[0, 1, 5, 3, 4, 5, 4, 7, 6, 2, 1, 3],
                 [0, 1, 2, 3, 4, 5, 6, 7, 2, 3, 5, 6]])
 
 
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result: Result, line: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.splitlines() == [line]
-    assert result.stdout == ""
 
 
 def _save(path: Path, rows: np.ndarray, cluster: Cluster = C, experts: int = 8,
@@ -47,9 +37,9 @@ def files(tmp_path: Path) -> tuple[str, str]:
     return _save(tmp_path / "old.json", OLD), _save(tmp_path / "new.json", NEW)
 
 
-def test_text(files: tuple[str, str]) -> None:
+def test_text(run, files: tuple[str, str]) -> None:
     old, new = files
-    r = _run("diff", old, new)
+    r = run("diff", old, new)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines() == [
         f"diff {old} -> {new}: 2 layer(s), cluster 2x2x3, 8 experts",
@@ -64,9 +54,9 @@ def test_text(files: tuple[str, str]) -> None:
     ]
 
 
-def test_json_counts_against_brute_force(files: tuple[str, str]) -> None:
+def test_json_counts_against_brute_force(run, files: tuple[str, str]) -> None:
     old, new = files
-    r = _run("diff", old, new, "--json", "--model", "deepseek-v3")
+    r = run("diff", old, new, "--json", "--model", "deepseek-v3")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     per = 3 * 7168 * 2048 * 1.0
@@ -87,53 +77,53 @@ def test_json_counts_against_brute_force(files: tuple[str, str]) -> None:
     assert moves == d["moves"]
 
 
-def test_engine_file_against_a_plan(files: tuple[str, str], tmp_path: Path) -> None:
+def test_engine_file_against_a_plan(run, files: tuple[str, str], tmp_path: Path) -> None:
     old, new = files
     export_plan(Plan.load(old), "sglang", tmp_path / "deployed.json")
-    r = _run("diff", str(tmp_path / "deployed.json"), new, "--nodes", "2", "--gpus-per-node",
+    r = run("diff", str(tmp_path / "deployed.json"), new, "--nodes", "2", "--gpus-per-node",
              "2", "--slots-per-gpu", "3", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["moves"] == 2
-    same = _run("diff", new, new)
+    same = run("diff", new, new)
     assert same.stdout.splitlines()[1] == "moves: 0 expert weight(s) (0.0% of 24 slots) in 0 " \
                                           "layer(s); 0 cross-node"
     assert same.stdout.splitlines()[-1] == "the plans place every layer identically"
 
 
-def test_with_a_trace(files: tuple[str, str], tmp_path: Path) -> None:
+def test_with_a_trace(run, files: tuple[str, str], tmp_path: Path) -> None:
     old, new = files
     rng = np.random.default_rng(0)
     write_native(Trace(num_experts=8, topk_ids=rng.integers(0, 8, size=(40, 2, 2)),
                        layer_ids=[3, 4], source_rank=np.arange(40) % 4), tmp_path / "t.npz")
-    r = _run("diff", old, new, "--trace", str(tmp_path / "t.npz"))
+    r = run("diff", old, new, "--trace", str(tmp_path / "t.npz"))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[-5] == f"on {tmp_path / 't.npz'} ({old} -> {new}):"
     assert lines[-4].startswith("  imbalance (static): ")
     assert lines[-3].startswith("  cross-node sends per token: ")
     assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap): ")
-    d = json.loads(_run("diff", old, new, "--trace", str(tmp_path / "t.npz"), "--json").stdout)
+    d = json.loads(run("diff", old, new, "--trace", str(tmp_path / "t.npz"), "--json").stdout)
     assert set(d["trace"]["old"]) >= {"imbalance_static", "cross_node_sends_per_token"}
 
 
-def test_plans_of_different_clusters(files: tuple[str, str], tmp_path: Path) -> None:
+def test_plans_of_different_clusters(run, error, files: tuple[str, str], tmp_path: Path) -> None:
     old, _ = files
     other = _save(tmp_path / "other.json", OLD, cluster=Cluster(1, 4, 3))
-    _one_line_error(_run("diff", old, other),
+    error(run("diff", old, other),
                     "error: the plans are for different clusters: "
                     f"{old} 2x2x3, {other} 1x4x3 (nodes x GPUs per node x slots per GPU); a "
                     "diff needs one cluster.")
 
 
-def test_plans_of_different_experts(files: tuple[str, str], tmp_path: Path) -> None:
+def test_plans_of_different_experts(run, error, files: tuple[str, str], tmp_path: Path) -> None:
     old, _ = files
     rows = np.array([[0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4]] * 2)
     other = _save(tmp_path / "seven.json", rows, experts=7)
-    _one_line_error(_run("diff", old, other),
+    error(run("diff", old, other),
                     f"error: the plans place different experts: {old} 8 per layer, {other} 7.")
 
 
-def test_bad_bytes_per_param(files: tuple[str, str]) -> None:
+def test_bad_bytes_per_param(run, error, files: tuple[str, str]) -> None:
     old, new = files
-    _one_line_error(_run("diff", old, new, "--bytes-per-param", "-1"),
+    error(run("diff", old, new, "--bytes-per-param", "-1"),
                     "error: Expected bytes_per_param > 0, got -1.0.")

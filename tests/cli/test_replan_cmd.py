@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.cluster import Cluster
 from placement.engines import export_plan
 from placement.moves import count_moves
@@ -20,14 +18,6 @@ from placement.solver import ProblemData, SolveOptions, baseline_plan
 C = Cluster(2, 2, 3)
 
 
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result: Result, line: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.splitlines() == [line]
-    assert result.stdout == ""
 
 
 def _counts(rng: np.random.Generator, windows: int, experts: int = 8) -> Trace:
@@ -49,9 +39,9 @@ def files(tmp_path: Path) -> dict[str, str]:
             for k in ("deployed", "now", "later", "nine")} | {"dir": str(tmp_path)}
 
 
-def test_zero_budget_writes_the_deployed_plan_byte_for_byte(files: dict[str, str]) -> None:
+def test_zero_budget_writes_the_deployed_plan_byte_for_byte(run, files: dict[str, str]) -> None:
     out = str(Path(files["dir"]) / "out.json")
-    r = _run("replan", files["deployed"], files["now"], "--max-moves", "0", "-o", out)
+    r = run("replan", files["deployed"], files["now"], "--max-moves", "0", "-o", out)
     assert r.exit_code == 0, r.output
     assert Path(out).read_bytes() == Path(files["deployed"]).read_bytes()
     lines = r.stdout.splitlines()
@@ -62,9 +52,9 @@ def test_zero_budget_writes_the_deployed_plan_byte_for_byte(files: dict[str, str
     assert lines[-1] == f"nothing moves: wrote the deployed plan unchanged to {out}"
 
 
-def test_budget_and_the_moves_it_buys(files: dict[str, str]) -> None:
+def test_budget_and_the_moves_it_buys(run, files: dict[str, str]) -> None:
     out = str(Path(files["dir"]) / "out.json")
-    r = _run("replan", files["deployed"], files["now"], "--max-moves", "3", "--heldout",
+    r = run("replan", files["deployed"], files["now"], "--max-moves", "3", "--heldout",
              files["later"], "-o", out)
     assert r.exit_code == 0, r.output
     new, old = Plan.load(out), Plan.load(files["deployed"])
@@ -80,13 +70,13 @@ def test_budget_and_the_moves_it_buys(files: dict[str, str]) -> None:
     assert lines[i + 1].startswith("  imbalance (even): ")
     assert lines[i + 2].startswith("  predicted MoE layer time (compute only): ")
     assert lines[-1] == f"saved plan to {out}"
-    d = json.loads(_run("diff", files["deployed"], out, "--json").stdout)
+    d = json.loads(run("diff", files["deployed"], out, "--json").stdout)
     assert d["moves"] == mc.total
 
 
-def test_json_and_per_layer_budget(files: dict[str, str]) -> None:
+def test_json_and_per_layer_budget(run, files: dict[str, str]) -> None:
     out = str(Path(files["dir"]) / "out.json")
-    r = _run("replan", files["deployed"], files["now"], "--max-moves", "2",
+    r = run("replan", files["deployed"], files["now"], "--max-moves", "2",
              "--per-layer-budget", "--json", "-o", out)
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -96,10 +86,10 @@ def test_json_and_per_layer_budget(files: dict[str, str]) -> None:
     assert d["moves"] == sum(x["moves"] for x in d["layers"])
 
 
-def test_bytes_budget(files: dict[str, str]) -> None:
+def test_bytes_budget(run, files: dict[str, str]) -> None:
     out = str(Path(files["dir"]) / "out.json")
     # 1 GB buys floor(1e9 / 352.32 MB) = 2 expert weights of Mixtral-8x7B in BF16
-    r = _run("replan", files["deployed"], files["now"], "--max-bytes", "1GB", "--model",
+    r = run("replan", files["deployed"], files["now"], "--max-bytes", "1GB", "--model",
              "mixtral-8x7b", "--json", "-o", out)
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
@@ -107,11 +97,11 @@ def test_bytes_budget(files: dict[str, str]) -> None:
     assert d["bytes"] == d["moves"] * 3 * 4096 * 14336 * 2
 
 
-def test_engine_file_as_deployed(files: dict[str, str]) -> None:
+def test_engine_file_as_deployed(run, files: dict[str, str]) -> None:
     loc = str(Path(files["dir"]) / "loc.json")
     export_plan(Plan.load(files["deployed"]), "sglang", loc)
     out = str(Path(files["dir"]) / "out.json")
-    r = _run("replan", loc, files["now"], "--nodes", "2", "--gpus-per-node", "2",
+    r = run("replan", loc, files["now"], "--nodes", "2", "--gpus-per-node", "2",
              "--slots-per-gpu", "3", "--max-moves", "4", "-o", out)
     assert r.exit_code == 0, r.output
     assert "(method imported:sglang)" in r.stdout.splitlines()[0]
@@ -129,15 +119,15 @@ def test_engine_file_as_deployed(files: dict[str, str]) -> None:
      "error: {deployed}: the plan is for cluster 2x2x3 (nodes x GPUs per node x slots per GPU), "
      "not the given 1x4x3."),
 ])
-def test_user_mistakes(files: dict[str, str], args: tuple[str, ...], line: str) -> None:
+def test_user_mistakes(run, error, files: dict[str, str], args: tuple[str, ...], line: str) -> None:
     out = str(Path(files["dir"]) / "out.json")
-    _one_line_error(_run("replan", files["deployed"], files["now"], *args, "-o", out),
+    error(run("replan", files["deployed"], files["now"], *args, "-o", out),
                     line.format(**files))
     assert not Path(out).exists()
 
 
-def test_traces_of_another_model(files: dict[str, str]) -> None:
+def test_traces_of_another_model(run, error, files: dict[str, str]) -> None:
     out = str(Path(files["dir"]) / "out.json")
-    _one_line_error(_run("replan", files["deployed"], files["nine"], "--max-moves", "1", "-o",
+    error(run("replan", files["deployed"], files["nine"], "--max-moves", "1", "-o",
                          out),
                     "error: the traces have 9 experts per layer but the deployed plan has 8.")

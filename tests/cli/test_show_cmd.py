@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.cluster import Cluster
 from placement.engines import export_plan
 from placement.plan import Plan
@@ -21,14 +19,6 @@ ROWS = np.array([
 ])
 
 
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result: Result, line: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.splitlines() == [line]
-    assert result.stdout == ""
 
 
 @pytest.fixture
@@ -39,8 +29,8 @@ def plan_file(tmp_path: Path) -> str:
     return str(tmp_path / "plan.json")
 
 
-def test_all_layers(plan_file: str) -> None:
-    r = _run("show", plan_file)
+def test_all_layers(run, plan_file: str) -> None:
+    r = run("show", plan_file)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines() == [
         f"{plan_file}: placement plan, method hand, status UNKNOWN",
@@ -56,8 +46,8 @@ def test_all_layers(plan_file: str) -> None:
     ]
 
 
-def test_one_layer(plan_file: str) -> None:
-    r = _run("show", plan_file, "--layer", "3")
+def test_one_layer(run, plan_file: str) -> None:
+    r = run("show", plan_file, "--layer", "3")
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[3:] == [
         "layer 3: replicas per expert 1 x 5, 2 x 2, 3 x 1; max 3",
@@ -72,21 +62,21 @@ def test_one_layer(plan_file: str) -> None:
     ]
 
 
-def test_json(plan_file: str) -> None:
-    r = _run("show", plan_file, "--json")
+def test_json(run, plan_file: str) -> None:
+    r = run("show", plan_file, "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert d["kind"] == "plan" and d["cluster_shape"] == "2x2x3" and d["layer_ids"] == [3, 4]
     assert [x["layer_id"] for x in d["layers"]] == [3, 4]
     assert d["layers"][0]["replicas"] == [3, 2, 2, 1, 1, 1, 1, 1]
     assert d["layers"][0]["gpus"][3] == [1, 2, 0]
-    d1 = json.loads(_run("show", plan_file, "--json", "--layer", "4").stdout)
+    d1 = json.loads(run("show", plan_file, "--json", "--layer", "4").stdout)
     assert [x["layer_id"] for x in d1["layers"]] == [4]
 
 
-def test_engine_file_without_converting(plan_file: str, tmp_path: Path) -> None:
+def test_engine_file_without_converting(run, plan_file: str, tmp_path: Path) -> None:
     export_plan(Plan.load(plan_file), "sglang", tmp_path / "loc.json")
-    r = _run("show", str(tmp_path / "loc.json"), "--nodes", "2", "--gpus-per-node", "2",
+    r = run("show", str(tmp_path / "loc.json"), "--nodes", "2", "--gpus-per-node", "2",
              "--slots-per-gpu", "3", "--layer", "4")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
@@ -104,18 +94,18 @@ def test_engine_file_without_converting(plan_file: str, tmp_path: Path) -> None:
     (("--nodes", "2"), "error: Cluster not fully given: missing --gpus-per-node, "
      "--slots-per-gpu (or use --cluster/--preset)."),
 ])
-def test_user_mistakes(plan_file: str, args: tuple[str, ...], line: str) -> None:
-    _one_line_error(_run("show", plan_file, *args), line.format(plan=plan_file))
+def test_user_mistakes(run, error, plan_file: str, args: tuple[str, ...], line: str) -> None:
+    error(run("show", plan_file, *args), line.format(plan=plan_file))
 
 
-def test_engine_file_that_needs_a_cluster(plan_file: str, tmp_path: Path) -> None:
+def test_engine_file_that_needs_a_cluster(run, plan_file: str, tmp_path: Path) -> None:
     export_plan(Plan.load(plan_file), "sglang", tmp_path / "loc.json")
-    r = _run("show", str(tmp_path / "loc.json"))
+    r = run("show", str(tmp_path / "loc.json"))
     assert r.exit_code == 1 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1
     assert "does not say how many GPUs hold its 12 slots" in r.stderr
 
 
-def test_missing_file(tmp_path: Path) -> None:
-    _one_line_error(_run("show", str(tmp_path / "no.json")),
+def test_missing_file(run, error, tmp_path: Path) -> None:
+    error(run("show", str(tmp_path / "no.json")),
                     f"error: {tmp_path / 'no.json'}: no such file.")

@@ -5,22 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.routing_traces import synthesize, write_native
 
 CLUSTER = ("--nodes", "2", "--gpus-per-node", "4", "--slots-per-gpu", "9")
 
 
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result: Result, line: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.stderr.splitlines() == [line]
-    assert result.stdout == ""
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +21,8 @@ def trace_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def test_text_and_json(trace_file: str) -> None:
-    r = _run("simulate", trace_file, "--every", "2", "--warmup", "2", "--max-moves", "4",
+def test_text_and_json(run, trace_file: str) -> None:
+    r = run("simulate", trace_file, "--every", "2", "--warmup", "2", "--max-moves", "4",
              *CLUSTER, "--jobs", "1")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
@@ -45,7 +35,7 @@ def test_text_and_json(trace_file: str) -> None:
     assert [x.split("  ")[0] for x in lines[4:7]] == [
         "EPLB every 2 window(s) (last 2)", "static optimizer plan (first 2 windows)",
         "replan every 2 window(s), <= 4 moves (last 2)"]
-    d = json.loads(_run("simulate", trace_file, "--every", "2", "--warmup", "2", "--max-moves",
+    d = json.loads(run("simulate", trace_file, "--every", "2", "--warmup", "2", "--max-moves",
                         "4", *CLUSTER, "--jobs", "1", "--json", "--policies",
                         "static,replan").stdout)
     assert [p["policy"] for p in d["policies"]] == ["static", "replan"]
@@ -60,12 +50,11 @@ def test_text_and_json(trace_file: str) -> None:
     (("--warmup", "6"), "error: the trace has 6 window(s): too few to plan from 6 and judge on "
      "the rest (it needs at least warmup + 1; use --warmup or a trace with more windows)."),
 ])
-def test_user_mistakes(trace_file: str, args: tuple[str, ...], line: str) -> None:
-    _one_line_error(_run("simulate", trace_file, *CLUSTER, *args), line)
+def test_user_mistakes(run, error, trace_file: str, args: tuple[str, ...], line: str) -> None:
+    error(run("simulate", trace_file, *CLUSTER, *args), line)
 
 
-def test_cluster_is_needed(trace_file: str) -> None:
-    r = _run("simulate", trace_file)
-    assert r.exit_code == 1 and r.stdout == ""
-    assert len(r.stderr.splitlines()) == 1
-    assert r.stderr.startswith("error: Cluster not fully given: missing ")
+def test_cluster_is_needed(run, error, trace_file: str) -> None:
+    error(run("simulate", trace_file),
+          "error: Cluster not fully given: missing --nodes, --gpus-per-node, --slots-per-gpu "
+          "(or use --cluster/--preset).")
