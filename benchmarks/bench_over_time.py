@@ -268,8 +268,9 @@ def markdown(sp: dict[str, float], rot: list[dict[str, Any]],
           f"| `show PLAN --layer 30` | {sp['show_layer_library_s']:.3f} s | |",
           f"| `diff OLD NEW` | {sp['diff_library_s']:.3f} s | {sp['diff_command_s']:.2f} s |",
           "",
-          f"The command's time includes starting Python and importing the package "
-          f"({sp['import_placement_s']:.2f} s for `import placement.cli` alone, mostly torch).",
+          f"The command's time includes starting Python and importing what the command needs "
+          f"(`import placement.cli` alone: {sp['import_placement_s']:.2f} s; the package "
+          "imports torch only when a replay runs).",
           ""]
     L += ["### Re-planning within a move budget (DeepSeek-V3 workloads, deepseek-prefill)",
           "",
