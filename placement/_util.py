@@ -1,11 +1,13 @@
 """Small helpers every part of ``placement`` shares: integer-array checks, id ranges both ways
-(``"3-60,62"`` <-> ``(3, ..., 60, 62)``) and the progress callback type.
+(``"3-60,62"`` <-> ``(3, ..., 60, 62)``), numbers with k/M suffixes and the progress callback
+type.
 
 A leaf module: numpy and :mod:`placement.errors` only.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import numpy as np
 
 from placement.errors import InputError
 
-__all__ = ["Progress", "format_ids", "int_array", "parse_ids", "parse_range"]
+__all__ = ["Progress", "format_ids", "format_si", "int_array", "parse_ids", "parse_range"]
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: what long-running library functions call as work finishes (the CLI
@@ -131,3 +133,14 @@ def format_ids(ids: Iterable[int], max_chars: int | None = None) -> str:
             break
         shown.append(p)
     return ", ".join(shown) + ", ..."
+
+
+def format_si(x: float | None) -> str:
+    """``x`` with a k or M suffix and one decimal (``73.7k``), whole below 1,000; ``n/a`` for
+    None, NaN and infinities."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"

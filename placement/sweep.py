@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_bytes, atomic_write_text
+from placement._util import format_si
 from placement.cluster import Cluster
 from placement.cost.step import (
     Efficiency,
@@ -482,13 +483,6 @@ def sweep(
 # -------------------------------------------------------------------------------------------
 # text and figures
 # -------------------------------------------------------------------------------------------
-def _si(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
 
 
 def _f(x: float | None, fmt: str) -> str:
@@ -530,9 +524,9 @@ def _cells(result: SweepResult, p: SweepPoint) -> list[str]:
     mark = " (best)" if p is best else ""
     return [
         p.shape, str(p.redundant), str(p.slots_per_gpu), p.method,
-        f"{_f(p.imbalance, '.4f')} ({p.imbalance_rule})", sends, _si(p.kv_tokens),
+        f"{_f(p.imbalance, '.4f')} ({p.imbalance_rule})", sends, format_si(p.kv_tokens),
         str(p.batch) if p.batch is not None else p.status,
-        _si(p.tokens_per_s), _si(p.tokens_per_s_per_gpu),
+        format_si(p.tokens_per_s), format_si(p.tokens_per_s_per_gpu),
         _f(p.usd_per_million_tokens, ".4f") + mark,
     ]
 
@@ -543,7 +537,7 @@ def _verdict(result: SweepResult) -> list[str]:
         return ["no point of the sweep can serve (see the reasons in the table)."]
     out = [
         f"best: {b.shape} {b.method} with {b.redundant} redundant experts ({b.slots_per_gpu} "
-        f"slots/GPU): {_si(b.tokens_per_s_per_gpu)} tokens/s per GPU, "
+        f"slots/GPU): {format_si(b.tokens_per_s_per_gpu)} tokens/s per GPU, "
         f"${_f(b.usd_per_million_tokens, '.4f')} per 1M tokens (batch {b.batch} per GPU, "
         f"set by {b.step.batch_limit if b.step else 'n/a'})"
     ]
@@ -558,7 +552,7 @@ def _verdict(result: SweepResult) -> list[str]:
         if other is not None and other.tokens_per_s_per_gpu and b.tokens_per_s_per_gpu:
             out.append(
                 f"best with {m}: {other.shape}, {other.redundant} redundant: "
-                f"{_si(other.tokens_per_s_per_gpu)} tokens/s per GPU "
+                f"{format_si(other.tokens_per_s_per_gpu)} tokens/s per GPU "
                 f"({b.tokens_per_s_per_gpu / other.tokens_per_s_per_gpu:.3f}x for {b.method})"
             )
     return out

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from placement._util import format_si
 from placement.cluster import Cluster
 from placement.cost.step import Efficiency, MoeLoad, StepEstimate, Workload, estimate_step
 from placement.errors import InputError
@@ -217,13 +218,6 @@ def estimate_cost(
     )
 
 
-def _si(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
 
 
 def format_cost(est: CostEstimate) -> str:
@@ -237,8 +231,8 @@ def format_cost(est: CostEstimate) -> str:
         f"overlap {est.options.overlap}, GEMM efficiency {est.options.efficiency:g} of "
         f"{est.cluster.gpu_tflops:g} TFLOP/s, NVLink {est.cluster.nvlink_gbps:g} GB/s, network "
         f"{est.cluster.network_gbps:g} GB/s per GPU",
-        f"estimated tokens/s (MoE part only, upper bound): {_si(est.tokens_per_s)} for the "
-        f"cluster, {_si(est.tokens_per_s_per_node)} per node",
+        f"estimated tokens/s (MoE part only, upper bound): {format_si(est.tokens_per_s)} for the "
+        f"cluster, {format_si(est.tokens_per_s_per_node)} per node",
         f"estimated $ per million tokens: {est.usd_per_million_tokens:.4f} at "
         f"${est.usd_per_gpu_hour:g} per GPU-hour",
     ]

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from placement._util import format_si
 from placement.cluster import PRESETS, Cluster
 from placement.cost.moe import CostEstimate, CostOptions, uniform_traffic
 from placement.cost.step import (
@@ -234,13 +235,6 @@ def fleet_nodes(points: tuple[ReferencePoint, ...]) -> dict[str, float]:
     return out
 
 
-def _si(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
 
 
 def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
@@ -260,9 +254,9 @@ def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
         lines.append(
             f"| {p.phase} | {c.name} ({c.num_nodes} x {c.gpus_per_node} "
             f"{(c.gpu or 'h800').upper()}, {c.slots_per_gpu} slots/GPU) | "
-            f"{_si(p.published_per_node)} {which} | {_si(p.estimate.tokens_per_s_per_node)} | "
+            f"{format_si(p.published_per_node)} {which} | {format_si(p.estimate.tokens_per_s_per_node)} | "
             f"{p.ratio:.2f} | {s.batch} {unit} ({s.batch_limit}) | {s.step_s * 1e3:.1f} ms | "
-            f"{s.dominant} | {_si(p.moe_only.tokens_per_s_per_node)} ({p.moe_only_ratio:.2f}) |"
+            f"{s.dominant} | {format_si(p.moe_only.tokens_per_s_per_node)} ({p.moe_only_ratio:.2f}) |"
         )
     if points:
         lines.append("")
@@ -277,7 +271,7 @@ def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
             lines.append(
                 f"  memory per GPU: {mem['non-routed weights']:.1f} GB non-routed weights + "
                 f"{mem['routed experts']:.1f} GB routed experts + {mem['runtime reserve']:.1f} GB "
-                f"runtime, {mem['KV cache']:.1f} GB KV cache ({_si(mem['kv_tokens'])} tokens); "
+                f"runtime, {mem['KV cache']:.1f} GB KV cache ({format_si(mem['kv_tokens'])} tokens); "
                 "pieces (ms per step, unoverlapped): "
                 + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in s.parts.items()) + "."
             )

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_si
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.hardware import GPU, gpu_preset
@@ -655,13 +656,6 @@ def _resolve_gpu(gpu: GPU | str | None, cluster: Cluster) -> GPU:
 # -------------------------------------------------------------------------------------------
 # text
 # -------------------------------------------------------------------------------------------
-def _si(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
 
 
 def _ms(s: float) -> str:
@@ -679,7 +673,7 @@ def format_step(est: StepEstimate) -> str:
         f"workload: {w.summary()}",
         f"memory per GPU: {mem['gpu']:g} GB = {mem['non-routed weights']:.1f} non-routed weights "
         f"+ {mem['routed experts']:.1f} routed experts + {mem['runtime reserve']:.1f} runtime "
-        f"reserve + {mem['KV cache']:.1f} KV cache ({_si(mem['kv_tokens'])} tokens at "
+        f"reserve + {mem['KV cache']:.1f} KV cache ({format_si(mem['kv_tokens'])} tokens at "
         f"{m.kv_bytes_per_token / 1e3:.1f} kB)",
         f"MoE: imbalance {est.moe.mean_imbalance:.3f}, cross-node sends per token "
         f"{est.moe.mean_sends_per_token:.2f} ({est.moe.source})",
@@ -696,8 +690,8 @@ def format_step(est: StepEstimate) -> str:
     lines.append("pieces (ms per step, unoverlapped): " + ", ".join(
         f"{k} {v * 1e3:.1f}" for k, v in est.parts.items()))
     which = "input (cache hits included)" if w.phase == "prefill" else "output"
-    lines.append(f"predicted {which} tokens/s: {_si(est.tokens_per_s)} for the cluster, "
-                 f"{_si(est.tokens_per_s_per_node)} per node")
+    lines.append(f"predicted {which} tokens/s: {format_si(est.tokens_per_s)} for the cluster, "
+                 f"{format_si(est.tokens_per_s_per_node)} per node")
     lines.append(f"$ per million {which.split()[0]} tokens: {est.usd_per_million_tokens:.4f} at "
                  f"${est.usd_per_gpu_hour:g} per GPU-hour")
     lines.append("assumed: " + "; ".join(est.efficiency.lines()))
