@@ -12,11 +12,15 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from placement.errors import ClusterError
+from placement.errors import ClusterError, InputError
+from placement.hardware import GPU, GPU_PRESETS, gpu_preset
+
+if TYPE_CHECKING:
+    from placement.models import ModelShape
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,6 +39,11 @@ class MemoryModel:
     ``slots_per_gpu = floor((gpu_memory_gb - reserved_gb) * 1e9 / bytes_per_expert / num_moe_layers)``
     where ``bytes_per_expert = 3 * hidden_size * moe_intermediate_size * bytes_per_param`` (gate,
     up and down projections) and every MoE layer holds the same number of slots per GPU.
+
+    ``reserved_gb`` is everything else on the GPU. :meth:`for_model` builds it from a GPU and a
+    model as ``non_expert_gb + kv_reserve_gb + runtime_gb`` (the weights that are not routed
+    experts, the KV cache kept free, and the runtime's activations and buffers) and keeps that
+    breakdown for :meth:`explain`; when given, the three must add up to ``reserved_gb``.
     """
 
     gpu_memory_gb: float
@@ -43,6 +52,11 @@ class MemoryModel:
     moe_intermediate_size: int
     bytes_per_param: float
     num_moe_layers: int
+    non_expert_gb: float | None = None
+    kv_reserve_gb: float | None = None
+    runtime_gb: float | None = None
+    gpu: str = ""
+    model: str = ""
 
     def __post_init__(self) -> None:
         for name in ("gpu_memory_gb", "hidden_size", "moe_intermediate_size", "bytes_per_param",
@@ -52,16 +66,84 @@ class MemoryModel:
                 raise ClusterError(f"Expected memory.{name} > 0, got {value!r}.")
         if not (math.isfinite(self.reserved_gb) and 0 <= self.reserved_gb):
             raise ClusterError(f"Expected memory.reserved_gb >= 0, got {self.reserved_gb!r}.")
+        parts = [getattr(self, n) for n in _BREAKDOWN]
+        given = [v for v in parts if v is not None]
+        if given:
+            if len(given) != len(parts):
+                raise ClusterError(
+                    f"Expected all of memory.{', memory.'.join(_BREAKDOWN)} or none of them."
+                )
+            for name, v in zip(_BREAKDOWN, parts, strict=True):
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                    raise ClusterError(f"Expected memory.{name} >= 0, got {v!r}.")
+            if abs(sum(given) - self.reserved_gb) > 1e-6 * max(1.0, self.reserved_gb):
+                raise ClusterError(
+                    f"memory.reserved_gb ({self.reserved_gb:g}) is not non_expert_gb + "
+                    f"kv_reserve_gb + runtime_gb ({sum(given):g})."
+                )
         if self.reserved_gb >= self.gpu_memory_gb:
             raise ClusterError(
                 f"memory.reserved_gb ({self.reserved_gb:g} GB) leaves nothing of "
                 f"memory.gpu_memory_gb ({self.gpu_memory_gb:g} GB) for routed experts."
             )
 
+    @classmethod
+    def for_model(
+        cls,
+        gpu: GPU | str,
+        model: ModelShape,
+        *,
+        kv_reserve_gb: float,
+        runtime_reserve_gb: float | None = None,
+    ) -> MemoryModel:
+        """The budget of one ``gpu`` serving ``model`` with attention, dense layers and shared
+        experts data-parallel (one copy of every non-routed weight per GPU).
+
+        ``reserved = non-routed weights + kv_reserve_gb + runtime_reserve_gb`` (default runtime
+        reserve: 10 % of the GPU's memory). Raises :class:`ClusterError` when that leaves no room
+        for one slot (one expert in every MoE layer).
+        """
+        try:
+            g = gpu if isinstance(gpu, GPU) else gpu_preset(gpu)
+        except InputError as exc:
+            raise ClusterError(str(exc)) from None
+        for name, v in (("kv_reserve_gb", kv_reserve_gb), ("runtime_reserve_gb",
+                                                           runtime_reserve_gb)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ClusterError(f"Expected {name} >= 0, got {v!r}.")
+        runtime = round(0.1 * g.memory_gb, 6) if runtime_reserve_gb is None \
+            else float(runtime_reserve_gb)
+        weights = model.non_routed_weight_bytes / GB
+        reserved = weights + float(kv_reserve_gb) + runtime
+        per_slot = model.expert_bytes * model.num_moe_layers / GB
+        free = g.memory_gb - reserved
+        if free < per_slot:
+            left = f"leave {free:.2f} GB" if free >= 0 else \
+                f"exceed it by {-free:.2f} GB"
+            raise ClusterError(
+                f"no room for one expert slot on {g.name} ({g.memory_gb:g} GB): "
+                f"{weights:.1f} GB non-routed weights of {model.name} + {float(kv_reserve_gb):g} "
+                f"GB KV cache + {runtime:.1f} GB runtime reserve {left}; one slot needs "
+                f"{per_slot:.2f} GB ({model.num_moe_layers} MoE layers x "
+                f"{model.expert_bytes / 1e6:.1f} MB)."
+            )
+        return cls(
+            gpu_memory_gb=float(g.memory_gb), reserved_gb=reserved,
+            hidden_size=model.hidden_size, moe_intermediate_size=model.moe_intermediate_size,
+            bytes_per_param=float(model.weight_bytes_per_param),
+            num_moe_layers=model.num_moe_layers, non_expert_gb=weights,
+            kv_reserve_gb=float(kv_reserve_gb), runtime_gb=runtime, gpu=g.name, model=model.name,
+        )
+
     @property
     def bytes_per_expert(self) -> float:
         """Weights of one routed expert: ``3 * hidden * moe_intermediate * bytes_per_param``."""
         return 3.0 * self.hidden_size * self.moe_intermediate_size * self.bytes_per_param
+
+    @property
+    def slot_gb(self) -> float:
+        """GB one slot takes on a GPU: one expert in every MoE layer."""
+        return self.bytes_per_expert * self.num_moe_layers / GB
 
     @property
     def expert_budget_bytes(self) -> float:
@@ -72,6 +154,31 @@ class MemoryModel:
         """Largest number of slots per GPU that fits in memory, for every MoE layer."""
         per_slot = self.bytes_per_expert * self.num_moe_layers
         return int(self.expert_budget_bytes // per_slot)
+
+    def explain(self) -> str:
+        """One line of arithmetic: how many slots fit, and why."""
+        who = f"{self.gpu} " if self.gpu else "GPU "
+        if self.non_expert_gb is not None:
+            assert self.kv_reserve_gb is not None and self.runtime_gb is not None
+            minus = (f"{self.non_expert_gb:.1f} GB non-routed weights"
+                     + (f" of {self.model}" if self.model else "")
+                     + f" - {self.kv_reserve_gb:g} GB KV cache - {self.runtime_gb:.1f} GB runtime")
+        else:
+            minus = f"{self.reserved_gb:g} GB reserved"
+        free = self.gpu_memory_gb - self.reserved_gb
+        return (
+            f"slots per GPU: ({who}{self.gpu_memory_gb:g} GB - {minus}) = {free:.1f} GB for "
+            f"routed experts / {self.slot_gb:.3f} GB per slot ({self.num_moe_layers} MoE layers "
+            f"x {self.bytes_per_expert / 1e6:.1f} MB) = {self.max_slots_per_gpu()}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set (the breakdown and labels only when known)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None and not (k in ("gpu", "model") and v == "")}
+
+
+_BREAKDOWN = ("non_expert_gb", "kv_reserve_gb", "runtime_gb")
 
 
 @dataclass(frozen=True)
@@ -88,6 +195,8 @@ class Cluster:
         gpu_tflops: dense throughput of one GPU for the expert GEMMs, TFLOP/s (cost model).
         usd_per_gpu_hour: price of one GPU for one hour (cost model).
         name: a label for reports.
+        gpu: the GPU, a :data:`placement.hardware.GPU_PRESETS` name, or "" (unknown); the cost
+            model's full step takes memory, bandwidth and TFLOP/s from it.
     """
 
     num_nodes: int
@@ -99,8 +208,14 @@ class Cluster:
     gpu_tflops: float = 400.0
     usd_per_gpu_hour: float = 2.0
     name: str = ""
+    gpu: str = ""
 
     def __post_init__(self) -> None:
+        if self.gpu:
+            try:
+                object.__setattr__(self, "gpu", gpu_preset(self.gpu).name)
+            except InputError as exc:
+                raise ClusterError(str(exc)) from None
         for name in ("num_nodes", "gpus_per_node", "slots_per_gpu"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -186,8 +301,10 @@ class Cluster:
         }
         if self.name:
             out["name"] = self.name
+        if self.gpu:
+            out["gpu"] = self.gpu
         if self.memory is not None:
-            out["memory"] = dataclasses.asdict(self.memory)
+            out["memory"] = self.memory.to_dict()
         return out
 
     @classmethod
@@ -209,7 +326,9 @@ class Cluster:
             if not isinstance(memory, dict):
                 raise ClusterError("Expected memory to be a table.")
             mknown = {f.name for f in dataclasses.fields(MemoryModel)}
-            missing = sorted(mknown - set(memory))
+            required = {f.name for f in dataclasses.fields(MemoryModel)
+                        if f.default is dataclasses.MISSING}
+            missing = sorted(required - set(memory))
             extra = sorted(set(memory) - mknown)
             if missing:
                 raise ClusterError(f"memory table lacks: {', '.join(missing)}.")
@@ -254,6 +373,23 @@ class Cluster:
                 f"Unknown cluster preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}."
             ) from None
 
+    @classmethod
+    def for_gpu(cls, gpu: GPU | str, num_nodes: int, gpus_per_node: int, slots_per_gpu: int,
+                *, name: str = "", memory: MemoryModel | None = None) -> Cluster:
+        """A cluster of ``gpu``: links at the shares DeepEP reaches on H800 (0.8 of NVLink and
+        of the NIC: 160 and 40 GB/s there), the routed-expert GEMM figure of the MoE-part bound
+        scaled from the H800 default (400 TFLOP/s) by FP8 peak, and the GPU's price. A GPU that
+        is not a preset leaves ``gpu`` empty (pass it to the cost model yourself)."""
+        try:
+            g = gpu if isinstance(gpu, GPU) else gpu_preset(gpu)
+        except InputError as exc:
+            raise ClusterError(str(exc)) from None
+        return cls(num_nodes, gpus_per_node, slots_per_gpu, memory=memory,
+                   nvlink_gbps=0.8 * g.nvlink_gbps, network_gbps=0.8 * g.network_gbps,
+                   gpu_tflops=400.0 * g.fp8_tflops / 1979.0,
+                   usd_per_gpu_hour=g.usd_per_gpu_hour, name=name,
+                   gpu=g.name if GPU_PRESETS.get(g.name) == g else "")
+
     def summary(self) -> str:
         """One line for people."""
         label = f"{self.name}: " if self.name else ""
@@ -270,15 +406,23 @@ _H200 = dict(nvlink_gbps=300.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu
 _GB200 = dict(nvlink_gbps=900.0, network_gbps=50.0, gpu_tflops=1000.0, usd_per_gpu_hour=4.0)
 
 PRESETS: dict[str, Cluster] = {
-    "deepseek-prefill": Cluster(4, 8, 9, name="deepseek-prefill", **_H800),  # type: ignore[arg-type]
-    "deepseek-decode": Cluster(18, 8, 2, name="deepseek-decode", **_H800),  # type: ignore[arg-type]
-    "gb200-nvl72": Cluster(1, 72, 4, name="gb200-nvl72", **_GB200),  # type: ignore[arg-type]
-    "h100-2x8": Cluster(2, 8, 18, name="h100-2x8", **_H100),  # type: ignore[arg-type]
-    "h200-2x8": Cluster(2, 8, 18, name="h200-2x8", **_H200),  # type: ignore[arg-type]
+    "deepseek-prefill": Cluster(4, 8, 9, name="deepseek-prefill", gpu="h800",
+                                **_H800),  # type: ignore[arg-type]
+    "deepseek-decode": Cluster(18, 8, 2, name="deepseek-decode", gpu="h800",
+                               **_H800),  # type: ignore[arg-type]
+    "gb200-nvl72": Cluster(1, 72, 4, name="gb200-nvl72", gpu="gb200",
+                           **_GB200),  # type: ignore[arg-type]
+    "h100-2x8": Cluster(2, 8, 18, name="h100-2x8", gpu="h100", **_H100),  # type: ignore[arg-type]
+    "h200-2x8": Cluster(2, 8, 18, name="h200-2x8", gpu="h200", **_H200),  # type: ignore[arg-type]
 }
 """Deployments users run. DeepSeek's prefill (EP32, 9 slots) and decode (EP144, 2 slots) as
 published; a GB200 NVL72 domain with 4 slots per GPU (288 slots); 2 nodes of 8 H100/H200 with 18
 slots per GPU (288 slots)."""
+
+
+_FLAGS = {"num_nodes": "--nodes", "gpus_per_node": "--gpus-per-node",
+          "slots_per_gpu": "--slots-per-gpu"}
+"""The command-line flag of every cluster field (``--nodes`` sets ``num_nodes``)."""
 
 
 def load_cluster(
@@ -306,7 +450,7 @@ def load_cluster(
     if base is None:
         missing = [k for k in ("num_nodes", "gpus_per_node", "slots_per_gpu") if k not in overrides]
         if missing:
-            flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+            flags = ", ".join(_FLAGS[m] for m in missing)
             raise ClusterError(f"Cluster not fully given: missing {flags} (or use --cluster/--preset).")
         return Cluster(**overrides)
     return dataclasses.replace(base, **overrides) if overrides else base

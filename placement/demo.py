@@ -21,9 +21,24 @@ from placement.solver import SolveOptions, SolveResult, baseline_plan, solve
 from placement.solver.problem import ProblemData
 from placement.validation import ValidationResult, replay
 
-__all__ = ["DemoResult", "format_demo", "run_demo"]
+__all__ = ["DemoResult", "default_out_dir", "format_demo", "run_demo"]
 
 Step = Callable[[str], None]
+
+
+def default_out_dir() -> Path:
+    """Where ``placement demo`` writes when not told: ``placement-demo-USER`` in the system's
+    temporary directory (``$TMPDIR``, else ``/tmp``), so that a demo run from inside a clone
+    never leaves files in its working tree."""
+    import getpass
+    import os
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name (some containers): the uid
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"placement-demo-{user}"
 
 
 @dataclass(frozen=True)
@@ -116,15 +131,16 @@ def format_demo(result: DemoResult) -> str:
     """The held-out figures of the plan next to EPLB's, and where the files are."""
     v, e = result.validation, result.eplb_validation
     rows: list[tuple[str, float | None, float | None]] = [
-        ("imbalance (max/mean tokens per GPU)", v.mean_imbalance, e.mean_imbalance)
+        (v.imbalance_label, v.mean_imbalance, e.mean_imbalance)
     ]
     if v.has_traffic:
         rows.append(("cross-node sends per token", v.mean_cross_node_sends_per_token,
                      e.mean_cross_node_sends_per_token))
         rows.append(("cross-node copies per token", v.mean_cross_node_copies_per_token,
                      e.mean_cross_node_copies_per_token))
-    rule = ("the engines' static dispatch" if v.trace_kind == "tokens"
-            else "expert tokens split evenly over replicas (counts)")
+    rule = ("the engines' static dispatch" if v.dispatch == "static"
+            else "expert tokens split evenly over replicas (counts)" if v.dispatch == "even"
+            else f"dispatch {v.dispatch}")
     lines = [
         f"held-out ({', '.join(result.heldout_windows)}), {rule}:",
         f"  {'metric':<38}{'plan':>10}{'EPLB':>10}{'change':>10}",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_text
+from placement._util import int_array
 from placement.cluster import Cluster
 from placement.errors import ClusterError, InputError, PlanError
 
@@ -118,12 +119,7 @@ def static_dispatch(phy2log: np.ndarray, cluster: Cluster, num_experts: int) -> 
 
 
 def _as_int_array(name: str, value: Any, ndim: int) -> np.ndarray:
-    a = np.asarray(value)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise PlanError(f"Expected {name} to be an integer array, got dtype {a.dtype}.")
-    if a.ndim != ndim:
-        raise PlanError(f"Expected {name} with {ndim} dimensions, got shape {a.shape}.")
-    return a.astype(np.int64)
+    return int_array(value, name, ndim, error=PlanError).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -376,19 +372,38 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        """Read a plan JSON file."""
+        """Read a plan JSON file. A file of another kind (a trace, an engine file; told by
+        content, see :mod:`placement.filekinds`) is refused with one line that says what it is
+        and what to do with it."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise PlanError("no such file.", path) from None
+            raise _not_a_plan(path, "no such file.") from None
+        except IsADirectoryError:
+            raise _not_a_plan(path, "is a directory, not a plan file.") from None
         except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(f"cannot read ({exc}).", path) from None
+            raise _not_a_plan(path, f"cannot read ({exc}).") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise PlanError(f"not valid JSON ({exc.msg} at line {exc.lineno}).", path) from None
+            raise _not_a_plan(path, f"not valid JSON ({exc.msg} at line {exc.lineno}).") from None
         try:
             return cls.from_dict(data)
         except PlanError as exc:
+            if not (isinstance(data, dict) and data.get("format") == PLAN_FORMAT):
+                raise _not_a_plan(path, exc.reason) from None
             raise PlanError(exc.reason, path) from None
+
+
+def _not_a_plan(path: Path, reason: str) -> PlanError:
+    """The error for a file that is no plan: what it is instead when its content says (a trace
+    file, with or without a ``#windows`` spec; an engine file), else ``reason``."""
+    from placement.filekinds import identify, mismatch, split_spec
+
+    base, _spec = split_spec(str(path))
+    if Path(base).exists():
+        kind = identify(base)
+        if kind is not None and kind.role != "plan":
+            return PlanError(mismatch(kind, "plan", path), path)
+    return PlanError(reason, path)

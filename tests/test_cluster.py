@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,68 @@ def test_load_cluster_sources() -> None:
     with pytest.raises(ClusterError, match="not both"):
         load_cluster(preset="deepseek-prefill", path="x.toml")
 
+
+
+def test_memory_budget_of_a_gpu_and_a_model_by_hand() -> None:
+    from placement.models import model_preset
+
+    ds = model_preset("deepseek-v3")
+    # per GPU (attention, dense layers, shared experts data-parallel), FP8 matrices:
+    # 61 x 187,105,280 attention + 3 x 3 x 7168 x 18432 dense FFN + 58 x (3 x 7168 x 2048 shared
+    # + 7168 x 256 router) = 15,263,268,864 B, plus BF16 embedding and LM head 2 x 129280 x 7168 x 2
+    weights = 61 * 187_105_280 + 3 * 3 * 7168 * 18432 + 58 * (3 * 7168 * 2048 + 7168 * 256)
+    assert weights == 15_263_268_864
+    assert ds.non_routed_weight_bytes == weights + 2 * 129280 * 7168 * 2 == 18_969_985_024
+    mem = MemoryModel.for_model("h200", ds, kv_reserve_gb=40)
+    # runtime reserve: 10 % of 141 GB; one slot: 58 layers x 44,040,192 B = 2.554 GB
+    assert mem.runtime_gb == pytest.approx(14.1)
+    assert mem.reserved_gb == pytest.approx(18.969985024 + 40 + 14.1)
+    assert mem.max_slots_per_gpu() == int((141 - 73.069985024) // (58 * 44_040_192 / 1e9)) == 26
+    assert mem.explain() == (
+        "slots per GPU: (h200 141 GB - 19.0 GB non-routed weights of deepseek-v3 - 40 GB KV "
+        "cache - 14.1 GB runtime) = 67.9 GB for routed experts / 2.554 GB per slot (58 MoE "
+        "layers x 44.0 MB) = 26"
+    )
+    # DeepSeek's prefill: 9 routed experts per H800 with 30 GB of KV cache and 8 GB runtime
+    h800 = MemoryModel.for_model("h800", ds, kv_reserve_gb=30, runtime_reserve_gb=8)
+    assert h800.max_slots_per_gpu() == 9
+    Cluster(4, 8, 9, memory=h800)
+    with pytest.raises(ClusterError, match=re.escape(
+            "no room for one expert slot on h800 (80 GB): 19.0 GB non-routed weights of "
+            "deepseek-v3 + 60 GB KV cache")):
+        MemoryModel.for_model("h800", ds, kv_reserve_gb=60)
+    with pytest.raises(ClusterError, match="Unknown GPU 'a100'"):
+        MemoryModel.for_model("a100", ds, kv_reserve_gb=10)
+    with pytest.raises(ClusterError, match="Expected kv_reserve_gb >= 0"):
+        MemoryModel.for_model("h200", ds, kv_reserve_gb=-1)
+
+
+def test_memory_breakdown_is_checked_and_round_trips() -> None:
+    with pytest.raises(ClusterError, match="is not non_expert_gb \\+ kv_reserve_gb \\+ runtime_gb"):
+        MemoryModel(80.0, 50.0, 7168, 2048, 1.0, 58, non_expert_gb=19.0, kv_reserve_gb=20.0,
+                    runtime_gb=8.0)
+    with pytest.raises(ClusterError, match=re.escape("Expected all of memory.non_expert_gb")):
+        MemoryModel(80.0, 50.0, 7168, 2048, 1.0, 58, non_expert_gb=19.0)
+    plain = MemoryModel(80.0, 50.0, 7168, 2048, 1.0, 58)
+    assert plain.to_dict() == {"gpu_memory_gb": 80.0, "reserved_gb": 50.0, "hidden_size": 7168,
+                               "moe_intermediate_size": 2048, "bytes_per_param": 1.0,
+                               "num_moe_layers": 58}
+    assert plain.explain().startswith("slots per GPU: (GPU 80 GB - 50 GB reserved) = 30.0 GB")
+    mem = MemoryModel(80.0, 50.0, 7168, 2048, 1.0, 58, non_expert_gb=19.0, kv_reserve_gb=23.0,
+                      runtime_gb=8.0, gpu="h800", model="deepseek-v3")
+    c = Cluster(4, 8, 9, memory=mem, gpu="h800")
+    assert Cluster.from_dict(c.to_dict()) == c
+    assert c.to_dict()["gpu"] == "h800" and c.to_dict()["memory"]["kv_reserve_gb"] == 23.0
+
+
+def test_clusters_know_their_gpu() -> None:
+    assert PRESETS["deepseek-prefill"].gpu == "h800" and PRESETS["gb200-nvl72"].gpu == "gb200"
+    c = Cluster.for_gpu("h200", 2, 8, 18)
+    assert (c.gpu, c.nvlink_gbps, c.network_gbps, c.usd_per_gpu_hour) == ("h200", 360.0, 40.0, 3.0)
+    assert c.gpu_tflops == pytest.approx(400.0)
+    assert Cluster.for_gpu("h800", 4, 8, 9).nvlink_gbps == 160.0  # as DeepEP measures
+    assert Cluster(1, 8, 2, gpu="H100").gpu == "h100"
+    with pytest.raises(ClusterError, match="Unknown GPU 'tpu'; choose one of: h800"):
+        Cluster(1, 8, 2, gpu="tpu")
+    with pytest.raises(ClusterError, match="Unknown GPU 'tpu'"):
+        Cluster.for_gpu("tpu", 1, 8, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from placement import Cluster, InputError
@@ -12,6 +13,7 @@ from placement.cli import main
 from placement.demo import format_demo, run_demo
 
 
+@pytest.mark.slow
 def test_demo_on_bundled_mixtral(tmp_path: Path) -> None:
     res = run_demo(tmp_path, source="bundled:mixtral", cluster=Cluster(2, 2, 3))
     for name in ("plan.json", "init_expert_location.json", "report/report.md",
@@ -35,7 +37,18 @@ def test_demo_cli_default_trace_is_counts(tmp_path: Path) -> None:
 
 
 def test_demo_needs_two_windows(tmp_path: Path) -> None:
-    import pytest
-
     with pytest.raises(InputError, match="at least 2 windows"):
         run_demo(tmp_path, source="bundled:mixtral#0", cluster=Cluster(2, 2, 3))
+
+
+def test_default_out_dir_is_outside_any_checkout(monkeypatch, tmp_path: Path) -> None:
+    from placement.demo import default_out_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    d = default_out_dir()
+    assert d.parent == tmp_path and d.name.startswith("placement-demo-")
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in d.resolve().parents

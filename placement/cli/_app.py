@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import functools
+import difflib
+import importlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from placement.cluster import Cluster, load_cluster
 from placement.errors import PlacementError
 
+if TYPE_CHECKING:
+    from placement.cluster import Cluster
+
 __all__ = [
+    "LazyChoice",
     "cluster_from_options",
     "cluster_options",
     "echo_err",
+    "format_usage_error",
     "main",
-    "pass_cluster",
     "progress_bar",
 ]
 
@@ -30,8 +34,80 @@ def echo_err(message: str) -> None:
     click.echo(message, err=True)
 
 
+class LazyChoice(click.Choice):
+    """A :class:`click.Choice` whose choices come from a function, asked each time (a registry
+    may grow after the command is built, and the module that holds it is imported only when the
+    choices are needed)."""
+
+    def __init__(self, choices: Callable[[], Iterable[str]], case_sensitive: bool = True) -> None:
+        self._get = choices
+        self.case_sensitive = case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._get())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click never sets it after __init__
+        raise AttributeError("LazyChoice takes its choices from a function")
+
+
 class _Group(click.Group):
-    """A group that turns library errors into one line and exit status 1."""
+    """A group that turns library errors into one line and exit status 1, and imports each
+    command's module only when that command runs (``placement --help`` imports none of them)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, tuple[str, str]] = {}
+
+    def add_lazy(self, name: str, module: str, short_help: str) -> None:
+        """Register command ``name``, defined (and added to this group) by ``module``;
+        ``short_help`` is what ``placement --help`` lists before the module is imported."""
+        self.lazy[name] = (module, short_help)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            importlib.import_module(self.lazy[cmd_name][0])
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        for name in self.list_commands(ctx):
+            cmd = self.commands.get(name)
+            if cmd is not None:
+                if cmd.hidden:
+                    continue
+                rows.append((name, cmd.get_short_help_str(limit)))
+            else:
+                rows.append((name, self.lazy[name][1]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Click's main, with usage errors (a misspelt option, a missing argument) as one line
+        and exit status 2."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            echo_err(format_usage_error(exc))
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            echo_err("Aborted!")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -48,7 +124,17 @@ class _Group(click.Group):
             sys.exit(130)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def format_usage_error(exc: click.UsageError) -> str:
+    """``error: <what is wrong> (see 'placement solve --help')``; a misspelt option names the
+    closest one (``--num-nodes``: did you mean ``--nodes``?)."""
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    if isinstance(exc, click.NoSuchOption) and exc.possibilities:
+        best = difflib.get_close_matches(exc.option_name, exc.possibilities, n=1, cutoff=0.0)
+        return f"error: no such option {exc.option_name}: did you mean {best[0]}?{where}"
+    return f"error: {exc.format_message().rstrip('.')}{where}."
+
+
+@click.group("placement", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="placement", prog_name="placement")
 def main() -> None:
     """Plan where MoE experts live: traces in, engine placement files out.
@@ -81,6 +167,8 @@ def cluster_options(func: F) -> F:
 
 def cluster_from_options(kwargs: dict[str, Any]) -> Cluster:
     """Pop the cluster options from a command's kwargs and build the :class:`Cluster`."""
+    from placement.cluster import load_cluster
+
     return load_cluster(
         preset=kwargs.pop("cluster_preset", None),
         path=kwargs.pop("cluster_file", None),
@@ -89,16 +177,6 @@ def cluster_from_options(kwargs: dict[str, Any]) -> Cluster:
         slots_per_gpu=kwargs.pop("slots_per_gpu", None),
     )
 
-
-def pass_cluster(func: F) -> F:
-    """Decorator: build ``cluster`` from the cluster options before calling ``func``."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        kwargs["cluster"] = cluster_from_options(kwargs)
-        return func(*args, **kwargs)
-
-    return cluster_options(wrapper)  # type: ignore[return-value]
 
 
 @contextmanager

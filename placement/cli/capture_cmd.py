@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from placement.cli._app import main
-from placement.engines import format_ids
+from placement._util import format_ids
+from placement.cli._app import main, progress_bar
 from placement.errors import InputError
 from placement.routing_traces.native import write_native
 from placement.routing_traces.trace import Trace
@@ -25,7 +25,7 @@ def format_capture(trace: Trace, output: str) -> str:
     )
 
 
-@main.command("capture")
+@main.command("capture", short_help="Record routing from a local Hugging Face MoE model.")
 @click.argument("model_path", metavar="MODEL_PATH", type=click.Path(file_okay=False))
 @click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False),
               help="Prompts: one per line, or JSONL with \"prompt\"/\"text\".")
@@ -67,9 +67,11 @@ def capture_cmd(model_path: str, prompts_file: str | None, text_file: str | None
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{text_file}: cannot read ({exc}).") from None
     ids = capture.read_token_ids(ids_file) if ids_file else None
-    trace = capture.capture_routing(
-        model_path, prompts=prompts, text=text, token_ids=ids, batch_size=batch_size,
-        max_length=max_length, device=device, dtype=dtype, model_name=model_name, progress=True,
-    )
+    with progress_bar("capturing routing", "batches") as progress:
+        trace = capture.capture_routing(
+            model_path, prompts=prompts, text=text, token_ids=ids, batch_size=batch_size,
+            max_length=max_length, device=device, dtype=dtype, model_name=model_name,
+            progress=progress,
+        )
     write_native(trace, output)
     click.echo(format_capture(trace, output))

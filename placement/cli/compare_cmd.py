@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from placement.cli._app import cluster_from_options, cluster_options, echo_err, main
-from placement.cli.validate_cmd import load_trace_arg, resolve_model
-from placement.cost import MODEL_PRESETS, OVERLAPS, CostOptions
+from placement.cli._app import (
+    cluster_from_options,
+    cluster_options,
+    echo_err,
+    main,
+    progress_bar,
+)
+from placement.cli._files import (
+    check_heldout,
+    kind_of,
+    load_plan_arg,
+    load_trace_arg,
+    resolve_model,
+)
 from placement.errors import InputError, TraceFormatError
-from placement.plan import PLAN_FORMAT, Plan
-from placement.report import BASELINES, compare, format_comparison, write_report
-from placement.routing_traces.trace import Trace
+from placement.filekinds import mismatch
+from placement.models import MODEL_PRESETS
+from placement.moe_time import OVERLAPS
+from placement.report.comparison import BASELINES
 from placement.validation import DEVICES, RULES
+
+if TYPE_CHECKING:
+    from placement.plan import Plan
+    from placement.routing_traces.trace import Trace
 
 __all__ = ["baseline_sources", "compare_cmd", "is_plan_file"]
 
-
 def is_plan_file(path: str) -> bool:
-    """True when ``path`` is a JSON file with ``"format": "placement-plan"`` (told by content)."""
-    p = Path(path)
-    if not p.is_file():
-        return False
-    try:
-        with p.open("rb") as fh:
-            if not fh.read(256).lstrip().startswith(b"{"):
-                return False  # binary (.npz, .pt) or not a JSON object
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("format") == PLAN_FORMAT
+    """True when ``path`` is a placement plan (told by content)."""
+    kind = kind_of(path)
+    return kind is not None and kind.role == "plan"
 
 
 def baseline_sources(
@@ -42,7 +46,8 @@ def baseline_sources(
 ) -> list[str]:
     """Where EPLB baselines are planned from: ``--baseline-from``, else the plans' recorded
     inputs (``settings["inputs"]``, written by ``placement solve``). Never the held-out traces
-    without being told: a recorded input that is also held out is an error."""
+    without being told: a recorded input that is also held out is an error (the check of
+    overlapping windows, :func:`placement.cli._files.check_heldout`, comes first)."""
     if baseline_from:
         return list(baseline_from)
     recorded: list[str] = []
@@ -57,12 +62,6 @@ def baseline_sources(
             recorded = list(ins)
     if not recorded:
         return []
-    same = {str(Path(h).resolve()) for h in heldout} & {str(Path(r).resolve()) for r in recorded}
-    if same:
-        raise InputError(
-            f"the plans were made from {sorted(same)[0]}, which is also given as held-out: "
-            "judge plans on other data, or give --baseline-from TRACE explicitly."
-        )
     return recorded
 
 
@@ -90,12 +89,15 @@ def baseline_sources(
               help="Dispatch rule of the replays.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the replays run.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Accept held-out traces that share windows with the data the plans were "
+                   "made from (in-sample figures, for diagnosis).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Directory for report.md, report.html and the figures.")
 def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
                 baseline_from: tuple[str, ...], model_name: str | None, overlap: str,
                 efficiency: float, price: float | None, layer: int | None, dispatch: str,
-                device: str, out_dir: str, **cluster_kwargs: Any) -> None:
+                device: str, allow_overlap: bool, out_dir: str, **cluster_kwargs: Any) -> None:
     """Replay PLANs and baselines on held-out TRACEs and write a report.
 
     Arguments are held-out traces and plan files in any order (a plan file is JSON with
@@ -108,11 +110,24 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     placement compare decode_b.json --preset deepseek-decode --baseline-from decode_a.json \\
         --baseline eplb --baseline contiguous -o report/
     """
-    plan_files = [a for a in inputs if is_plan_file(a)]
-    trace_files = [a for a in inputs if a not in plan_files]
+    from placement.cost import CostOptions
+    from placement.report import compare, format_comparison, write_report
+
+    # 1. plans and held-out traces, told apart by content
+    plan_files: list[str] = []
+    trace_files: list[str] = []
+    for a in inputs:
+        kind = kind_of(a)
+        if kind is not None and kind.role == "plan":
+            plan_files.append(a)
+        elif kind is None or kind.role == "trace":
+            trace_files.append(a)
+        else:
+            raise InputError(f"{a}: {mismatch(kind, 'plan', a)}")
     if not trace_files:
         raise InputError("no held-out trace given (every argument is a plan file).")
-    plans = [Plan.load(f) for f in plan_files]
+    plans = [load_plan_arg(f) for f in plan_files]
+    held = [load_trace_arg(t) for t in trace_files]
     any_cluster = any(cluster_kwargs.get(k) is not None for k in
                       ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
                        "slots_per_gpu"))
@@ -121,7 +136,9 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
         chosen: tuple[str, ...] = ()
     else:
         chosen = baselines or ("eplb",)
-    traces: list[Trace] = [load_trace_arg(t) for t in trace_files]
+    notes = [n for p, f in zip(plans, plan_files, strict=True)
+             for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
+    traces: list[Trace] = [h.trace for h in held]
     needs_data = any(b != "contiguous" for b in chosen)
     sources = baseline_sources(baseline_from, plans, plan_files, trace_files) if needs_data \
         else []
@@ -133,26 +150,30 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     base_inputs = []
     for s in sources:
         try:
-            base_inputs.append(load_trace_arg(s))
+            base_inputs.append(load_trace_arg(s).trace)
         except TraceFormatError as exc:
             if baseline_from:
                 raise
             raise InputError(f"{exc} (a trace the plan was made from; give --baseline-from "
                              "TRACE to plan the baselines from other data)") from None
-    model = resolve_model(model_name, plans[0] if plans else None, traces[0])
+    model = resolve_model(model_name, plans[0] if plans else None, traces[0],
+                          plan_label=plan_files[0] if plan_files else "the plan",
+                          trace_label=trace_files[0])
     options = CostOptions(overlap=overlap, efficiency=efficiency, usd_per_gpu_hour=price)
 
-    def progress(line: str) -> None:
-        if sys.stderr.isatty():
-            echo_err(line)
+    with progress_bar("comparing", "steps") as progress:
+        cmp = compare(
+            traces, plans, baselines=chosen, baseline_inputs=base_inputs, cluster=cluster,
+            model=model, cost_options=options, dispatch=dispatch,
+            labels=[Path(f).stem for f in plan_files],
+            trace_names=[Path(t).name for t in trace_files],
+            baseline_source=", ".join(Path(s).name for s in sources), device=device,
+            progress=progress,
+        )
+    if notes:
+        import dataclasses
 
-    cmp = compare(
-        traces, plans, baselines=chosen, baseline_inputs=base_inputs, cluster=cluster,
-        model=model, cost_options=options, dispatch=dispatch,
-        labels=[Path(f).stem for f in plan_files], trace_names=[Path(t).name for t in trace_files],
-        baseline_source=", ".join(Path(s).name for s in sources), device=device,
-        progress=progress,
-    )
+        cmp = dataclasses.replace(cmp, messages=(*cmp.messages, *notes))
     paths = write_report(cmp, out_dir, layer=layer)
     if model is None:
         echo_err("note: model shape unknown, so no bytes, tokens/s or $: give --model NAME.")

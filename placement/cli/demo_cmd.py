@@ -7,24 +7,29 @@ from pathlib import Path
 import click
 
 from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
-from placement.demo import format_demo, run_demo
-from placement.solver import SolveOptions
 
 __all__ = ["demo"]
 
 
-@main.command("demo")
+@main.command("demo", short_help="Run the whole pipeline on a bundled trace.")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("placement-demo"), show_default=True, help="Where to write the files.")
+              default=None,
+              help="Where to write the files [default: placement-demo-USER in the temporary "
+                   "directory, never inside a repository checkout].")
 @click.option("--trace", "source", default="bundled:deepseek-v3-workloads", show_default=True,
               help="Trace with 2+ windows: plan on the first half, judge on the rest.")
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=20.0,
               show_default=True, help="Seconds for the solve.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
-def demo(out_dir: Path, source: str, time_limit: float, seed: int, **kwargs: object) -> None:
+def demo(out_dir: Path | None, source: str, time_limit: float, seed: int,
+         **kwargs: object) -> None:
     """Solve, validate, export and compare on a bundled trace (default cluster: DeepSeek's
     prefill deployment, 4 nodes x 8 GPUs x 9 slots)."""
+    from placement.demo import default_out_dir, format_demo, run_demo
+    from placement.solver import SolveOptions
+
+    out_dir = out_dir if out_dir is not None else default_out_dir()
     if not any(kwargs.get(k) for k in ("cluster_file", "cluster_preset", "num_nodes")):
         kwargs["cluster_preset"] = "deepseek-prefill"
     cluster = cluster_from_options(kwargs)

@@ -6,24 +6,39 @@ from typing import Any
 
 import click
 
-from placement.cli._app import cluster_options, echo_err, main
+from placement.cli._app import LazyChoice, cluster_options, echo_err, main
+from placement.cli._files import load_plan_arg
 from placement.engines import (
     FILL_CHOICES,
-    FORMATS,
     ExportResult,
     ImportResult,
     complete_cluster,
     engine_file_to_plan,
     export_plan,
+    format_names,
+    formats,
     parse_layer_spec,
     read_engine_file,
 )
 from placement.errors import InputError
-from placement.plan import Plan
 
-__all__ = ["export_cmd", "format_export", "format_import", "import_cmd"]
+__all__ = ["export_cmd", "format_export", "format_formats", "format_import", "import_cmd"]
 
 _IDS_HELP = "Layer ids, e.g. '0-2' or '3-60,62'."
+
+
+def format_formats() -> list[tuple[str, str]]:
+    """``(name, what it is and its file endings)`` for every registered engine format."""
+    return [(f.name, f"{f.engine} ({', '.join(f.suffixes)})") for f in formats()]
+
+
+class _FormatsCommand(click.Command):
+    """A command whose help ends with the registered engine formats (read when shown)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Formats"):
+            formatter.write_dl(format_formats())
+        super().format_epilog(ctx, formatter)
 
 
 def format_export(result: ExportResult) -> tuple[str, list[str]]:
@@ -39,13 +54,14 @@ def format_import(result: ImportResult, output: str) -> str:
     return result.summary() + f"\nwrote {output}"
 
 
-@main.command("export")
-@click.argument("plan_file", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", required=True, type=click.Choice(FORMATS),
-              help="Engine format to write.")
+@main.command("export", cls=_FormatsCommand,
+              short_help="Write a plan as an engine placement file.")
+@click.argument("plan_file", metavar="PLAN")
+@click.option("--format", "fmt", required=True, type=LazyChoice(format_names),
+              help="Engine format to write (see Formats below).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Output file (sglang: .json or .pt; eplb: .pt or .npz; trtllm: .yaml; "
-                   "vllm-ascend: .json).")
+              help="Output file; its ending must be one of the format's (below) and picks the "
+                   "container where there are several.")
 @click.option("--num-hidden-layers", type=click.IntRange(min=1),
               help="Decoder layers of the model, dense ones included (when the plan lacks it).")
 @click.option("--dense-layers", metavar="IDS",
@@ -68,7 +84,7 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
     placement export plan.json --format sglang -o init_expert_location.json
     placement export plan.json --format trtllm --mtp-layers 61 -o moe_load_balancer.yaml
     """
-    plan = Plan.load(plan_file)
+    plan = load_plan_arg(plan_file)
     result = export_plan(
         plan, fmt, output, num_hidden_layers=num_hidden_layers,
         dense_layers=parse_layer_spec(dense_layers), fill_missing=fill_missing,
@@ -80,13 +96,14 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
         echo_err(w)
 
 
-@main.command("import")
+@main.command("import", cls=_FormatsCommand,
+              short_help="Read a deployed engine placement file into a plan.")
 @click.argument("engine_file", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Plan file to write (JSON).")
 @cluster_options
-@click.option("--format", "fmt", type=click.Choice(("auto", *FORMATS)), default="auto",
-              show_default=True, help="Engine format (auto: by content).")
+@click.option("--format", "fmt", type=LazyChoice(lambda: ("auto", *format_names())),
+              default="auto", show_default=True, help="Engine format (auto: by content).")
 @click.option("--num-experts", type=click.IntRange(min=1),
               help="Logical experts per layer (default: the file's, else the largest id + 1).")
 @click.option("--layer-ids", metavar="IDS",
@@ -123,8 +140,10 @@ def import_cmd(engine_file: str, output: str, fmt: str, num_experts: int | None,
         slots_per_gpu=cluster_kw.get("slots_per_gpu"),
     )
     mtp = parse_layer_spec(mtp_layers)
-    if mtp is not None and ef.fmt != "trtllm":
-        raise InputError("--mtp-layers applies to trtllm files only.")
+    if mtp is not None and not ef.may_hold_mtp:
+        takers = " and ".join(f.name for f in formats() if "mtp_layers" in f.options)
+        raise InputError(f"--mtp-layers applies to {takers} files only ({engine_file} is a "
+                         f"{ef.fmt} file).")
     result = engine_file_to_plan(
         ef, cluster, num_experts=num_experts, layer_ids=parse_layer_spec(layer_ids),
         dense_layers=dense, num_hidden_layers=num_hidden_layers, mtp_layers=mtp,

@@ -12,7 +12,10 @@ import click
 import numpy as np
 
 from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
-from placement.models import MODEL_PRESETS
+from placement.cluster import Cluster, MemoryModel
+from placement.errors import InputError
+from placement.hardware import GPU_PRESETS, gpu_preset
+from placement.models import MODEL_PRESETS, guess_model, model_preset
 from placement.moe_time import OVERLAPS
 from placement.routing_traces.trace import Trace
 from placement.solver import (
@@ -27,7 +30,8 @@ from placement.solver.problem import ROBUST_MODES, ProblemData
 from placement.solver.registry import REGISTRY
 from placement.solver.result import bounded_layers
 
-__all__ = ["format_saved", "format_solve_summary", "solve_cmd", "solve_summary_dict"]
+__all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd",
+           "solve_summary_dict"]
 
 
 def _load(path: str) -> Trace:
@@ -90,6 +94,58 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
     return out
 
 
+def memory_cluster(
+    cluster_kwargs: dict[str, Any], traces: list[Trace], *, gpu_name: str | None,
+    model_name: str | None, kv_reserve_gb: float | None, runtime_reserve_gb: float | None,
+) -> tuple[Cluster, MemoryModel | None]:
+    """The cluster from the cluster options, its slots per GPU from the GPU's memory when
+    ``--gpu`` is given (``--model`` or the traces' model, ``--kv-reserve-gb``). ``--model``
+    alone is fine: it is also the model shape of the optimizer's predicted time."""
+    if gpu_name is None:
+        for flag, v in (("--kv-reserve-gb", kv_reserve_gb),
+                        ("--runtime-reserve-gb", runtime_reserve_gb)):
+            if v is not None:
+                raise InputError(f"{flag} sets the memory budget: give --gpu NAME with it.")
+        return cluster_from_options(cluster_kwargs), None
+    gpu = gpu_preset(gpu_name)
+    if model_name is not None:
+        model = model_preset(model_name)
+    else:
+        first = traces[0]
+        guessed = guess_model(first.model, num_experts=first.num_experts, top_k=first.top_k)
+        if guessed is None:
+            raise InputError(
+                "--gpu needs the model to size the budget: give --model NAME (one of: "
+                f"{', '.join(sorted(MODEL_PRESETS))})."
+            )
+        model = guessed
+    if model.num_experts != traces[0].num_experts:
+        raise InputError(f"model {model.name} has {model.num_experts} experts but the traces "
+                         f"have {traces[0].num_experts}.")
+    if kv_reserve_gb is None:
+        raise InputError("--gpu needs --kv-reserve-gb GB: the memory per GPU to keep for the KV "
+                         "cache (what is left after it goes to expert slots).")
+    mem = MemoryModel.for_model(gpu, model, kv_reserve_gb=kv_reserve_gb,
+                                runtime_reserve_gb=runtime_reserve_gb)
+    from_file = any(cluster_kwargs.get(k) is not None for k in ("cluster_file", "cluster_preset"))
+    if cluster_kwargs.get("slots_per_gpu") is None:
+        cluster_kwargs["slots_per_gpu"] = mem.max_slots_per_gpu()
+    base = cluster_from_options(cluster_kwargs)
+    if from_file:
+        return dataclasses.replace(base, memory=mem, gpu=gpu.name), mem
+    return Cluster.for_gpu(gpu, base.num_nodes, base.gpus_per_node, base.slots_per_gpu,
+                           memory=mem), mem
+
+
+def format_memory(mem: MemoryModel, cluster: Cluster) -> str:
+    """The memory line(s) of ``placement solve --gpu``: the arithmetic, and the slots used."""
+    line = mem.explain()
+    fit = mem.max_slots_per_gpu()
+    if cluster.slots_per_gpu < fit:
+        line += f"; using {cluster.slots_per_gpu} (--slots-per-gpu)"
+    return line
+
+
 def format_saved(output: str) -> str:
     """The line that says where the plan went."""
     return f"saved plan to {output}"
@@ -117,9 +173,11 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
                    "(expert compute of the slowest GPU vs the all-to-all over NVLink and the "
                    "network, for the cluster's bandwidths and the model's shape), peak GPU "
                    "load, or cross-node sends within --balance-tolerance of the best balance.")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="Model shape of the predicted time [default: guessed from the traces' model "
-                   "name, expert count and top-k; else deepseek-v3's].")
+@click.option("--model", "model_name", default=None, metavar="NAME",
+              help="Model shape: of the optimizer's predicted time, and (with --gpu) whose "
+                   f"weights fill the memory budget ({', '.join(sorted(MODEL_PRESETS))}) "
+                   "[default: guessed from the traces' model name, expert count and top-k; "
+                   "else deepseek-v3's for the predicted time].")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="How the predicted time overlaps communication with compute.")
 @click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
@@ -145,6 +203,13 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
               help="Seed; same traces and seed, same plan.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
+@click.option("--gpu", "gpu_name", default=None, metavar="NAME",
+              help=f"Size the slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) "
+                   "instead of --slots-per-gpu (with --kv-reserve-gb).")
+@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help="With --gpu: GB per GPU kept for the KV cache.")
+@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help="With --gpu: GB per GPU kept for activations and buffers [default: 10 %].")
 @click.option("--per-layer", is_flag=True, help="Add per-layer figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
@@ -152,7 +217,8 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
 def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: str | None,
               overlap: str, num_groups: int | None, balance_tolerance: float | None,
               max_nodes_per_token: int | None, time_limit: float, jobs: int | None, seed: int,
-              robust: str, per_layer: bool, as_json: bool, output: str,
+              robust: str, gpu_name: str | None, kv_reserve_gb: float | None,
+              runtime_reserve_gb: float | None, per_layer: bool, as_json: bool, output: str,
               **cluster_kwargs: Any) -> None:
     """Plan where every expert's replicas live, from one or more TRACEs.
 
@@ -166,8 +232,15 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
     placement solve prefill_a.json prefill_b.json --preset deepseek-prefill -o plan.json
     placement solve trace.npz --nodes 2 --gpus-per-node 4 --slots-per-gpu 10 -o plan.json
     placement solve bundled:deepseek-v3 --preset deepseek-prefill --objective balance -o p.json
+    placement solve trace.json --nodes 4 --gpus-per-node 8 --gpu h200 --model deepseek-v3 \\
+        --kv-reserve-gb 40 -o plan.json
     """
-    cluster = cluster_from_options(cluster_kwargs)
+    memory_args: dict[str, Any] = dict(gpu_name=gpu_name, model_name=model_name,
+                                       kv_reserve_gb=kv_reserve_gb,
+                                       runtime_reserve_gb=runtime_reserve_gb)
+    mem: MemoryModel | None = None
+    if gpu_name is None:
+        cluster, mem = memory_cluster(cluster_kwargs, [], **memory_args)
     kwargs: dict[str, Any] = dict(method=method, objective=objective, model=model_name,
                                   overlap=overlap, num_groups=num_groups,
                                   balance_tolerance=balance_tolerance,
@@ -177,6 +250,11 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)
     loaded = [_load(t) for t in traces]
+    if gpu_name is not None:
+        cluster, mem = memory_cluster(cluster_kwargs, loaded, **memory_args)
+        if not as_json:
+            assert mem is not None
+            click.echo(format_memory(mem, cluster))
     problem = ProblemData.from_traces(loaded, cluster)
     with progress_bar(f"solving ({method})", "layers") as progress:
         result = solve(problem, options=options, progress=progress)
@@ -185,6 +263,11 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
     result = dataclasses.replace(result, plan=plan)
     plan.save(output)
     if as_json:
-        click.echo(json.dumps(solve_summary_dict(result, output), separators=(",", ":")))
+        summary = solve_summary_dict(result, output)
+        if mem is not None:
+            summary["memory"] = {**mem.to_dict(), "slots_fit": mem.max_slots_per_gpu(),
+                                 "slots_per_gpu": cluster.slots_per_gpu,
+                                 "explain": mem.explain()}
+        click.echo(json.dumps(summary, separators=(",", ":")))
     else:
         click.echo(format_solve_summary(result, output, per_layer=per_layer))

@@ -20,7 +20,7 @@ def _load(sources: tuple[str, ...]) -> Trace:
     return load_trace(sources[0] if len(sources) == 1 else list(sources))
 
 
-@main.group("trace")
+@main.group("trace", short_help="Inspect, synthesize and convert routing traces.")
 def trace() -> None:
     """Inspect, synthesize and convert routing traces."""
 
@@ -30,15 +30,19 @@ def trace() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--per-layer", is_flag=True, help="Add a per-layer table.")
 @click.option("--no-coactivation", is_flag=True, help="Skip co-activation (faster).")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Experts per token, for a counts trace that does not say.")
 def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
-                no_coactivation: bool) -> None:
+                no_coactivation: bool, top_k: int | None) -> None:
     """Shape, per-layer skew, co-activation and drift of a trace.
 
     SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
     statistics directory, several files of one model (read as windows), or bundled:NAME.
+    A counts trace's top-k comes from the file, from activation rates (each layer sums to
+    k), from the model its name points to, or from --top-k.
     """
     stats = inspect_trace(_load(sources), source=" ".join(sources),
-                          coactivation=not no_coactivation)
+                          coactivation=not no_coactivation, top_k=top_k)
     if as_json:
         click.echo(json.dumps(stats.to_dict(), separators=(",", ":")))
     else:

@@ -14,18 +14,24 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from placement._io import read_npz
+from placement._util import format_ids, int_array, parse_ids
 from placement.errors import EngineFormatError, InputError, PlanError
+
+if TYPE_CHECKING:
+    from placement.filekinds import Probe
 
 __all__ = [
     "FILL_CHOICES",
-    "FORMATS",
+    "Built",
     "EngineFile",
+    "ExportRequest",
     "LayerLayout",
+    "Usage",
     "check_rows",
     "format_ids",
     "layers_phrase",
@@ -33,9 +39,6 @@ __all__ = [
     "resolve_layout",
     "trivial_row",
 ]
-
-FORMATS: tuple[str, ...] = ("sglang", "trtllm", "eplb", "vllm-ascend")
-"""Engine formats that ``placement`` writes and reads."""
 
 FILL_CHOICES: tuple[str, ...] = ("error", "trivial")
 """What to do with an MoE layer the plan does not cover: refuse, or write a trivial row."""
@@ -51,48 +54,7 @@ def parse_layer_spec(spec: str | Iterable[int] | None) -> tuple[int, ...] | None
 
     Raises :class:`InputError` on anything else (negative ids, reversed ranges, junk).
     """
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        ids = [int(i) for i in spec]
-    else:
-        ids = []
-        for part in spec.replace(" ", "").split(","):
-            if not part:
-                continue
-            lo_s, sep, hi_s = part.partition("-")
-            try:
-                lo = int(lo_s)
-                hi = int(hi_s) if sep else lo
-            except ValueError:
-                raise InputError(
-                    f"Expected layer ids like '3-60' or '0,1,2', got {spec!r}."
-                ) from None
-            if hi < lo:
-                raise InputError(f"Layer range {part!r} runs backwards in {spec!r}.")
-            ids.extend(range(lo, hi + 1))
-    if any(i < 0 for i in ids):
-        raise InputError(f"Expected layer ids >= 0, got {spec!r}.")
-    if len(set(ids)) != len(ids):
-        raise InputError(f"Layer ids repeat in {spec!r}.")
-    return tuple(sorted(ids))
-
-
-def format_ids(ids: Iterable[int]) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (``"none"`` when empty)."""
-    vals = sorted(int(i) for i in ids)
-    if not vals:
-        return "none"
-    parts: list[str] = []
-    start = prev = vals[0]
-    for v in vals[1:]:
-        if v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = v
-    parts.append(str(start) if start == prev else f"{start}-{prev}")
-    return ", ".join(parts)
+    return parse_ids(spec, "layer ids")
 
 
 def layers_phrase(ids: Iterable[int], noun: str = "layer") -> str:
@@ -274,6 +236,8 @@ class EngineFile:
         num_nodes: nodes where the file says (EPLB files written by ``placement``).
         num_hidden_layers: decoder layers where the file says.
         mtp_layers: rows that belong to MTP (draft) layers, where the file says.
+        may_hold_mtp: rows are keyed by decoder-layer id and may include MTP layers, which an
+            import leaves out (TensorRT-LLM).
         model: model name where the file says.
         notes: what the reader noticed.
     """
@@ -288,6 +252,7 @@ class EngineFile:
     num_nodes: int | None = None
     num_hidden_layers: int | None = None
     mtp_layers: tuple[int, ...] = ()
+    may_hold_mtp: bool = False
     model: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -297,25 +262,67 @@ class EngineFile:
         return int(self.phy2log.shape[1])
 
 
+@dataclass(frozen=True)
+class ExportRequest:
+    """What the user asked of an export, checked and completed by
+    :func:`placement.engines.export_plan` before a format builds its file.
+
+    Args:
+        num_hidden_layers: decoder layers of the model (given, the plan's, or its model
+            preset's), or None when unknown.
+        dense_layers: decoder layers without routed experts, or None (the layers below the
+            first planned one).
+        fill_missing: ``"error"`` or ``"trivial"``: MoE layers the plan does not cover.
+        mtp_layers: MTP layer ids that need an assignment (formats with ``"mtp_layers"`` in
+            their ``options``).
+        mtp_copy_from: the layer MTP layers copy (default: the last planned one).
+    """
+
+    num_hidden_layers: int | None = None
+    dense_layers: tuple[int, ...] | None = None
+    fill_missing: str = "error"
+    mtp_layers: tuple[int, ...] = ()
+    mtp_copy_from: int | None = None
+
+    @property
+    def layout_kw(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`resolve_layout` and the ``build_*`` functions."""
+        return dict(num_hidden_layers=self.num_hidden_layers, dense_layers=self.dense_layers,
+                    fill_missing=self.fill_missing)
+
+
+@dataclass(frozen=True)
+class Built:
+    """An engine file in memory, before it is checked and written.
+
+    Args:
+        obj: what the format writes (a dict of arrays, a config dict...).
+        description: one line saying what the file holds.
+        layer_ids: the layer label of every row in the file.
+        notes: what was assumed or filled in.
+        meta: extra facts the writer may record (TensorRT-LLM's ``# placement:`` line).
+    """
+
+    obj: Any
+    description: str
+    layer_ids: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """How to use a written file: lines to print, and what would undo the placement."""
+
+    lines: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
 def int_rows(path: Path, name: str, value: Any, ndim: int = 2) -> np.ndarray:
-    """``value`` as an int64 array of ``ndim`` dimensions, or :class:`EngineFormatError`."""
-    try:
-        a = np.asarray(value)
-    except (ValueError, TypeError):
-        raise EngineFormatError(f"{name} is ragged or not numbers.", path) from None
-    if a.dtype == object:
-        raise EngineFormatError(f"{name} is ragged or not numbers.", path)
-    if a.size == 0:
-        raise EngineFormatError(f"{name} is empty.", path)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        whole = np.issubdtype(a.dtype, np.floating) and bool(np.all(np.isfinite(a)))
-        if whole and bool(np.all(a == np.round(a))):
-            a = a.astype(np.int64)
-        else:
-            raise EngineFormatError(f"{name} must hold integers, got {a.dtype}.", path)
-    if a.ndim != ndim:
-        raise EngineFormatError(f"{name} must have {ndim} dimensions, got shape {a.shape}.", path)
-    return a.astype(np.int64)
+    """``value`` as an int64 array of ``ndim`` dimensions (whole floats accepted), or
+    :class:`EngineFormatError`."""
+    return int_array(value, name, ndim, error=EngineFormatError, path=path, whole_floats=True,
+                     allow_empty=False).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,15 +331,21 @@ def int_rows(path: Path, name: str, value: Any, ndim: int = 2) -> np.ndarray:
 Container = Literal["json", "yaml", "torch", "npz"]
 
 
-def load_container(path: Path) -> tuple[Container, Any, str]:
+def load_container(path: Path, probe: Probe | None = None) -> tuple[Container, Any, str]:
     """Read ``path`` once and say what it is: ``(container, data, text)``.
 
     ``.pt`` files load with ``torch.load(weights_only=True)`` (tensors, lists, dicts only),
     ``.npz`` with ``allow_pickle=False``; text is JSON, else YAML (``yaml.safe_load``).
-    ``text`` is the file's text for JSON/YAML (empty otherwise).
+    ``text`` is the file's text for JSON/YAML (empty otherwise). A ``probe`` of the file lends
+    the bytes and parsed JSON it has read already.
     """
+    if probe is not None and probe.container == "json":
+        from placement.filekinds import INVALID
+
+        if probe.json is not INVALID and probe.text is not None:
+            return "json", probe.json, probe.text
     try:
-        raw = path.read_bytes()
+        raw = probe.raw if probe is not None and probe.raw else path.read_bytes()
     except FileNotFoundError:
         raise EngineFormatError("no such file.", path) from None
     except IsADirectoryError:

@@ -16,26 +16,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from placement.cluster import Cluster, load_cluster
-from placement.engines import eplb as _eplb
-from placement.engines import sglang as _sglang
-from placement.engines import trtllm as _trtllm
-from placement.engines import vllm_ascend as _vllm
 from placement.engines._common import (
     FILL_CHOICES,
-    FORMATS,
     EngineFile,
+    ExportRequest,
     format_ids,
     layers_phrase,
     load_container,
-    resolve_layout,
     trivial_row,
 )
+from placement.engines.registry import format_names, formats, get_format
 from placement.errors import ClusterError, EngineFormatError, InputError, PlanError
+from placement.filekinds import Probe, identify, mismatch
 from placement.plan import Plan
 
 __all__ = [
@@ -87,15 +83,6 @@ class ExportResult:
         return "\n".join(lines)
 
 
-_SUFFIXES = {"sglang": _sglang.SUFFIXES, "eplb": _eplb.SUFFIXES}
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise InputError(f"Unknown engine format {fmt!r}; choose one of: {', '.join(FORMATS)}.")
-    return fmt
-
-
 def export_plan(
     plan: Plan,
     fmt: str,
@@ -111,11 +98,14 @@ def export_plan(
 
     Args:
         plan: the placement.
-        fmt: one of ``sglang``, ``trtllm``, ``eplb``, ``vllm-ascend``.
-        path: output file; its suffix picks the container for ``sglang`` (``.json``/``.pt``) and
-            ``eplb`` (``.pt``/``.npz``).
+        fmt: a registered format (:data:`placement.engines.FORMATS`: ``sglang``, ``trtllm``,
+            ``eplb``, ``vllm-ascend``).
+        path: output file; it must end in one of the format's suffixes, which picks the
+            container where there are several (``sglang``: ``.json``/``.pt``; ``eplb``:
+            ``.pt``/``.npz``; ``trtllm``: ``.yaml``/``.yml``, or ``.json`` for JSON).
         num_hidden_layers: decoder layers of the model (dense ones included) when the plan
-            does not say; SGLang needs it unless the plan's layers are ``0..L-1``.
+            does not say; without either, the model preset the plan's model name points to
+            gives it. SGLang needs it unless the plan's layers are ``0..L-1``.
         dense_layers: decoder layers without routed experts; default: those below the first
             planned layer (DeepSeek-V3: 0-2).
         fill_missing: ``"error"`` (default) or ``"trivial"``: what to do with MoE layers the plan
@@ -123,100 +113,61 @@ def export_plan(
         mtp_layers: ``trtllm`` only: MTP layer ids (DeepSeek-V3: 61) that need an assignment.
         mtp_copy_from: the layer whose assignment the MTP layers copy (default: the last one).
     """
-    fmt = _check_format(fmt)
+    form = get_format(fmt)
     path = Path(path)
     if fill_missing not in FILL_CHOICES:
         raise InputError(f"Expected fill_missing in {FILL_CHOICES}, got {fill_missing!r}.")
-    suffixes = _SUFFIXES.get(fmt)
-    if suffixes and path.suffix.lower() not in suffixes:
-        why = (" (SGLang parses any other --init-expert-location value as inline JSON)"
-               if fmt == "sglang" else "")
-        raise InputError(f"{path}: a {fmt} file must end in {' or '.join(suffixes)}{why}.")
-    if tuple(mtp_layers) and fmt != "trtllm":
-        raise InputError("--mtp-layers applies to the trtllm format only.")
-    dense = None if dense_layers is None else tuple(int(d) for d in dense_layers)
-    nhl = num_hidden_layers if num_hidden_layers is not None else plan.num_hidden_layers
+    if path.suffix.lower() not in form.suffixes:
+        endings = form.suffixes
+        said = (", ".join(endings[:-1]) + " or " + endings[-1]) if len(endings) > 1 \
+            else endings[0]
+        raise InputError(f"{path}: --format {form.name} needs a file ending in {said}"
+                         f"{form.suffix_reason}.")
+    for option, value in (("mtp_layers", tuple(mtp_layers)), ("mtp_copy_from", mtp_copy_from)):
+        if value not in ((), None) and option not in form.options:
+            takers = [f.name for f in formats() if option in f.options]
+            raise InputError(f"--{option.replace('_', '-')} applies to the "
+                             f"{' and '.join(takers) or 'no'} format only.")
     if (num_hidden_layers is not None and plan.num_hidden_layers is not None
             and num_hidden_layers != plan.num_hidden_layers):
         raise PlanError(f"num_hidden_layers={num_hidden_layers} but the plan says "
                         f"{plan.num_hidden_layers}.")
-    P, E = plan.num_slots, plan.num_experts
     notes: list[str] = []
-    usage: list[str] = []
-    warnings: list[str] = []
-    layout_kw: dict[str, Any] = dict(num_hidden_layers=nhl, dense_layers=dense,
-                                     fill_missing=fill_missing)
-    if fmt == "sglang":
-        obj = _sglang.build_sglang(plan, **layout_kw)
-        _sglang.check_sglang(obj, plan)
-        rows = obj[_sglang.KEY]
-        layout = resolve_layout(plan.layer_ids, need_num_hidden_layers=True, **layout_kw)
-        triv = f"trivial rows arange({P}) % {E}"
-        notes += layout.notes(triv, dense_rows=True)
-        _sglang.write_sglang(obj, path)
-        ids = tuple(range(rows.shape[0]))
-        desc = (f"SGLang physical_to_logical_map, {rows.shape[0]} rows (decoder layers) x {P} "
-                "slots")
-        usage += ["launch SGLang (python -m sglang.launch_server ...) with:"]
-        usage += [f"  {f}" for f in _sglang.sglang_flags(plan, path)]
-        warnings.append("do not add --enable-eplb: SGLang would rebalance online and overwrite "
-                        "this placement.")
-    elif fmt == "trtllm":
-        mtp = tuple(sorted(int(m) for m in mtp_layers))
-        cfg = _trtllm.build_trtllm(plan, mtp_layers=mtp, mtp_copy_from=mtp_copy_from,
-                                   **layout_kw)
-        _trtllm.check_trtllm(cfg, plan)
-        layout = resolve_layout(plan.layer_ids, **layout_kw)
-        notes += layout.notes("TensorRT-LLM's default placement")
-        if mtp:
-            src = int(plan.layer_ids.max()) if mtp_copy_from is None else int(mtp_copy_from)
-            notes.append(f"MTP {layers_phrase(mtp)} {'gets' if len(mtp) == 1 else 'get'} a copy "
-                         f"of layer {src}'s assignment "
-                         "(TensorRT-LLM fails at start-up without one)")
-        meta: dict[str, Any] = {"num_experts": E}
-        if layout.num_hidden_layers is not None:
-            meta["num_hidden_layers"] = layout.num_hidden_layers
-        if mtp:
-            meta["mtp_layers"] = list(mtp)
-        if plan.model:
-            meta["model"] = plan.model
-        _trtllm.write_trtllm(cfg, path, meta)
-        ids = tuple(cfg["initial_global_assignments"])
-        desc = (f"TensorRT-LLM load balancer, num_slots {P}, {len(ids)} layers "
-                f"({format_ids(ids)}), layer_updates_per_iter 0 (static)")
-        snippet, run = _trtllm.trtllm_usage(plan, path)
-        usage += ["put this in the LLM API options YAML (--extra_llm_api_options / --config):"]
-        usage += [f"  {u}" for u in snippet] + run
-        warnings.append("layer_updates_per_iter > 0 would make TensorRT-LLM rebalance online and "
-                        "move away from this placement.")
-    elif fmt == "eplb":
-        tensors = _eplb.build_eplb(plan)
-        if nhl is not None:
-            tensors["num_hidden_layers"] = np.asarray(nhl, dtype=np.int64)
-        _eplb.check_eplb(tensors, plan)
-        _eplb.write_eplb(tensors, path)
-        ids = tuple(plan.layer_ids.tolist())
-        R = tensors["log2phy"].shape[2]
-        desc = (f"EPLB tensors phy2log [{plan.num_layers}, {P}], log2phy [{plan.num_layers}, "
-                f"{E}, {R}], logcnt [{plan.num_layers}, {E}] (layers {format_ids(ids)})")
-        loader = ("torch.load(path, weights_only=True)" if path.suffix.lower() == ".pt"
-                  else "numpy.load(path, allow_pickle=False)")
-        usage.append(f"load with {loader}; rows follow layer_ids")
-    else:
-        vmap = _vllm.build_vllm_ascend(plan, **layout_kw)
-        _vllm.check_vllm_ascend(vmap, plan)
-        layout = resolve_layout(plan.layer_ids, **layout_kw)
-        notes += layout.notes(f"arange({P}) % {E}")
-        notes.append(f"layer_list entries are MoE layers {format_ids(layout.moe)} in order "
-                     f"(layer_id 0..{len(layout.moe) - 1}, as vLLM-Ascend indexes them)")
-        _vllm.write_vllm_ascend(vmap, path)
-        ids = tuple(range(vmap["moe_layer_count"]))
-        desc = (f"vLLM-Ascend expert map, {vmap['moe_layer_count']} MoE layers x "
-                f"{plan.cluster.num_gpus} devices x {plan.cluster.slots_per_gpu} experts")
-        usage += ["serve with:"] + [f"  {u}" for u in _vllm.vllm_ascend_usage(path)]
-        warnings.append("dynamic_eplb would rebalance online and move away from this placement.")
-    return ExportResult(path=path, fmt=fmt, layer_ids=ids, num_slots=P, description=desc,
-                        notes=tuple(notes), usage=tuple(usage), warnings=tuple(warnings))
+    nhl = num_hidden_layers if num_hidden_layers is not None else plan.num_hidden_layers
+    if nhl is None:
+        nhl, note = _layers_of_model(plan)
+        notes += [note] if note else []
+    request = ExportRequest(
+        num_hidden_layers=nhl,
+        dense_layers=None if dense_layers is None else tuple(int(d) for d in dense_layers),
+        fill_missing=fill_missing, mtp_layers=tuple(int(m) for m in mtp_layers),
+        mtp_copy_from=mtp_copy_from,
+    )
+    # 1. build, 2. check (nothing is written if either fails), 3. write, 4. say how to use it
+    built = form.build(plan, request, path)
+    form.check(built, plan)
+    form.write(built, path)
+    usage = form.usage(plan, path)
+    return ExportResult(path=path, fmt=form.name, layer_ids=built.layer_ids,
+                        num_slots=plan.num_slots, description=built.description,
+                        notes=(*notes, *built.notes), usage=usage.lines,
+                        warnings=usage.warnings)
+
+
+def _layers_of_model(plan: Plan) -> tuple[int | None, str]:
+    """Decoder layers from the model preset the plan's model name points to, when the plan
+    places every MoE layer of that model (the plan's source trace named its model and traced
+    all of its MoE layers, but did not count the dense ones): ``(n, note)`` or ``(None, "")``."""
+    from placement.models import guess_model
+
+    m = guess_model(plan.model) if plan.model else None
+    if (m is None or m.num_experts != plan.num_experts or m.num_moe_layers != plan.num_layers
+            or m.num_hidden_layers <= int(plan.layer_ids.max())):
+        return None, ""
+    return m.num_hidden_layers, (
+        f"the model has {m.num_hidden_layers} decoder layers (model preset {m.name}, from the "
+        f"plan's model name {plan.model!r}; pass --num-hidden-layers to say otherwise)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,51 +203,36 @@ class ImportResult:
         return "\n".join(lines)
 
 
-def detect_format(container: str, data: Any) -> str | None:
-    """The format a loaded file's content belongs to, or None when it matches none."""
-    if container == "npz":
-        return "eplb" if "phy2log" in data else None
-    if not isinstance(data, dict):
-        return None
-    keys = set(map(str, data))
-    if keys & {"physical_to_logical_map", "logical_count"}:
-        return "sglang"
-    if keys & {"moe_layer_count", "layer_list"}:
-        return "vllm-ascend"
-    if keys & {"initial_global_assignments", "num_slots", "moe_config", "load_balancer"}:
-        return "trtllm"
-    if "phy2log" in keys:
-        return "eplb"
-    return None
+def detect_format(source: str | Path | Probe) -> str | None:
+    """The registered format a file's content belongs to, or None when it matches none."""
+    probe = source if isinstance(source, Probe) else Probe(source)
+    return next((f.name for f in formats() if f.detect(probe)), None)
 
 
 def read_engine_file(path: str | Path, fmt: str = "auto") -> EngineFile:
     """Read an engine placement file; ``fmt="auto"`` detects the format by content."""
     path = Path(path)
     if fmt != "auto":
-        _check_format(fmt)
-    container, data, text = load_container(path)
-    if isinstance(data, dict) and data.get("format") == "placement-plan":
-        raise EngineFormatError("is already a placement plan, not an engine file.", path)
-    found = detect_format(container, data)
+        get_format(fmt)
+    probe = Probe(path)
+    found = detect_format(probe)
+    if found is None:
+        kind = identify(probe)
+        if kind is not None and kind.role != "engine":
+            raise EngineFormatError(mismatch(kind, "engine", path), path)
+    container, data, text = load_container(path, probe)
     if fmt == "auto":
         if found is None:
             what = (f"keys {sorted(map(str, data))}" if isinstance(data, dict)
                     else f"a {type(data).__name__}")
             raise EngineFormatError(
-                f"not a known engine placement file ({what}); formats: {', '.join(FORMATS)}.",
-                path,
+                f"not a known engine placement file ({what}); formats: "
+                f"{', '.join(format_names())}.", path,
             )
         fmt = found
     elif found is not None and found != fmt:
         raise EngineFormatError(f"holds a {found} placement, not {fmt}.", path)
-    if fmt == "sglang":
-        return _sglang.read_sglang(path, data)
-    if fmt == "trtllm":
-        return _trtllm.read_trtllm(path, data, text)
-    if fmt == "eplb":
-        return _eplb.read_eplb(path, data)
-    return _vllm.read_vllm_ascend(path, data)
+    return get_format(fmt).read(path, container, data, text)
 
 
 def complete_cluster(
@@ -443,7 +379,7 @@ def engine_file_to_plan(
                              f"{E0}: taken as dense (pass --dense-layers or --layer-ids "
                              "to say otherwise)")
         ids = labels[keep]
-    elif ef.row_layer_ids is not None and ef.fmt == "trtllm":
+    elif ef.row_layer_ids is not None and ef.may_hold_mtp:
         mtp = set(int(m) for m in (mtp_layers if mtp_layers is not None else ef.mtp_layers))
         if nhl is not None:
             mtp |= {int(i) for i in labels if i >= nhl}

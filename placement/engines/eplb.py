@@ -17,13 +17,22 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_bytes
-from placement.engines._common import EngineFile, check_rows, int_rows, scalar_int, to_numpy
+from placement._util import format_ids
+from placement.engines._common import (
+    Built,
+    EngineFile,
+    ExportRequest,
+    Usage,
+    check_rows,
+    int_rows,
+    scalar_int,
+    to_numpy,
+)
 from placement.errors import EngineFormatError
+from placement.filekinds import FileKind, Probe
 from placement.plan import Plan, compute_log2phy, compute_logcnt
 
-__all__ = ["build_eplb", "read_eplb", "write_eplb"]
-
-SUFFIXES = (".pt", ".npz")
+__all__ = ["FORMAT", "build_eplb", "read_eplb", "write_eplb"]
 _SCALARS = ("num_experts", "num_nodes", "num_gpus", "num_hidden_layers")
 
 
@@ -133,3 +142,49 @@ def read_eplb(path: Path, data: Any) -> EngineFile:
         num_devices=G, num_nodes=scal.get("num_nodes"),
         num_hidden_layers=scal.get("num_hidden_layers"),
     )
+
+
+class EplbFormat:
+    """The ``eplb`` format: DeepSeek EPLB's tensors (see the module docstring)."""
+
+    name = "eplb"
+    engine = "code calling DeepSeek's EPLB API (phy2log, log2phy, logcnt)"
+    suffixes = (".pt", ".npz")
+    suffix_reason = ""
+    options: frozenset[str] = frozenset()
+    kind = FileKind("eplb", "engine", "EPLB tensors (phy2log, log2phy, logcnt)")
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.container in ("npz", "torch", "pickle") and "phy2log" in probe.keys()
+
+    def build(self, plan: Plan, request: ExportRequest, path: Path) -> Built:
+        tensors = build_eplb(plan)
+        if request.num_hidden_layers is not None:
+            tensors["num_hidden_layers"] = np.asarray(request.num_hidden_layers, dtype=np.int64)
+        L, P, E = plan.num_layers, plan.num_slots, plan.num_experts
+        R = tensors["log2phy"].shape[2]
+        ids = tuple(plan.layer_ids.tolist())
+        return Built(
+            obj=tensors,
+            description=f"EPLB tensors phy2log [{L}, {P}], log2phy [{L}, {E}, {R}], logcnt "
+                        f"[{L}, {E}] (layers {format_ids(ids)})",
+            layer_ids=ids,
+        )
+
+    def check(self, built: Built, plan: Plan) -> None:
+        check_eplb(built.obj, plan)
+
+    def write(self, built: Built, path: Path) -> None:
+        write_eplb(built.obj, path)
+
+    def read(self, path: Path, container: str, data: Any, text: str) -> EngineFile:
+        return read_eplb(path, data)
+
+    def usage(self, plan: Plan, path: Path) -> Usage:
+        loader = ("torch.load(path, weights_only=True)" if path.suffix.lower() == ".pt"
+                  else "numpy.load(path, allow_pickle=False)")
+        return Usage(lines=(f"load with {loader}; rows follow layer_ids",))
+
+
+FORMAT = EplbFormat()
+"""The format object :mod:`placement.engines.registry` registers."""

@@ -26,7 +26,10 @@ import numpy as np
 
 from placement._io import atomic_write_bytes, atomic_write_text
 from placement.engines._common import (
+    Built,
     EngineFile,
+    ExportRequest,
+    Usage,
     check_rows,
     int_rows,
     resolve_layout,
@@ -34,12 +37,12 @@ from placement.engines._common import (
     trivial_row,
 )
 from placement.errors import EngineFormatError
+from placement.filekinds import FileKind, Probe
 from placement.plan import Plan
 
-__all__ = ["build_sglang", "read_sglang", "write_sglang"]
+__all__ = ["FORMAT", "build_sglang", "read_sglang", "write_sglang"]
 
 KEY = "physical_to_logical_map"
-SUFFIXES = (".json", ".pt")
 
 
 def build_sglang(
@@ -138,3 +141,52 @@ def sglang_flags(plan: Plan, path: Path) -> list[str]:
         f"--init-expert-location {path.resolve()}",
     ]
 
+
+
+class SGLangFormat:
+    """The ``sglang`` engine format (see the module docstring)."""
+
+    name = "sglang"
+    engine = "SGLang --init-expert-location"
+    suffixes = (".json", ".pt")
+    suffix_reason = " (SGLang parses any other --init-expert-location value as inline JSON)"
+    options: frozenset[str] = frozenset()
+    kind = FileKind("sglang", "engine", "an SGLang placement file (physical_to_logical_map)")
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.container in ("json", "text", "torch", "pickle") and KEY in probe.keys()
+
+    def build(self, plan: Plan, request: ExportRequest, path: Path) -> Built:
+        obj = build_sglang(plan, **request.layout_kw)
+        layout = resolve_layout(plan.layer_ids, need_num_hidden_layers=True, fmt="SGLang",
+                                **request.layout_kw)
+        rows = obj[KEY]
+        P, E = plan.num_slots, plan.num_experts
+        return Built(
+            obj=obj,
+            description=f"SGLang physical_to_logical_map, {rows.shape[0]} rows (decoder layers) "
+                        f"x {P} slots",
+            layer_ids=tuple(range(rows.shape[0])),
+            notes=tuple(layout.notes(f"trivial rows arange({P}) % {E}", dense_rows=True)),
+        )
+
+    def check(self, built: Built, plan: Plan) -> None:
+        check_sglang(built.obj, plan)
+
+    def write(self, built: Built, path: Path) -> None:
+        write_sglang(built.obj, path)
+
+    def read(self, path: Path, container: str, data: Any, text: str) -> EngineFile:
+        return read_sglang(path, data)
+
+    def usage(self, plan: Plan, path: Path) -> Usage:
+        return Usage(
+            lines=("launch SGLang (python -m sglang.launch_server ...) with:",
+                   *(f"  {f}" for f in sglang_flags(plan, path))),
+            warnings=("do not add --enable-eplb: SGLang would rebalance online and overwrite "
+                      "this placement.",),
+        )
+
+
+FORMAT = SGLangFormat()
+"""The format object :mod:`placement.engines.registry` registers."""

@@ -27,16 +27,21 @@ import numpy as np
 
 from placement._io import atomic_write_text
 from placement.engines._common import (
+    Built,
     EngineFile,
+    ExportRequest,
+    Usage,
     check_rows,
     format_ids,
+    layers_phrase,
     resolve_layout,
     safe_yaml_loader,
 )
 from placement.errors import EngineFormatError, PlanError
+from placement.filekinds import FileKind, Probe
 from placement.plan import Plan
 
-__all__ = ["build_trtllm", "read_trtllm", "trtllm_default_row", "write_trtllm"]
+__all__ = ["FORMAT", "build_trtllm", "read_trtllm", "trtllm_default_row", "write_trtllm"]
 
 KEYS = ("num_slots", "initial_global_assignments", "layer_updates_per_iter")
 META_PREFIX = "# placement:"
@@ -129,9 +134,14 @@ def dumps_trtllm(obj: dict[str, Any], meta: dict[str, Any] | None = None) -> str
 
 
 def write_trtllm(obj: dict[str, Any], path: Path, meta: dict[str, Any] | None = None) -> None:
-    """Write the YAML atomically, after checking that it reads back to ``obj``."""
+    """Write the YAML atomically, after checking that it reads back to ``obj``; a ``.json``
+    path gets JSON (which ``yaml.safe_load``, TensorRT-LLM's reader, reads too; JSON has no
+    comments, so ``meta`` is left out)."""
     import yaml
 
+    if path.suffix.lower() == ".json":
+        atomic_write_text(path, json.dumps(obj) + "\n")
+        return
     text = dumps_trtllm(obj, meta)
     if yaml.load(text, Loader=safe_yaml_loader()) != obj:  # writer and reader must agree
         raise EngineFormatError("internal error: the YAML does not read back to the config.")
@@ -220,7 +230,7 @@ def read_trtllm(path: Path, data: Any, text: str = "") -> EngineFile:
     nhl = meta.get("num_hidden_layers")
     E = meta.get("num_experts")
     return EngineFile(
-        path=path, fmt="trtllm", phy2log=phy2log,
+        path=path, fmt="trtllm", phy2log=phy2log, may_hold_mtp=True,
         row_layer_ids=np.asarray(keys, dtype=np.int64)[order],
         num_experts=E if isinstance(E, int) else None,
         num_hidden_layers=nhl if isinstance(nhl, int) else None,
@@ -241,3 +251,76 @@ def trtllm_usage(plan: Plan, path: Path) -> tuple[list[str], list[str]]:
         f"{c.num_gpus} --extra_llm_api_options OPTIONS.yaml); num_slots {plan.num_slots} = "
         f"{c.num_gpus} x {c.slots_per_gpu}",
     ]
+
+
+class TrtllmFormat:
+    """The ``trtllm`` format: TensorRT-LLM's ``moe_config.load_balancer`` file."""
+
+    name = "trtllm"
+    engine = "TensorRT-LLM moe_config.load_balancer"
+    suffixes = (".yaml", ".yml", ".json")
+    suffix_reason = " (.json writes JSON, the others YAML; TensorRT-LLM reads both)"
+    options = frozenset({"mtp_layers", "mtp_copy_from"})
+    kind = FileKind("trtllm", "engine",
+                    "a TensorRT-LLM load-balancer config (moe_config.load_balancer)")
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.container in ("json", "text") and bool(
+            {"initial_global_assignments", "num_slots", "moe_config", "load_balancer"}
+            & probe.keys())
+
+    def build(self, plan: Plan, request: ExportRequest, path: Path) -> Built:
+        mtp = tuple(sorted(int(m) for m in request.mtp_layers))
+        cfg = build_trtllm(plan, mtp_layers=mtp, mtp_copy_from=request.mtp_copy_from,
+                           **request.layout_kw)
+        layout = resolve_layout(plan.layer_ids, **request.layout_kw)
+        notes = layout.notes("TensorRT-LLM's default placement")
+        if mtp:
+            src = (int(plan.layer_ids.max()) if request.mtp_copy_from is None
+                   else int(request.mtp_copy_from))
+            notes.append(f"MTP {layers_phrase(mtp)} {'gets' if len(mtp) == 1 else 'get'} a "
+                         f"copy of layer {src}'s assignment (TensorRT-LLM fails at start-up "
+                         "without one)")
+        meta: dict[str, Any] = {"num_experts": plan.num_experts}
+        if layout.num_hidden_layers is not None:
+            meta["num_hidden_layers"] = layout.num_hidden_layers
+        if mtp:
+            meta["mtp_layers"] = list(mtp)
+        if plan.model:
+            meta["model"] = plan.model
+        if path.suffix.lower() == ".json":
+            notes.append("written as JSON, which TensorRT-LLM reads like YAML (yaml.safe_load); "
+                         "JSON has no comment line for the layers' metadata, so give "
+                         "--mtp-layers again when you import it" if mtp else
+                         "written as JSON, which TensorRT-LLM reads like YAML (yaml.safe_load)")
+        ids = tuple(cfg["initial_global_assignments"])
+        return Built(
+            obj=cfg,
+            description=f"TensorRT-LLM load balancer, num_slots {plan.num_slots}, {len(ids)} "
+                        f"layers ({format_ids(ids)}), layer_updates_per_iter 0 (static)",
+            layer_ids=ids,
+            notes=tuple(notes),
+            meta=meta,
+        )
+
+    def check(self, built: Built, plan: Plan) -> None:
+        check_trtllm(built.obj, plan)
+
+    def write(self, built: Built, path: Path) -> None:
+        write_trtllm(built.obj, path, built.meta)
+
+    def read(self, path: Path, container: str, data: Any, text: str) -> EngineFile:
+        return read_trtllm(path, data, text)
+
+    def usage(self, plan: Plan, path: Path) -> Usage:
+        snippet, run = trtllm_usage(plan, path)
+        return Usage(
+            lines=("put this in the LLM API options YAML (--extra_llm_api_options / --config):",
+                   *(f"  {u}" for u in snippet), *run),
+            warnings=("layer_updates_per_iter > 0 would make TensorRT-LLM rebalance online and "
+                      "move away from this placement.",),
+        )
+
+
+FORMAT = TrtllmFormat()
+"""The format object :mod:`placement.engines.registry` registers."""

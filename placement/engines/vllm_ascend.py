@@ -28,11 +28,21 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_text
-from placement.engines._common import EngineFile, check_rows, resolve_layout, trivial_row
+from placement._util import format_ids
+from placement.engines._common import (
+    Built,
+    EngineFile,
+    ExportRequest,
+    Usage,
+    check_rows,
+    resolve_layout,
+    trivial_row,
+)
 from placement.errors import EngineFormatError
+from placement.filekinds import FileKind, Probe
 from placement.plan import Plan
 
-__all__ = ["build_vllm_ascend", "read_vllm_ascend", "write_vllm_ascend"]
+__all__ = ["FORMAT", "build_vllm_ascend", "read_vllm_ascend", "write_vllm_ascend"]
 
 
 def build_vllm_ascend(
@@ -154,3 +164,53 @@ def vllm_ascend_usage(path: Path) -> list[str]:
         f"'{{\"eplb_config\": {{\"expert_map_path\": \"{p}\"}}}}'",
         f"(vLLM-Ascend <= 0.11: --additional-config '{{\"expert_map_path\": \"{p}\"}}')",
     ]
+
+
+class VllmAscendFormat:
+    """The ``vllm-ascend`` format: vLLM-Ascend's ``expert_map_path`` JSON."""
+
+    name = "vllm-ascend"
+    engine = "vLLM-Ascend expert_map_path"
+    suffixes = (".json",)
+    suffix_reason = " (vLLM-Ascend reads it with json.load)"
+    options: frozenset[str] = frozenset()
+    kind = FileKind("vllm-ascend", "engine", "a vLLM-Ascend expert map (expert_map_path)")
+
+    def detect(self, probe: Probe) -> bool:
+        return probe.container in ("json", "text") and bool(
+            {"moe_layer_count", "layer_list"} & probe.keys())
+
+    def build(self, plan: Plan, request: ExportRequest, path: Path) -> Built:
+        vmap = build_vllm_ascend(plan, **request.layout_kw)
+        layout = resolve_layout(plan.layer_ids, **request.layout_kw)
+        P, E, c = plan.num_slots, plan.num_experts, plan.cluster
+        notes = layout.notes(f"arange({P}) % {E}")
+        notes.append(f"layer_list entries are MoE layers {format_ids(layout.moe)} in order "
+                     f"(layer_id 0..{len(layout.moe) - 1}, as vLLM-Ascend indexes them)")
+        n = vmap["moe_layer_count"]
+        return Built(
+            obj=vmap,
+            description=f"vLLM-Ascend expert map, {n} MoE layers x {c.num_gpus} devices x "
+                        f"{c.slots_per_gpu} experts",
+            layer_ids=tuple(range(n)),
+            notes=tuple(notes),
+        )
+
+    def check(self, built: Built, plan: Plan) -> None:
+        check_vllm_ascend(built.obj, plan)
+
+    def write(self, built: Built, path: Path) -> None:
+        write_vllm_ascend(built.obj, path)
+
+    def read(self, path: Path, container: str, data: Any, text: str) -> EngineFile:
+        return read_vllm_ascend(path, data)
+
+    def usage(self, plan: Plan, path: Path) -> Usage:
+        return Usage(
+            lines=("serve with:", *(f"  {u}" for u in vllm_ascend_usage(path))),
+            warnings=("dynamic_eplb would rebalance online and move away from this placement.",),
+        )
+
+
+FORMAT = VllmAscendFormat()
+"""The format object :mod:`placement.engines.registry` registers."""

@@ -24,7 +24,6 @@ are dropped (``attention_mask == 0``), so the trace holds only real tokens.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import Progress
 from placement.errors import CapabilityError, InputError
 from placement.routing_traces.trace import Trace
 
@@ -264,11 +264,12 @@ def capture_model(
     batches: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
     model_name: str | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> Trace:
     """Run ``model`` over ``(input_ids [B, S], attention_mask [B, S])`` batches and return the
     token-level :class:`Trace`: ``topk_ids [T, L, k]``, ``topk_weights [T, L, k]``,
     ``window [T]`` (batch index), ``layer_ids [L]`` (decoder-layer index of each MoE layer).
+    ``progress(batches_done, batches)`` is called after each batch.
     """
     import torch
 
@@ -295,7 +296,7 @@ def capture_model(
     w_parts: list[np.ndarray] = []
     win_parts: list[np.ndarray] = []
     try:
-        with _Progress(progress, len(batches)) as advance, torch.inference_mode():
+        with torch.inference_mode():
             for b, (input_ids, mask) in enumerate(batches):
                 got.clear()
                 model(input_ids=torch.as_tensor(input_ids, device=device),
@@ -317,7 +318,8 @@ def capture_model(
                 ids_parts.append(np.stack(layer_ids, axis=1))
                 w_parts.append(np.stack(layer_w, axis=1))
                 win_parts.append(np.full(int(valid.sum()), b, dtype=np.int64))
-                advance()
+                if progress is not None:
+                    progress(b + 1, len(batches))
     finally:
         for h in handles:
             h.remove()
@@ -333,30 +335,6 @@ def capture_model(
         model=model_name,
         num_hidden_layers=getattr(cfg, "num_hidden_layers", None),
     )
-
-
-class _Progress:
-    """A rich progress bar on stderr (only when asked and stderr is a terminal)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total = total
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self._bar = Progress(console=Console(stderr=True), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("capturing routing", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 def load_model(model_path: str | Path, *, device: str = "cpu", dtype: str = "auto") -> Any:
@@ -428,7 +406,7 @@ def capture_routing(
     device: str = "cpu",
     dtype: str = "auto",
     model_name: str | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> Trace:
     """Capture routing from the model in ``model_path`` over exactly one of:
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from placement._io import atomic_write_bytes, read_npz
 from placement.errors import TraceFormatError
+from placement.filekinds import FileKind
+from placement.routing_traces.registry import Reader
 from placement.routing_traces.trace import Trace
 
-__all__ = ["FORMAT_VERSION", "read_native", "write_native"]
+__all__ = ["FORMAT_VERSION", "READER", "read_native", "write_native"]
 
 FORMAT_VERSION = 1
 
@@ -140,3 +142,12 @@ def write_native(trace: Trace, path: str | Path, *, compress: bool = True) -> No
     buf = io.BytesIO()
     (np.savez_compressed if compress else np.savez)(buf, **out)
     atomic_write_bytes(path, buf.getvalue())
+
+
+READER = Reader(
+    kind=FileKind("native-trace", "trace", "a routing trace (native .npz)"),
+    sniff=lambda p: p.container == "npz" and bool(
+        {"topk_ids", "counts", "rank_counts"} & set(p.npz_keys)),
+    read=lambda p: read_native(p.path),
+)
+"""The native v1 ``.npz`` reader."""

@@ -16,22 +16,20 @@ Anything malformed raises :class:`TraceFormatError` naming the file and what is 
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.errors import InputError, TraceFormatError
+from placement.filekinds import Probe, identify, mismatch, split_spec
+from placement.routing_traces import native, sglang, trtllm
 from placement.routing_traces.native import read_native
-from placement.routing_traces.sglang import (
-    SglangRankDump,
-    parse_sglang_pt,
-    read_sglang_json,
-    trace_from_rank_dumps,
-)
+from placement.routing_traces.registry import TraceReader, readers, register_reader
+from placement.routing_traces.sglang import parse_sglang_pt, read_sglang_json
 from placement.routing_traces.trace import Trace
-from placement.routing_traces.trtllm import is_trtllm_dir, read_trtllm_dir
 from placement.routing_traces.windows import select_window_spec
 
 __all__ = [
@@ -41,8 +39,15 @@ __all__ = [
     "bundled_traces",
     "combine_windows",
     "load_trace",
-    "sniff_format",
+    "register_reader",
 ]
+
+# the readers, in the order they are tried: one line each
+register_reader(trtllm.READER)
+register_reader(native.READER)
+register_reader(sglang.COUNTS_READER)
+register_reader(sglang.STAT_READER)
+register_reader(sglang.RANK_DUMP_READER)
 
 BUNDLED_PREFIX = "bundled:"
 TRACE_SUFFIXES = (".npz", ".json", ".pt", ".pth")
@@ -71,62 +76,56 @@ def bundled_trace_path(name: str) -> Path:
 
 
 # -------------------------------------------------------------------------------------------
-# format sniffing
+# one file
 # -------------------------------------------------------------------------------------------
-def sniff_format(path: Path) -> str:
-    """What a file holds, from its first bytes: ``"npz"``, ``"torch"``, ``"json"``,
-    ``"safetensors"`` or ``"npy"``; raises :class:`TraceFormatError` for anything else."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(16)
-    except FileNotFoundError:
-        raise TraceFormatError("no such file or directory.", path) from None
-    except IsADirectoryError:
-        raise TraceFormatError("is a directory.", path) from None
-    if not head:
+def _reader_for(probe: Probe) -> TraceReader | None:
+    return next((r for r in readers() if r.sniff(probe)), None)
+
+
+def _read_file(path: Path, shown: str | None = None) -> tuple[TraceReader | None, Any]:
+    """One file (or a directory a reader claims): ``(reader, trace or part of a run)``.
+
+    A file no reader claims is told by content: another kind of file (a plan, an engine file)
+    gets one line saying so and what to do; anything else the detailed error of the reader its
+    container suggests. ``shown`` is the path as the user wrote it, for messages."""
+    probe = Probe(path)
+    reader = _reader_for(probe)
+    if reader is not None:
+        return reader, reader.read(probe)
+    kind = identify(probe)
+    if kind is not None and kind.role != "trace":
+        raise TraceFormatError(mismatch(kind, "trace", shown or path), shown or path)
+    c = probe.container
+    if c == "missing":
+        raise TraceFormatError("no such file or directory.", shown or path)
+    if c == "dir":
+        raise TraceFormatError("is a directory.", path)
+    if c == "empty":
         raise TraceFormatError("empty file.", path)
-    if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise TraceFormatError(f"truncated or corrupt zip archive ({exc}).", path) from None
-        if any(n.endswith("data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
+    if c == "zip":
+        if probe.zip_error is not None:
+            raise TraceFormatError(f"truncated or corrupt zip archive ({probe.zip_error}).",
+                                   path)
         raise TraceFormatError(
-            f"a zip archive that is neither a .npz nor a torch file (holds {names[:4]}).", path
+            "a zip archive that is neither a .npz nor a torch file (holds "
+            f"{list((probe.zip_names or ())[:4])}).", path,
         )
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head[:1] == b"\x80":  # a pickle (torch's legacy format)
-        return "torch"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if len(head) >= 10 and head[8:10] == b'{"':
-        return "safetensors"
+    if c == "npz":
+        return None, read_native(path)  # says which keys it lacks
+    if c in ("torch", "pickle"):
+        return None, parse_sglang_pt(path)  # says what the dump lacks (or refuses a pickle)
+    if c == "json":
+        return None, read_sglang_json(path)  # says why it is no logical_count JSON
     raise TraceFormatError(
         "unrecognised trace format (expected a native .npz, an SGLang .json or .pt dump, or a "
         "TensorRT-LLM statistics directory).", path,
     )
 
 
-def _read_file(path: Path) -> Trace | SglangRankDump:
-    """One file: a :class:`Trace`, or one rank's SGLang per-pass dump (to be combined)."""
-    kind = sniff_format(path)
-    if kind == "npz":
-        return read_native(path)
-    if kind == "json":
-        return read_sglang_json(path)
-    if kind == "torch":
-        return parse_sglang_pt(path)
-    if kind == "safetensors":
-        raise TraceFormatError(
-            "a TensorRT-LLM statistics rank file: pass the directory that holds it and "
-            "meta_info.json.", path,
-        )
-    raise TraceFormatError("a bare .npy array, not a trace (expected a native .npz).", path)
+def _whole(reader: TraceReader | None, item: Any) -> Trace:
+    if reader is not None and reader.combine is not None:
+        return reader.combine([item])
+    return item
 
 
 # -------------------------------------------------------------------------------------------
@@ -166,8 +165,9 @@ def combine_windows(traces: Sequence[Trace], names: Sequence[str],
             )
         if not np.array_equal(t.layer_ids, first.layer_ids):
             raise TraceFormatError(
-                f"has MoE layers {_span(t.layer_ids)} but {ref} has {_span(first.layer_ids)} "
-                "(a directory or list of traces must hold one model).", p,
+                f"has MoE layers {format_ids(t.layer_ids, 40)} but {ref} has "
+                f"{format_ids(first.layer_ids, 40)} (a directory or list of traces must hold one "
+                "model).", p,
             )
         if (t.num_hidden_layers is not None and first.num_hidden_layers is not None
                 and t.num_hidden_layers != first.num_hidden_layers):
@@ -217,29 +217,24 @@ def combine_windows(traces: Sequence[Trace], names: Sequence[str],
     )
 
 
-def _span(ids: np.ndarray) -> str:
-    v = ids.tolist()
-    if v and v == list(range(v[0], v[-1] + 1)):
-        return f"{v[0]}-{v[-1]}" if len(v) > 1 else str(v[0])
-    return str(v[:6])[:-1] + (", ...]" if len(v) > 6 else "]")
-
-
 def _read_many(paths: Sequence[Path]) -> Trace:
-    """Several files: SGLang per-rank dumps of one run, or traces read as windows."""
-    items = [(p, _read_file(p)) for p in paths]
-    dumps = [(p, x) for p, x in items if isinstance(x, SglangRankDump)]
-    if dumps and len(dumps) != len(items):
-        odd = next(p for p, x in items if not isinstance(x, SglangRankDump))
-        raise TraceFormatError(
-            f"is not an SGLang per_pass / per_token dump like {dumps[0][0].name} "
-            "(one kind of file per directory).", odd,
-        )
-    if dumps:
-        return trace_from_rank_dumps([x for _, x in dumps])
-    traces: list[Trace] = [x for _, x in items if isinstance(x, Trace)]
+    """Several files: the parts of one run (one file per rank), or traces read as windows."""
+    items = [(p, *_read_file(p)) for p in paths]
+    parts = [(p, r, x) for p, r, x in items if r is not None and r.combine is not None]
+    if parts:
+        first_path, reader, _ = parts[0]
+        assert reader is not None and reader.combine is not None
+        odd = next((p for p, r, _ in items if r is not reader), None)
+        if odd is not None:
+            raise TraceFormatError(
+                f"is not {reader.kind.label.removeprefix('a routing trace (').rstrip(')')} "
+                f"like {first_path.name} (one kind of file per directory).", odd,
+            )
+        return reader.combine([x for _, _, x in parts])
+    traces: list[Trace] = [x for _, _, x in items]
     if len(traces) == 1:
         return traces[0]
-    return combine_windows(traces, [p.stem for p in paths], [p for p, _ in items])
+    return combine_windows(traces, [p.stem for p in paths], [p for p, _, _ in items])
 
 
 def _dir_files(path: Path) -> list[Path]:
@@ -253,14 +248,6 @@ def _dir_files(path: Path) -> list[Path]:
     return files
 
 
-def _split_windows(text: str) -> tuple[str, str | None]:
-    """``"trace.npz#0-15"`` -> ``("trace.npz", "0-15")`` unless the whole text names a file."""
-    base, sep, spec = text.rpartition("#")
-    if not sep or not base or Path(text).exists():
-        return text, None
-    return base, spec
-
-
 def load_trace(source: str | Path | Sequence[str | Path]) -> Trace:
     """Read a trace from a file, a directory, a list of files or ``"bundled:NAME"``.
 
@@ -272,7 +259,7 @@ def load_trace(source: str | Path | Sequence[str | Path]) -> Trace:
     """
     if isinstance(source, str | Path):
         text = str(source)
-        base, spec = _split_windows(text)
+        base, spec = split_spec(text)
         if spec is not None:
             trace = load_trace(base)
             try:
@@ -283,21 +270,20 @@ def load_trace(source: str | Path | Sequence[str | Path]) -> Trace:
             return read_native(bundled_trace_path(text))
         path = Path(source)
         if path.is_dir():
-            if is_trtllm_dir(path):
-                return read_trtllm_dir(path)
+            probe = Probe(path)
+            reader = _reader_for(probe)
+            if reader is not None:
+                return _whole(reader, reader.read(probe))
             return _read_many(_dir_files(path))
-        if not path.exists():
-            raise TraceFormatError("no such file or directory.", path)
-        item = _read_file(path)
-        return trace_from_rank_dumps([item]) if isinstance(item, SglangRankDump) else item
+        return _whole(*_read_file(path, text))
     sources = list(source)
     if not sources:
         raise TraceFormatError("no trace files given.")
     if len(sources) == 1:
         return load_trace(sources[0])
-    if any(_split_windows(str(s))[1] is not None for s in sources):
+    if any(split_spec(str(s))[1] is not None for s in sources):
         parts = [load_trace(s) for s in sources]
-        return combine_windows(parts, [Path(_split_windows(str(s))[0]).stem for s in sources])
+        return combine_windows(parts, [Path(split_spec(str(s))[0]).stem for s in sources])
     paths: list[Path] = []
     for s in sources:
         text = str(s)

@@ -34,10 +34,16 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import int_array
 from placement.errors import TraceFormatError
+from placement.filekinds import INVALID, FileKind, Probe
+from placement.routing_traces.registry import Reader
 from placement.routing_traces.trace import Trace
 
 __all__ = [
+    "COUNTS_READER",
+    "RANK_DUMP_READER",
+    "STAT_READER",
     "SglangRankDump",
     "parse_sglang_pt",
     "read_sglang_json",
@@ -103,13 +109,8 @@ def _to_numpy(value: Any, name: str, path: Path) -> np.ndarray:
 
 
 def _int_array(value: Any, name: str, ndim: int, path: Path) -> np.ndarray:
-    a = _to_numpy(value, name, path)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise TraceFormatError(f"Expected {name} to hold integers, got dtype {a.dtype}.", path)
-    if a.ndim != ndim:
-        raise TraceFormatError(f"Expected {name} with {ndim} dimensions, got shape {a.shape}.",
-                               path)
-    return a.astype(np.int64, copy=False)
+    return int_array(_to_numpy(value, name, path), name, ndim, error=TraceFormatError,
+                     path=path).astype(np.int64, copy=False)
 
 
 def _check_counts(a: np.ndarray, name: str, path: Path) -> np.ndarray:
@@ -196,9 +197,12 @@ def _first_ragged(rows: list[Any]) -> str:
     return "rows of different lengths"
 
 
-def read_sglang_json(path: str | Path) -> Trace:
-    """Read ``{"logical_count": [layers][E]}`` (SGLang ``--init-expert-location`` input)."""
+def read_sglang_json(path: str | Path, data: Any = INVALID) -> Trace:
+    """Read ``{"logical_count": [layers][E]}`` (SGLang ``--init-expert-location`` input);
+    ``data`` is the file's parsed JSON when the caller has it already."""
     path = Path(path)
+    if data is not INVALID:
+        return _from_json(data, path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -211,6 +215,10 @@ def read_sglang_json(path: str | Path) -> Trace:
         raise TraceFormatError(
             f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}).", path
         ) from None
+    return _from_json(data, path)
+
+
+def _from_json(data: Any, path: Path) -> Trace:
     if not isinstance(data, dict):
         raise TraceFormatError(
             f"Expected a JSON object with logical_count, got a {type(data).__name__}.", path
@@ -469,3 +477,32 @@ def trace_from_rank_dumps(dumps: Sequence[SglangRankDump]) -> Trace:
         window=np.concatenate(tok_fpid),
         num_hidden_layers=layers,
     )
+
+
+def _pickle_has(p: Probe, *names: str) -> bool:
+    return p.container in ("torch", "pickle") and all(n in p.pickle_strings for n in names)
+
+
+COUNTS_READER = Reader(
+    kind=FileKind("sglang-counts", "trace", "a routing trace (SGLang logical_count JSON)"),
+    sniff=lambda p: isinstance(p.json, dict) and "logical_count" in p.json,
+    read=lambda p: read_sglang_json(p.path, p.json),
+)
+"""``{"logical_count": ...}`` JSON."""
+
+STAT_READER = Reader(
+    kind=FileKind("sglang-stat", "trace", "a routing trace (SGLang stat recorder dump)"),
+    sniff=lambda p: _pickle_has(p, "logical_count") and "records" not in p.pickle_strings,
+    read=lambda p: parse_sglang_pt(p.path),
+)
+"""The ``stat`` recorder dump ``.pt``."""
+
+RANK_DUMP_READER = Reader(
+    kind=FileKind("sglang-rank-dump", "trace",
+                  "a routing trace (one rank's SGLang per_pass / per_token dump)"),
+    sniff=lambda p: _pickle_has(p, "records", "last_physical_to_logical_map"),
+    read=lambda p: parse_sglang_pt(p.path),
+    combine=lambda parts: trace_from_rank_dumps(list(parts)),
+)
+"""One rank's ``per_pass`` / ``per_token`` recorder dump ``.pt`` (a run is a directory of
+them)."""

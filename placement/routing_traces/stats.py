@@ -26,13 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.routing_traces.trace import Trace
 
 __all__ = [
     "MAX_PAIRWISE_WINDOWS",
     "TraceStats",
+    "activation_rate_top_k",
     "describe_trace",
     "format_trace_stats",
+    "infer_top_k",
     "inspect_trace",
 ]
 
@@ -50,6 +53,7 @@ class TraceStats:
     num_layers: int
     num_experts: int
     top_k: int | None
+    top_k_source: str | None
     num_tokens: int | None
     num_assignments: float
     num_windows: int
@@ -158,6 +162,33 @@ def _top_share(values: np.ndarray, n: int) -> float:
     return float(-np.partition(-values, n - 1)[:n].sum() / total)
 
 
+def _pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """``ids [T, L, k]`` (-1 = none) -> per layer, ``[L, E * E]`` tokens routed to both experts
+    i < j (flat index ``i * E + j``, upper triangle only) and ``[L, E]`` tokens routed to each
+    expert. A token listing an expert twice counts it once. Numpy only: one ``bincount`` of the
+    ``k (k - 1) / 2`` pairs of every token per layer (the bins of one layer stay in cache)."""
+    T, L, k = ids.shape
+    E = num_experts
+    pairs = np.zeros((L, E * E), dtype=np.int64)
+    single = np.zeros((L, E), dtype=np.int64)
+    if T == 0:
+        return pairs, single
+    # 1. sorted per token, repeats dropped, laid out [L, k, T] so that every slot is contiguous
+    x = np.sort(ids, axis=2).astype(np.int32)
+    x[:, :, 1:][x[:, :, 1:] == x[:, :, :-1]] = -1
+    x = np.ascontiguousarray(x.transpose(1, 2, 0))
+    ia, ib = np.triu_indices(k, 1)
+    # 2. per layer: sorted ids make a < b for every valid pair
+    for layer in range(L):
+        xl = x[layer]
+        single[layer] = np.bincount(xl[xl >= 0], minlength=E)
+        if len(ia):
+            a, b = xl[ia], xl[ib]  # [pairs, T]
+            valid = (a >= 0) & (b >= 0)
+            pairs[layer] = np.bincount((a * E + b)[valid], minlength=E * E)
+    return pairs, single
+
+
 def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
     """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent."""
     E = trace.num_experts
@@ -167,10 +198,11 @@ def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
            for w in ("obs", "ind") for p in (1, 5)}
     if n_pairs == 0:
         return out
+    pairs, single = _pair_counts(trace.topk_ids, E)
+    upper = iu[0] * E + iu[1]
     for layer in range(trace.num_layers):
-        c = trace.coactivation(layer)
-        obs = c[iu]
-        d = np.diag(c)
+        obs = pairs[layer][upper].astype(np.float64)
+        d = single[layer].astype(np.float64)
         ind = (d[:, None] * d[None, :])[iu]
         for frac, p in zip(_TOP_PAIRS, (1, 5), strict=True):
             n = max(1, math.ceil(frac * n_pairs))
@@ -211,16 +243,67 @@ def _nanmean(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else math.nan
 
 
+def activation_rate_top_k(wc: np.ndarray) -> int | None:
+    """``wc [W, L, E]`` -> k when the counts are activation rates (shares of tokens, not
+    whole counts) whose every window and layer sums to the same whole number ``k``: each token
+    picks k experts. None otherwise."""
+    if wc.size == 0 or np.all(wc == np.round(wc)):
+        return None
+    sums = wc.sum(axis=2).reshape(-1)
+    sums = sums[sums > 0]
+    if sums.size == 0:
+        return None
+    k = round(float(np.median(sums)))
+    if 1 <= k <= wc.shape[2] and np.allclose(sums, k, rtol=1e-3, atol=1e-3):
+        return k
+    return None
+
+
+def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
+    """Experts per token and how it is known: ``(k, source)``, source one of ``"trace"``
+    (token-level, or a counts file that records it), ``"activation rates"`` (see
+    :func:`activation_rate_top_k`) or ``"model preset NAME"`` (the trace's model name, when
+    that preset has the trace's expert count); ``(None, None)`` when nothing tells."""
+    if trace.top_k is not None:
+        return trace.top_k, "trace"
+    k = activation_rate_top_k(trace.window_counts() if wc is None else wc)
+    if k is not None:
+        return k, "activation rates"
+    if trace.model:
+        from placement.models import guess_model
+
+        m = guess_model(trace.model)
+        if m is not None and m.num_experts == trace.num_experts:
+            return m.top_k, f"model preset {m.name}"
+    return None, None
+
+
 def inspect_trace(trace: Trace, *, source: str | None = None,
-                  coactivation: bool = True) -> TraceStats:
+                  coactivation: bool = True, top_k: int | None = None) -> TraceStats:
     """Shape, per-layer skew, co-activation (token-level traces) and drift of ``trace``.
 
     Args:
         trace: any trace.
         source: where it came from, for the report.
         coactivation: compute co-activation (``[E, E]`` per layer; skip for speed).
+        top_k: experts per token, for a counts trace that does not say (see
+            :func:`infer_top_k` for what is tried otherwise); must agree with a trace that
+            does.
     """
+    from placement.errors import InputError
+
     wc = trace.window_counts()                                         # [W, L, E]
+    k: int | None
+    k_source: str | None
+    if top_k is not None:
+        if top_k < 1:
+            raise InputError(f"Expected top_k >= 1, got {top_k}.")
+        if trace.top_k is not None and trace.top_k != top_k:
+            raise InputError(f"--top-k {top_k} contradicts the trace, which routes each token "
+                             f"to {trace.top_k} experts.")
+        k, k_source = top_k, "--top-k"
+    else:
+        k, k_source = infer_top_k(trace, wc)
     counts = wc.sum(axis=0)
     max_over_mean, hot10 = _skew(counts)
     co = _coactivation(trace) if (trace.is_token_level and coactivation) else None
@@ -235,7 +318,8 @@ def inspect_trace(trace: Trace, *, source: str | None = None,
         kind=trace.kind,
         num_layers=trace.num_layers,
         num_experts=trace.num_experts,
-        top_k=trace.top_k,
+        top_k=k,
+        top_k_source=k_source,
         num_tokens=trace.num_tokens,
         num_assignments=float(counts.sum()),
         num_windows=trace.num_windows,
@@ -262,19 +346,7 @@ def inspect_trace(trace: Trace, *, source: str | None = None,
 # -------------------------------------------------------------------------------------------
 def _ids(ids: tuple[int, ...]) -> str:
     """``3-60`` for a run, else a short list."""
-    if not ids:
-        return "none"
-    runs: list[str] = []
-    start = prev = ids[0]
-    for i in (*ids[1:], None):
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        runs.append(f"{start}-{prev}" if prev > start else str(start))
-        if i is not None:
-            start = prev = i
-    text = ", ".join(runs)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return format_ids(ids, max_chars=60)
 
 
 def _num(v: float | None, digits: int = 2) -> str:
@@ -284,7 +356,9 @@ def _num(v: float | None, digits: int = 2) -> str:
 
 
 def _count(v: float) -> str:
-    return f"{int(v):,}" if float(v).is_integer() else f"{v:,.2f}"
+    """A count as a whole number with thousands separators (activation rates and split counts
+    are fractional; their sum is shown to the nearest whole assignment)."""
+    return f"{round(float(v)):,}"
 
 
 def _names(names: tuple[str, ...], width: int = 64) -> str:
@@ -306,9 +380,14 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
     lines.append(f"model         {s.model or 'unknown'}")
     if s.kind == "tokens":
         lines.append(f"routing       token-level: {s.num_tokens:,} tokens, top-{s.top_k}")
+    elif s.top_k_source == "activation rates":
+        lines.append(f"routing       aggregated activation rates (shares of tokens), top-"
+                     f"{s.top_k} (each window and layer sums to {s.top_k})")
+    elif s.top_k is None:
+        lines.append("routing       aggregated counts, top-k unknown (give --top-k K)")
     else:
-        k = f"top-{s.top_k}" if s.top_k is not None else "top-k unknown"
-        lines.append(f"routing       aggregated counts, {k}")
+        why = "" if s.top_k_source in (None, "trace") else f" ({s.top_k_source})"
+        lines.append(f"routing       aggregated counts, top-{s.top_k}{why}")
     layers = f"{s.num_layers} MoE (ids {_ids(s.layer_ids)})"
     if s.num_hidden_layers is not None:
         dense = _ids(s.dense_layer_ids)
@@ -326,7 +405,9 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
         lines.append(f"  {label:<26}{_num(sm.get('min')):>8}{_num(sm.get('mean')):>8}"
                      f"{_num(sm.get('max')):>8}")
     lines.append("")
-    if s.layer_coact_top1_share is None:
+    if s.layer_coact_top1_share is None and s.kind == "tokens":
+        lines.append("co-activation  not computed (--no-coactivation)")
+    elif s.layer_coact_top1_share is None:
         lines.append("co-activation  needs token-level routing (this trace holds counts)")
     else:
         lines.append("co-activation (share of pair mass in the top pairs, mean over layers)")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import int_array
 from placement.errors import CapabilityError, TraceFormatError
 
 __all__ = ["Trace"]
@@ -34,12 +35,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _int_array(name: str, value: Any, ndim: int) -> np.ndarray:
-    a = np.asarray(value)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise TraceFormatError(f"Expected {name} to be an integer array, got dtype {a.dtype}.")
-    if a.ndim != ndim:
-        raise TraceFormatError(f"Expected {name} with {ndim} dimension(s), got shape {a.shape}.")
-    return a
+    return int_array(value, name, ndim, error=TraceFormatError)
 
 
 class Trace:

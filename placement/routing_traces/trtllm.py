@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from placement.errors import TraceFormatError
+from placement.filekinds import FileKind
+from placement.routing_traces.registry import Reader
 from placement.routing_traces.trace import Trace
 
-__all__ = ["is_trtllm_dir", "read_trtllm_dir"]
+__all__ = ["READER", "is_trtllm_dir", "read_trtllm_dir"]
 
 _RANK_FILE = re.compile(r"^rank(\d+)\.safetensors$")
 _KEY = re.compile(r"^(\d+)_(\d+)$")
@@ -132,3 +134,12 @@ def read_trtllm_dir(path: str | Path) -> Trace:
         )
     except TraceFormatError as exc:
         raise TraceFormatError(exc.reason, path) from None
+
+
+READER = Reader(
+    kind=FileKind("trtllm-stats", "trace",
+                  "a routing trace (TensorRT-LLM expert-statistic directory)"),
+    sniff=lambda p: p.is_dir and "meta_info.json" in p.entries,
+    read=lambda p: read_trtllm_dir(p.path),
+)
+"""The TensorRT-LLM statistics directory reader."""

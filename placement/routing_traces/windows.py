@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from placement._util import parse_range
 from placement.errors import InputError
 from placement.routing_traces.trace import Trace
 
@@ -32,17 +33,16 @@ def parse_window_spec(spec: str, window_names: tuple[str, ...]) -> list[int]:
             if part in window_names:
                 out.append(window_names.index(part))
                 continue
-            lo, sep, hi = part.partition("-")
             try:
-                a = int(lo)
-                b = int(hi) if sep else a
-            except ValueError:
+                a, b = parse_range(part, spec, "windows")
+            except InputError as exc:
+                if "backwards" in str(exc):
+                    raise InputError(f"Expected an increasing window range, got {part!r}.") \
+                        from None
                 raise InputError(
                     f"Unknown window {part!r} in {spec!r}: not an index, a range or one of the "
                     f"trace's window names."
                 ) from None
-            if a > b:
-                raise InputError(f"Expected an increasing window range, got {part!r}.")
             out.extend(range(a, b + 1))
     bad = [i for i in out if not 0 <= i < W]
     if bad:

@@ -6,16 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from placement.cli import main
 from placement.routing_traces import read_native
 
 INSTALL = "error: capture needs the transformers package: pip install 'placement[capture]'\n"
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def test_capture_prompts(model_dir, tmp_path):
+def test_capture_prompts(run, model_dir, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("w1 w2 w3\nw4 w5\nw6 w7 w8 w9\n")
     out = tmp_path / "trace.npz"
@@ -58,7 +52,7 @@ def test_capture_prompts(model_dir, tmp_path):
     assert t.window.tolist() == [0] * 5 + [1] * 4
 
 
-def test_capture_token_ids_and_text(model_dir, tmp_path):
+def test_capture_token_ids_and_text(run, model_dir, tmp_path):
     ids = tmp_path / "ids.npy"
     np.save(ids, np.arange(4, 24))
     out = tmp_path / "t.npz"
@@ -74,10 +68,10 @@ def test_capture_token_ids_and_text(model_dir, tmp_path):
     assert r.exit_code == 0 and r.stdout.startswith("captured 5 tokens")
 
 
-def test_capture_input_errors(model_dir, tmp_path):
+def test_capture_input_errors(run, model_dir, tmp_path):
     r = run("capture", model_dir, "-o", tmp_path / "t.npz")
     assert r.exit_code == 2
-    assert "Give exactly one of --prompts, --text or --token-ids." in r.stderr
+    assert "Give exactly one of --prompts, --text or --token-ids" in r.stderr
     r = run("capture", model_dir, "--prompts", tmp_path / "none.txt", "-o", tmp_path / "t.npz")
     assert r.exit_code == 1
     assert r.stderr == f"error: {tmp_path / 'none.txt'}: no such file.\n"
@@ -92,7 +86,7 @@ def test_capture_input_errors(model_dir, tmp_path):
     assert not (tmp_path / "t.npz").exists()
 
 
-def test_capture_without_transformers(tmp_path, monkeypatch):
+def test_capture_without_transformers(run, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
     (tmp_path / "p.txt").write_text("hello\n")
     r = run("capture", tmp_path, "--prompts", tmp_path / "p.txt", "-o", tmp_path / "t.npz")

@@ -7,25 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.cluster import Cluster
 from placement.plan import Plan
 from placement.routing_traces import Trace, write_native
 
 E = 8
-
-
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _one_line_error(result: Result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert fragment in lines[0]
 
 
 def _trace(seed: int) -> Trace:
@@ -53,16 +40,16 @@ def setup(tmp_path: Path) -> dict[str, str]:
                                               ("out", "report"))}
 
 
-def test_report_from_recorded_inputs(setup: dict[str, str]) -> None:
+def test_report_from_recorded_inputs(run, setup: dict[str, str]) -> None:
     # plan first, trace second: told apart by content
-    r = _run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
-             "contiguous", "--model", "olmoe-1b-7b", "--layer", "4", "-o", setup["out"])
+    r = run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
+             "contiguous", "--model", "mixtral-8x7b", "--layer", "4", "-o", setup["out"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
                        "dispatch static"
-    assert lines[1].split() == ["plan", "imbalance", "sends/token", "GB/1M", "tok", "tokens/s",
-                                "$/1M", "tok"]
+    assert lines[1].split() == ["plan", "imbalance", "(static)", "sends/token", "GB/1M", "tok",
+                                "tokens/s/node", "$/1M", "tok"]
     assert [ln.split()[0] for ln in lines[2:5]] == ["mine", "eplb", "contiguous"]
     assert lines[-1] == (f"wrote 6 files to {setup['out']}: imbalance.png, cross_node_sends.png, "
                          "tokens_per_gpu.png, traffic_matrix.png, report.md, report.html")
@@ -72,41 +59,43 @@ def test_report_from_recorded_inputs(setup: dict[str, str]) -> None:
     assert "| mine | hand | " in md
 
 
-def test_baseline_from_overrides(setup: dict[str, str], tmp_path: Path) -> None:
+def test_baseline_from_overrides(run, setup: dict[str, str], tmp_path: Path) -> None:
     out = str(tmp_path / "r2")
-    r = _run("compare", setup["held"], setup["bare"], "--baseline-from", setup["fit"], "-o", out)
+    r = run("compare", setup["held"], setup["bare"], "--baseline-from", setup["fit"], "-o", out)
     assert r.exit_code == 0, r.output
     assert [ln.split()[0] for ln in r.stdout.splitlines()[2:4]] == ["bare", "eplb"]
     # 8 experts, top-2: the only preset that fits is Mixtral; the guess is said
     assert r.stderr == "note: model shape guessed: mixtral-8x7b (give --model NAME to choose).\n"
 
 
-def test_eplb_without_data_is_one_line(setup: dict[str, str]) -> None:
-    _one_line_error(_run("compare", setup["held"], setup["bare"], "-o", setup["out"]),
-                    "the EPLB baseline needs the traces the plans were made from: give "
+def test_eplb_without_data_is_one_line(run, error, setup: dict[str, str]) -> None:
+    error(run("compare", setup["held"], setup["bare"], "-o", setup["out"]),
+                    contains="the EPLB baseline needs the traces the plans were made from: give "
                     "--baseline-from TRACE")
     assert not Path(setup["out"]).exists()
 
 
-def test_contiguous_needs_no_data(setup: dict[str, str]) -> None:
-    r = _run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
+def test_contiguous_needs_no_data(run, setup: dict[str, str]) -> None:
+    r = run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
              "-o", setup["out"])
     assert r.exit_code == 0, r.output
     assert (Path(setup["out"]) / "report.html").is_file()
 
 
-def test_heldout_equal_to_recorded_input_is_refused(setup: dict[str, str]) -> None:
-    _one_line_error(_run("compare", setup["fit"], setup["mine"], "-o", setup["out"]),
-                    "which is also given as held-out")
+def test_heldout_equal_to_recorded_input_is_refused(run, error, setup: dict[str, str]) -> None:
+    error(run("compare", setup["fit"], setup["mine"], "-o", setup["out"]),
+                    contains=f"{setup['fit']}: this trace is data {setup['mine']} was made from (its "
+                    "input fit.npz): judge the plan on other data, or pass --allow-overlap for "
+                    "in-sample figures.")
 
 
-def test_baselines_only_with_cluster_options(setup: dict[str, str], tmp_path: Path) -> None:
+def test_baselines_only_with_cluster_options(run, error, setup: dict[str, str], tmp_path: Path) -> None:
     out = str(tmp_path / "r3")
-    r = _run("compare", setup["held"], "--nodes", "2", "--gpus-per-node", "2",
+    r = run("compare", setup["held"], "--nodes", "2", "--gpus-per-node", "2",
              "--slots-per-gpu", "3", "--baseline", "contiguous", "-o", out)
     assert r.exit_code == 0, r.output
-    r = _run("compare", setup["held"], "--baseline", "contiguous", "-o", out)
-    _one_line_error(r, "Cluster not fully given")
+    r = run("compare", setup["held"], "--baseline", "contiguous", "-o", out)
+    error(r, contains="Cluster not fully given")
 
 
 @pytest.mark.parametrize(
@@ -117,20 +106,20 @@ def test_baselines_only_with_cluster_options(setup: dict[str, str], tmp_path: Pa
          "the cluster options give 1x4x3 but the plans are for 2x2x3"),
     ],
 )
-def test_one_line_errors(setup: dict[str, str], extra: list[str], fragment: str) -> None:
-    r = _run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
+def test_one_line_errors(run, error, setup: dict[str, str], extra: list[str], fragment: str) -> None:
+    r = run("compare", setup["held"], setup["bare"], "--baseline", "contiguous",
              "-o", setup["out"], *extra)
-    _one_line_error(r, fragment)
+    error(r, contains=fragment)
 
 
-def test_only_plans_and_mismatched_trace(setup: dict[str, str], tmp_path: Path) -> None:
-    _one_line_error(_run("compare", setup["mine"], "-o", setup["out"]),
-                    "no held-out trace given")
+def test_only_plans_and_mismatched_trace(run, error, setup: dict[str, str], tmp_path: Path) -> None:
+    error(run("compare", setup["mine"], "-o", setup["out"]),
+                    contains="no held-out trace given")
     other = Trace(num_experts=E, topk_ids=np.tile(np.array([0, 1]), (3, 1, 1)), layer_ids=[7])
     write_native(other, tmp_path / "l7.npz")
-    _one_line_error(_run("compare", str(tmp_path / "l7.npz"), setup["bare"], "--baseline",
+    error(run("compare", str(tmp_path / "l7.npz"), setup["bare"], "--baseline",
                          "contiguous", "-o", setup["out"]),
-                    "the trace has layer(s) 7 that the plan lacks")
+                    contains="the trace has layer(s) 7 that the plan lacks")
 
 
 def test_plan_detection(setup: dict[str, str], tmp_path: Path) -> None:

@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from placement.cli import main
 from placement.cluster import Cluster
 from placement.plan import Plan
 
@@ -31,11 +29,7 @@ def _plan(tmp_path, name="plan.json"):
     return plan, path
 
 
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def test_export_sglang_lines(tmp_path):
+def test_export_sglang_lines(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     out = tmp_path / "init.json"
     r = run("export", plan_path, "--format", "sglang", "-o", out)
@@ -57,7 +51,7 @@ def test_export_sglang_lines(tmp_path):
     assert len(json.loads(out.read_text())["physical_to_logical_map"]) == 4
 
 
-def test_export_trtllm_with_mtp(tmp_path):
+def test_export_trtllm_with_mtp(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     out = tmp_path / "lb.yaml"
     r = run("export", plan_path, "--format", "trtllm", "--mtp-layers", "4", "-o", out)
@@ -72,7 +66,7 @@ def test_export_trtllm_with_mtp(tmp_path):
                          "--extra_llm_api_options OPTIONS.yaml); num_slots 24 = 8 x 3")
 
 
-def test_export_then_import_round_trip(tmp_path):
+def test_export_then_import_round_trip(run, tmp_path):
     plan, plan_path = _plan(tmp_path)
     for fmt, name, extra in [("sglang", "a.pt", []), ("eplb", "b.npz", []),
                              ("vllm-ascend", "c.json", ["--first-k-dense", "1"]),
@@ -91,7 +85,7 @@ def test_export_then_import_round_trip(tmp_path):
         assert np.array_equal(got.phy2log, plan.phy2log) and got.layer_ids.tolist() == [1, 2, 3]
 
 
-def test_import_vllm_ascend_needs_node_split(tmp_path):
+def test_import_vllm_ascend_needs_node_split(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     out = tmp_path / "m.json"
     run("export", plan_path, "--format", "vllm-ascend", "-o", out)
@@ -103,7 +97,7 @@ def test_import_vllm_ascend_needs_node_split(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
-def test_import_wrong_slots_for_cluster(tmp_path):
+def test_import_wrong_slots_for_cluster(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     out = tmp_path / "a.json"
     run("export", plan_path, "--format", "sglang", "-o", out)
@@ -123,7 +117,7 @@ def test_import_wrong_slots_for_cluster(tmp_path):
          "not a valid placement: expert 1 has no replica in layer 1"),
     ],
 )
-def test_import_broken_yaml(tmp_path, content, message):
+def test_import_broken_yaml(run, tmp_path, content, message):
     path = tmp_path / "lb.yaml"
     path.write_text(content)
     r = run("import", path, "--nodes", 4, "--gpus-per-node", 2, "--slots-per-gpu", 3,
@@ -133,20 +127,20 @@ def test_import_broken_yaml(tmp_path, content, message):
     assert r.stderr.count("\n") == 1
 
 
-def test_export_unknown_format_is_a_usage_error(tmp_path):
+def test_export_unknown_format_is_a_usage_error(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     r = run("export", plan_path, "--format", "vllm", "-o", tmp_path / "x.json")
     assert r.exit_code == 2
     assert "Invalid value for '--format': 'vllm' is not one of" in r.stderr
 
 
-def test_export_missing_plan(tmp_path):
+def test_export_missing_plan(run, tmp_path):
     r = run("export", tmp_path / "nope.json", "--format", "sglang", "-o", tmp_path / "x.json")
     assert r.exit_code == 1
     assert r.stderr == f"error: {tmp_path / 'nope.json'}: no such file.\n"
 
 
-def test_export_subset_needs_fill(tmp_path):
+def test_export_subset_needs_fill(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     r = run("export", plan_path, "--format", "sglang", "--num-hidden-layers", 4,
             "--dense-layers", "0-1", "-o", tmp_path / "x.json")
@@ -159,14 +153,15 @@ def test_export_subset_needs_fill(tmp_path):
     assert r.stderr == "error: --mtp-layers applies to the trtllm format only.\n"
 
 
-def test_import_dense_options_conflict(tmp_path):
+def test_import_dense_options_conflict(run, tmp_path):
     _, plan_path = _plan(tmp_path)
     out = tmp_path / "e.npz"
     run("export", plan_path, "--format", "eplb", "-o", out)
     r = run("import", out, "--dense-layers", "0", "--first-k-dense", 1, "-o",
             tmp_path / "p.json")
     assert r.exit_code == 2
-    assert "Give either --dense-layers or --first-k-dense, not both." in r.stderr
+    assert r.stderr == ("error: Give either --dense-layers or --first-k-dense, not both (see "
+                        "'placement import --help').\n")
     r = run("import", out, "--layer-ids", "x", "-o", tmp_path / "p.json")
     assert r.exit_code == 1
     assert r.stderr == "error: Expected layer ids like '3-60' or '0,1,2', got 'x'.\n"

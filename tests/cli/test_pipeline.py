@@ -6,31 +6,25 @@ import json
 from pathlib import Path
 
 import numpy as np
-from click.testing import CliRunner, Result
-
-from placement.cli import main
+import pytest
 
 
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def test_deepseek_counts_solve_validate_export_compare(shared_dir: Path, tmp_path: Path) -> None:
+def test_deepseek_counts_solve_validate_export_compare(run, shared_dir: Path, tmp_path: Path) -> None:
     d = shared_dir / "traces" / "deepseek_v3_sglang"
     plan = tmp_path / "plan.json"
-    r = _run("solve", d / "prefill_in512.json", d / "prefill_in1024.json", "--preset",
+    r = run("solve", d / "prefill_in512.json", d / "prefill_in1024.json", "--preset",
              "deepseek-prefill", "--time-limit", "20", "-o", plan)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1] == f"saved plan to {plan}"
 
-    r = _run("validate", plan, d / "prefill_in2048.json", "--dispatch", "even", "--json")
+    r = run("validate", plan, d / "prefill_in2048.json", "--dispatch", "even", "--json")
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)
-    assert len(v["layers"]) == 58 and 1.0 <= v["imbalance"] < 1.3
+    assert len(v["layers"]) == 58 and 1.0 <= v["imbalance_even"] < 1.3
     assert v["cross_node_sends_per_token"] is None  # counts carry no traffic
 
     out = tmp_path / "init_expert_location.json"
-    r = _run("export", plan, "--format", "sglang", "-o", out)
+    r = run("export", plan, "--format", "sglang", "-o", out)
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert list(data) == ["physical_to_logical_map"]
@@ -41,7 +35,7 @@ def test_deepseek_counts_solve_validate_export_compare(shared_dir: Path, tmp_pat
     assert "--ep-num-redundant-experts 32" in r.stdout
 
     report = tmp_path / "report"
-    r = _run("compare", d / "prefill_in2048.json", plan, "--baseline", "eplb", "-o", report)
+    r = run("compare", d / "prefill_in2048.json", plan, "--baseline", "eplb", "-o", report)
     assert r.exit_code == 0, r.output
     md = (report / "report.md").read_text()
     assert "| eplb (baseline) |" in md
@@ -49,16 +43,17 @@ def test_deepseek_counts_solve_validate_export_compare(shared_dir: Path, tmp_pat
     assert (report / "report.html").read_text().count("data:image/png;base64,") == 2
 
 
-def test_token_trace_split_by_window(shared_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_token_trace_split_by_window(run, shared_dir: Path, tmp_path: Path) -> None:
     flame = shared_dir / "traces" / "flame_moe_290m_tokens.npz"
     plan = tmp_path / "plan.json"
-    r = _run("solve", f"{flame}#first-half", "--nodes", "4", "--gpus-per-node", "2",
+    r = run("solve", f"{flame}#first-half", "--nodes", "4", "--gpus-per-node", "2",
              "--slots-per-gpu", "10", "--time-limit", "20", "-o", plan)
     assert r.exit_code == 0, r.output
-    r = _run("compare", f"{flame}#second-half", plan, "--baseline", "eplb", "-o", tmp_path / "rep")
+    r = run("compare", f"{flame}#second-half", plan, "--baseline", "eplb", "-o", tmp_path / "rep")
     assert r.exit_code == 0, r.output
     # baselines were planned from the plan's own input (the first half), not the held-out half
     assert "first-half" in (tmp_path / "rep" / "report.md").read_text()
-    r = _run("compare", f"{flame}#first-half", plan, "--baseline", "eplb", "-o", tmp_path / "r2")
+    r = run("compare", f"{flame}#first-half", plan, "--baseline", "eplb", "-o", tmp_path / "r2")
     assert r.exit_code == 1
     assert r.stderr.startswith("error: ")

@@ -10,26 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 
-from placement.cli import main
 from placement.routing_traces import Trace, load_trace, read_native, write_native
 
 DEEPSEEK_JSON_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
     "deepseek_v3_sglang"
-
-
-def _run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
-
-
-def _assert_one_line_error(result: Result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert fragment in lines[0]
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
 
 
 @pytest.fixture
@@ -42,8 +27,8 @@ def small_trace(tmp_path: Path) -> Path:
     return tmp_path / "toy.npz"
 
 
-def test_inspect_prints_the_report(small_trace: Path) -> None:
-    result = _run("trace", "inspect", str(small_trace))
+def test_inspect_prints_the_report(run, small_trace: Path) -> None:
+    result = run("trace", "inspect", str(small_trace))
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[:8] == [
@@ -59,8 +44,8 @@ def test_inspect_prints_the_report(small_trace: Path) -> None:
     assert result.stderr == ""
 
 
-def test_inspect_per_layer_table(small_trace: Path) -> None:
-    result = _run("trace", "inspect", str(small_trace), "--per-layer")
+def test_inspect_per_layer_table(run, small_trace: Path) -> None:
+    result = run("trace", "inspect", str(small_trace), "--per-layer")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[-3].split() == ["layer", "max/mean", "hot10%", "top1%", "pairs", "indep"]
@@ -68,8 +53,8 @@ def test_inspect_per_layer_table(small_trace: Path) -> None:
     assert lines[-2].split()[:3] == ["1", "1.50", "0.375"]
 
 
-def test_inspect_json(small_trace: Path) -> None:
-    result = _run("trace", "inspect", str(small_trace), "--json")
+def test_inspect_json(run, small_trace: Path) -> None:
+    result = run("trace", "inspect", str(small_trace), "--json")
     assert result.exit_code == 0
     assert len(result.stdout.splitlines()) == 1
     d = json.loads(result.stdout)
@@ -80,8 +65,8 @@ def test_inspect_json(small_trace: Path) -> None:
     assert d["drift"]["tv_pairwise_mean"] == pytest.approx(d["drift"]["tv_pairwise_max"])
 
 
-def test_inspect_counts_directory_as_windows() -> None:
-    result = _run("trace", "inspect", str(DEEPSEEK_JSON_DIR), "--json")
+def test_inspect_counts_directory_as_windows(run) -> None:
+    result = run("trace", "inspect", str(DEEPSEEK_JSON_DIR), "--json")
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert (d["num_layers"], d["num_experts"], d["top_k"], d["num_tokens"], d["num_windows"]) == \
@@ -90,20 +75,20 @@ def test_inspect_counts_directory_as_windows() -> None:
     assert d["coactivation"] is None
 
 
-def test_inspect_several_files(tmp_path: Path, small_trace: Path) -> None:
+def test_inspect_several_files(run, tmp_path: Path, small_trace: Path) -> None:
     other = tmp_path / "other.npz"
     write_native(load_trace(small_trace), other)
-    result = _run("trace", "inspect", str(small_trace), str(other), "--json")
+    result = run("trace", "inspect", str(small_trace), str(other), "--json")
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert d["num_windows"] == 4 and d["window_names"] == ["toy:a", "toy:b", "other:a", "other:b"]
 
 
-def test_synth_writes_a_trace(tmp_path: Path) -> None:
+def test_synth_writes_a_trace(run, tmp_path: Path) -> None:
     out = tmp_path / "s.npz"
     args = ["trace", "synth", "--preset", "deepseek-v3", "--tokens", "256", "--windows", "2",
             "--source-ranks", "8", "--layers", "3", "--seed", "4", "-o", str(out)]
-    result = _run(*args)
+    result = run(*args)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         f"wrote {out}: synthetic DeepSeek-V3, 256 tokens x 3 MoE layers, top-8 of 256 experts, "
@@ -112,21 +97,21 @@ def test_synth_writes_a_trace(tmp_path: Path) -> None:
     t = read_native(out)
     assert t.topk_ids.shape == (256, 3, 8) and t.num_hidden_layers == 61
     first = t.topk_ids.copy()
-    assert _run(*args).exit_code == 0
+    assert run(*args).exit_code == 0
     np.testing.assert_array_equal(read_native(out).topk_ids, first)  # deterministic
 
 
-def test_synth_like_and_bundled_source(tmp_path: Path) -> None:
+def test_synth_like_and_bundled_source(run, tmp_path: Path) -> None:
     out = tmp_path / "like.npz"
-    result = _run("trace", "synth", "--preset", "mixtral", "--tokens", "512", "--like",
+    result = run("trace", "synth", "--preset", "mixtral", "--tokens", "512", "--like",
                   "bundled:mixtral", "-o", str(out))
     assert result.exit_code == 0, result.output
     assert read_native(out).num_experts == 8
 
 
-def test_convert_json_directory(tmp_path: Path) -> None:
+def test_convert_json_directory(run, tmp_path: Path) -> None:
     out = tmp_path / "ds.npz"
-    result = _run("trace", "convert", str(DEEPSEEK_JSON_DIR), "-o", str(out))
+    result = run("trace", "convert", str(DEEPSEEK_JSON_DIR), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote {out}: counts (")
     assert result.stdout.rstrip().endswith("x 58 MoE layers, 256 experts, 12 windows")
@@ -135,8 +120,8 @@ def test_convert_json_directory(tmp_path: Path) -> None:
     assert back.window_names == src.window_names and back.dense_layer_ids == (0, 1, 2)
 
 
-def test_bundled_lists_shipped_traces() -> None:
-    result = _run("trace", "bundled")
+def test_bundled_lists_shipped_traces(run) -> None:
+    result = run("trace", "bundled")
     assert result.exit_code == 0
     names = [line.split()[0] for line in result.stdout.splitlines()]
     assert {"bundled:deepseek-v3", "bundled:mixtral", "bundled:qwen3-235b"} <= set(names)
@@ -149,35 +134,35 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_error_missing_file(tmp_path: Path) -> None:
-    _assert_one_line_error(_run("trace", "inspect", str(tmp_path / "nope.npz")),
-                           f"{tmp_path / 'nope.npz'}: no such file or directory.")
+def test_error_missing_file(run, error, tmp_path: Path) -> None:
+    error(run("trace", "inspect", str(tmp_path / "nope.npz")),
+                           contains=f"{tmp_path / 'nope.npz'}: no such file or directory.")
 
 
-def test_error_pickle_with_code(tmp_path: Path) -> None:
+def test_error_pickle_with_code(run, error, tmp_path: Path) -> None:
     _Evil.marker = str(tmp_path / "PWNED")
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"logical_count": _Evil()}))
-    _assert_one_line_error(_run("trace", "convert", str(tmp_path / "evil.pt"), "-o",
-                                str(tmp_path / "x.npz")), "refusing to load")
+    error(run("trace", "convert", str(tmp_path / "evil.pt"), "-o",
+                                str(tmp_path / "x.npz")), contains="refusing to load")
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "x.npz").exists()
 
 
-def test_error_mixed_models(tmp_path: Path) -> None:
+def test_error_mixed_models(run, error, tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps({"logical_count": [[1, 2]]}))
     (tmp_path / "b.json").write_text(json.dumps({"logical_count": [[1, 2, 3]]}))
-    _assert_one_line_error(_run("trace", "inspect", str(tmp_path)),
-                           f"{tmp_path / 'b.json'}: has 3 experts but a.json has 2")
+    error(run("trace", "inspect", str(tmp_path)),
+                           contains=f"{tmp_path / 'b.json'}: has 3 experts but a.json has 2")
 
 
-def test_error_like_with_other_expert_count(tmp_path: Path) -> None:
-    _assert_one_line_error(
-        _run("trace", "synth", "--preset", "olmoe", "--like", "bundled:mixtral", "--tokens", "8",
+def test_error_like_with_other_expert_count(run, error, tmp_path: Path) -> None:
+    error(
+        run("trace", "synth", "--preset", "olmoe", "--like", "bundled:mixtral", "--tokens", "8",
              "-o", str(tmp_path / "x.npz")),
-        "--like trace has 8 experts but preset olmoe has 64")
+        contains="--like trace has 8 experts but preset olmoe has 64")
 
 
-def test_error_unknown_bundled() -> None:
-    _assert_one_line_error(_run("trace", "inspect", "bundled:gpt"), "no bundled trace 'gpt'")
+def test_error_unknown_bundled(run, error) -> None:
+    error(run("trace", "inspect", "bundled:gpt"), contains="no bundled trace 'gpt'")
 
 
 @pytest.mark.parametrize("args", [
@@ -186,7 +171,7 @@ def test_error_unknown_bundled() -> None:
     ["trace", "synth"],
     ["trace", "inspect"],
 ])
-def test_usage_errors_exit_2(args: list[str]) -> None:
-    result = _run(*args)
+def test_usage_errors_exit_2(run, args: list[str]) -> None:
+    result = run(*args)
     assert result.exit_code == 2
     assert "Traceback" not in result.output

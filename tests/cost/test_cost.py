@@ -10,8 +10,10 @@ from placement.cost import (
     MODEL_PRESETS,
     CostOptions,
     ModelShape,
+    Workload,
     deepseek_reference_comparison,
     estimate_cost,
+    fleet_nodes,
     format_cost,
     format_reference_comparison,
     guess_model,
@@ -115,21 +117,61 @@ def test_deepseek_reference_comparison() -> None:
     pre, dec = points
     assert pre.published_per_node == 73.7e3 and dec.published_per_node == 14.8e3
     assert pre.cluster.num_gpus == 32 and dec.cluster.num_gpus == 144
-    # compute only, perfect balance: G * 400e12 / (8 * 6 * 7168 * 2048 * 58) tokens/s per cluster
+    # the routed-expert bound is the earlier model: perfect balance would give
+    # G * 400e12 / (8 * 6 * 7168 * 2048 * 58) tokens/s per cluster, divided by the imbalance
     per_token = 8 * 6 * 7168 * 2048 * 58
-    assert pre.compute_only.tokens_per_s == pytest.approx(32 * 400e12 / per_token)
-    assert dec.compute_only.tokens_per_s_per_node == pytest.approx(8 * 400e12 / per_token)
-    # decode is communication bound on 18 nodes: ~6.24 remote nodes per token
+    flat = deepseek_reference_comparison(imbalance=1.0)
+    assert flat[0].moe_only.compute_s[0] == pytest.approx(
+        1000 * 8 * 6 * 7168 * 2048 / 400e12)
+    assert flat[0].moe_only.tokens_per_s == pytest.approx(32 * 400e12 / per_token)
+    # what the earlier model said: 1.06x and 2.78x the published figures
+    assert flat[0].moe_only_ratio == pytest.approx(1.06, abs=0.005)
+    assert flat[1].moe_only_ratio == pytest.approx(2.78, abs=0.005)
+    # decode meets the published figure within 25 %; the operating point is DeepSeek's
+    assert 0.75 <= dec.ratio <= 1.25
+    assert dec.step.batch_limit == "speed target"
+    assert dec.step.tokens_per_s_per_user is not None
+    assert 21.0 <= dec.step.tokens_per_s_per_user < 22.0
+    assert dec.step.workload.context == 4989
+    assert pre.step.workload.cache_hit_rate == pytest.approx(342 / 608)
+    assert pre.step.batch == 16384
     assert dec.sends_per_token == pytest.approx(17 * (1 - (17 / 18) ** 8))
-    assert dec.estimate.tokens_per_s < dec.compute_only.tokens_per_s
-    assert pre.ratio > 1 and dec.ratio > 1  # an upper bound on the published figures
-    worse = deepseek_reference_comparison(imbalance=1.5)
-    assert worse[0].compute_only.tokens_per_s == pytest.approx(pre.compute_only.tokens_per_s / 1.5)
+    # prefill: the service average sits well below what the model says the hardware does
+    assert pre.ratio > 1.25
+    # fleet check: node-days the published traffic needs at the predicted per-node figures
+    f = fleet_nodes(points)
+    assert f["decode"] == pytest.approx(168e9 / (dec.estimate.tokens_per_s_per_node * 86400))
+    assert f["prefill"] == pytest.approx(608e9 / (pre.estimate.tokens_per_s_per_node * 86400))
+    assert f["total"] == pytest.approx(f["decode"] + f["prefill"]) and f["total"] < 226.75
+    # more imbalance, less throughput
+    worse = deepseek_reference_comparison(imbalance=2.0)
+    assert worse[1].estimate.tokens_per_s < dec.estimate.tokens_per_s
     text = format_reference_comparison(points)
-    assert "| prefill | deepseek-prefill (4 x 8 GPUs, 9 slots/GPU) | 73.7k input |" in text
-    assert "RATIOS between plans" in text
+    assert text.splitlines()[0].startswith("| phase | deployment | published tokens/s per node |")
+    assert "| prefill | deepseek-prefill (4 x 8 H800, 9 slots/GPU) | 73.7k input |" in text
+    assert f"| {dec.ratio:.2f} |" in text
+    assert "24-hour averages of a live service" in text
     with pytest.raises(InputError, match="Expected imbalance >= 1"):
         deepseek_reference_comparison(imbalance=0.5)
+
+
+def test_estimate_cost_with_a_workload_costs_the_full_step() -> None:
+    model = model_preset("deepseek-v3")
+    c = Cluster(2, 8, 16, gpu="h800")
+    rng = np.random.default_rng(0)
+    loads = rng.uniform(900, 1100, size=(3, 16))
+    res = ValidationResult(cluster=c, layer_ids=np.array([3, 4, 5]), dispatch="even",
+                           gpu_loads=loads, tokens=loads.sum(axis=1) / 8, trace_kind="counts")
+    part = estimate_cost(res, model)
+    full = estimate_cost(res, model, CostOptions(workload=Workload("decode", context=2048)))
+    assert part.step is None and full.step is not None
+    assert full.tokens_per_s == full.step.tokens_per_s < part.tokens_per_s
+    assert full.usd_per_million_tokens == pytest.approx(full.step.usd_per_million_tokens)
+    assert full.step.moe.source == "independent"
+    assert full.step.moe.imbalance == pytest.approx(loads.max(axis=1) / loads.mean(axis=1))
+    assert format_cost(full).startswith("model deepseek-v3 (MLA attention, FP8 weights)")
+    with pytest.raises(InputError, match="Unknown GPU 'x'"):
+        CostOptions(gpu="x")
 
 
 def test_presets_and_guess() -> None:

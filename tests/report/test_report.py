@@ -93,8 +93,13 @@ def test_rows_ratios_and_table() -> None:
         _f(rows[0].tokens_per_s) / _f(ref.tokens_per_s))
     assert cmp.best == 0
     table = format_summary_table(cmp).splitlines()
-    assert table[0] == ("| plan | method | imbalance (max/mean) | cross-node sends per token | "
-                        "cross-node GB per 1M tokens | est. tokens/s | $ per 1M tokens |")
+    assert table[0] == ("| plan | method | imbalance (static) | cross-node sends per token | "
+                        "cross-node GB per 1M tokens | tokens/s per node (MoE-part bound) | "
+                        "$ per 1M tokens (MoE-part bound) |")
+    # per node: the cluster's tokens/s over its 2 nodes
+    assert rows[0].tokens_per_s_per_node == pytest.approx(_f(rows[0].tokens_per_s) / 2)
+    assert f"| {rows[0].tokens_per_s_per_node / 1e3:.1f}k " in table[2] or \
+        f"| {rows[0].tokens_per_s_per_node / 1e6:.1f}M " in table[2]
     assert table[2].startswith(f"| mine | mine | {rows[0].imbalance:.4f} "
                                f"({rows[0].imbalance_ratio:.3f}x) | ")
     assert table[3].startswith("| eplb (baseline) | eplb | ")
@@ -146,6 +151,13 @@ def test_aggregated_trace_has_no_traffic_columns(tmp_path: Path) -> None:
     row = cmp.rows()[0]
     assert row.sends_per_token is None and row.cross_node_gb_per_million_tokens is None
     assert row.compute_only and row.tokens_per_s is not None
+    # counts without source ranks: the loads use the even rule, and every label says so
+    assert cmp.rules == ("even",) and cmp.imbalance_label == "imbalance (even)"
+    assert format_comparison(cmp).splitlines()[0] == (
+        "compared 2 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), dispatch even "
+        "(static asked; counts without source ranks have only the even rule)")
+    assert format_summary_table(cmp).splitlines()[0].startswith("| plan | method | imbalance "
+                                                               "(even) |")
     line = format_summary_table(cmp).splitlines()[2]
     assert line.count(NA_TRAFFIC) == 2
     assert "(compute only)" in line

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from placement.errors import InputError
 from placement.routing_traces import (
     Trace,
     format_trace_stats,
@@ -115,7 +116,11 @@ def test_inspect_shared_trace(name: str) -> None:
     # 1. shape
     assert (stats.num_windows, stats.num_layers, stats.num_experts) == (W, L, E)
     assert stats.num_tokens == (None if ids is None else ids.shape[0])
-    assert stats.top_k == (None if ids is None else ids.shape[2])
+    # counts: top-k from activation rates (rows sum to k) or the model preset the name points to
+    inferred = {"qwen3_30b_a3b_activation_rates.npz": (8, "activation rates"),
+                "moelens_olmoe_domain_counts.npz": (8, "model preset olmoe-1b-7b")}
+    want_k = (ids.shape[2], "trace") if ids is not None else inferred.get(name, (None, None))
+    assert (stats.top_k, stats.top_k_source) == want_k
     np.testing.assert_allclose(stats.num_assignments, wc.sum())
     np.testing.assert_allclose(stats.window_assignments, wc.sum(axis=(1, 2)))
     if name.endswith(".json") or name == "deepseek_v3_sglang":
@@ -202,6 +207,7 @@ def test_counts_trace_and_single_window() -> None:
     assert d["layer_max_over_mean"][1] is None and d["coactivation"] is None
     assert d["top_k"] is None and d["num_tokens"] is None and d["drift"] is None
     text = format_trace_stats(s)
+    assert "routing       aggregated counts, top-k unknown (give --top-k K)" in text
     assert "co-activation  needs token-level routing" in text
     assert "drift         one window" in text
 
@@ -212,3 +218,28 @@ def test_many_windows_skip_pairwise() -> None:
     s = inspect_trace(t, coactivation=False)
     assert s.drift_tv_pairwise_mean is None
     assert s.window_tv_vs_all is not None and len(s.window_tv_vs_all) == MAX_PAIRWISE_WINDOWS + 1
+
+
+def test_activation_rates_give_top_k_and_whole_assignments() -> None:
+    # two windows x one layer of shares that sum to k = 2 (rounded as real data is)
+    rates = np.array([[[0.7, 0.5, 0.500004, 0.3]], [[0.9, 0.6, 0.3, 0.2]]])
+    t = Trace(num_experts=4, counts=rates, model="toy")
+    s = inspect_trace(t)
+    assert (s.top_k, s.top_k_source) == (2, "activation rates")
+    lines = format_trace_stats(s).splitlines()
+    assert lines[1] == "routing       aggregated activation rates (shares of tokens), top-2 " \
+                       "(each window and layer sums to 2)"
+    assert lines[6] == "assignments   4 (all layers)"
+    # whole counts are never taken for rates; --top-k says it, and must agree with a trace
+    whole = Trace(num_experts=4, counts=np.array([[1.0, 1.0, 0.0, 0.0]]))
+    assert inspect_trace(whole).top_k is None
+    assert inspect_trace(whole, top_k=2).top_k_source == "--top-k"
+    tokens = Trace(num_experts=4, topk_ids=np.array([[[0, 1]]]))
+    with pytest.raises(InputError, match="--top-k 3 contradicts the trace"):
+        inspect_trace(tokens, top_k=3)
+
+
+def test_skipped_coactivation_says_so() -> None:
+    t = Trace(num_experts=4, topk_ids=np.array([[[0, 1]], [[2, 3]]]))
+    text = format_trace_stats(inspect_trace(t, coactivation=False))
+    assert "co-activation  not computed (--no-coactivation)" in text.splitlines()

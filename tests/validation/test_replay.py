@@ -15,7 +15,7 @@ from replay_reference import (
     reference_replay,
 )
 
-import placement.validation as validation
+import placement.validation.token_stream as token_stream
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.plan import static_dispatch
@@ -119,7 +119,7 @@ def test_node_mask_grouping(monkeypatch: pytest.MonkeyPatch, bins: int) -> None:
     plan = random_plan(rng, c, 20, [0, 1])
     trace = random_tokens(rng, 70, 2, 20, 6, pad=0.1, ranks=14)
     full = replay(plan, trace)
-    monkeypatch.setattr(validation, "PATTERN_BINS", bins)
+    monkeypatch.setattr(token_stream, "PATTERN_BINS", bins)
     cut = replay(plan, trace)
     np.testing.assert_array_equal(cut.node_sends, full.node_sends)
     np.testing.assert_array_equal(cut.tokens, full.tokens)
@@ -271,7 +271,7 @@ def test_bytes_json_and_per_gpu_traffic() -> None:
     np.testing.assert_allclose(per["intra_send"], (m * same).sum(2))
     np.testing.assert_allclose(per["intra_recv"], (m * same).sum(1))
     d = json.loads(res.to_json())
-    assert d["imbalance"] == pytest.approx(float(np.mean(ref["loads"].max(1) / ref["loads"].mean(1))))
+    assert d["imbalance_static"] == pytest.approx(float(np.mean(ref["loads"].max(1) / ref["loads"].mean(1))))
     assert d["cross_node_sends_per_token"] == pytest.approx(float(np.mean(ref["sends"] / 50)))
     assert d["cross_node_copies_per_token"] == pytest.approx(float(np.mean(ref["copies"] / 50)))
     assert [lay["layer_id"] for lay in d["layers"]] == [0, 1]
@@ -293,8 +293,8 @@ def test_progress_and_summary_lines() -> None:
                        "dispatch static, device cpu"
     assert lines[1] == "cluster: 2 node(s) x 1 GPU(s), 3 slot(s)/GPU = 6 slots per layer"
     imb = res.imbalance[0]
-    assert lines[2] == f"imbalance (max/mean tokens per GPU): mean {imb:.4f}, worst {imb:.4f} " \
-                       "(layer 0)"
+    assert lines[2] == (f"imbalance (static): {imb:.4f} (max/mean tokens per GPU, mean over "
+                        f"layers; worst layer 0: {imb:.4f})")
     assert lines[3].startswith("cross-node sends per token: ")
     assert lines[-1] == "note: the trace has no source ranks: tokens are spread evenly over " \
                         "GPUs (t % G)."

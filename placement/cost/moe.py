@@ -1,4 +1,12 @@
-"""A simple cost model of the routed-expert part of an MoE layer: time, tokens/s and dollars.
+"""The cost of a replay: the routed-expert part by default, the full serving step on request.
+
+By default (``CostOptions.workload`` None) :func:`estimate_cost` costs the routed-expert part of
+every MoE layer alone, as below. With a :class:`~placement.cost.step.Workload` (and the GPU from
+``CostOptions.gpu`` or the cluster) it costs the full serving step instead
+(:func:`~placement.cost.step.estimate_step`: attention, dense parts, memory, batch), with the
+replay's measured imbalance and traffic in the MoE layers.
+
+The routed-expert part:
 
 For every replayed layer, from the GPU loads and the all-to-all traffic a replay measured
 (:class:`~placement.validation.ValidationResult`), the cluster's link bandwidths and GPU
@@ -25,10 +33,10 @@ Then, with ``T[l]`` tokens in layer ``l`` and the model's ``num_moe_layers``::
     tokens/s          = 1 / seconds per token                  (the whole cluster)
     $ per 1M tokens   = num_gpus * usd_per_gpu_hour / 3600 / tokens_per_s * 1e6
 
-What it leaves out: attention and MLA, the KV cache, dense layers and shared experts, launch
-latencies and scheduling. It is an upper bound on throughput set by the MoE part alone: use it to
-compare plans (ratios), not as a forecast of a deployment's absolute figures (see
-:func:`deepseek_reference_comparison`).
+What that part leaves out: attention and MLA, the KV cache, dense layers and shared experts,
+launch latencies and scheduling. It is an upper bound on throughput set by the MoE part alone:
+use it to compare plans (ratios); the full step (``workload``) is the forecast (see
+:func:`~placement.cost.reference.deepseek_reference_comparison`).
 """
 
 from __future__ import annotations
@@ -38,27 +46,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from placement.cluster import PRESETS, Cluster
+from placement._util import format_si
+from placement.cluster import Cluster
+from placement.cost.step import Efficiency, MoeLoad, StepEstimate, Workload, estimate_step
 from placement.errors import InputError
-from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_preset
+from placement.hardware import gpu_preset
+from placement.models import ModelShape
 from placement.moe_time import OVERLAPS, layer_times
 from placement.validation import ValidationResult
 
 __all__ = [
-    "DEEPSEEK_PUBLISHED",
-    "MODEL_PRESETS",
-    "OVERLAPS",
     "CostEstimate",
     "CostOptions",
-    "ModelShape",
-    "ReferencePoint",
-    "deepseek_reference_comparison",
     "estimate_cost",
     "format_cost",
-    "format_reference_comparison",
-    "guess_model",
-    "layer_times",
-    "model_preset",
     "uniform_traffic",
 ]
 
@@ -68,15 +69,27 @@ class CostOptions:
 
     Args:
         overlap: ``"two-batch"`` (default: DeepSeek's dual micro-batch overlap) or ``"none"``.
-        efficiency: share of ``cluster.gpu_tflops`` the expert GEMMs reach, in (0, 1].
-        usd_per_gpu_hour: price per GPU-hour (default: the cluster's).
+        efficiency: share of ``cluster.gpu_tflops`` the expert GEMMs reach, in (0, 1] (the
+            routed-expert part only).
+        usd_per_gpu_hour: price per GPU-hour (default: the cluster's, or the GPU's for the full
+            step).
+        workload: cost the full serving step of this phase and context instead of the
+            routed-expert part (its ``overlap`` is used then); None: the routed-expert part.
+        gpu: GPU preset name for the full step (default: ``cluster.gpu``).
+        step_efficiency: kernel efficiencies of the full step (default
+            :class:`~placement.cost.step.Efficiency`).
     """
 
     overlap: str = "two-batch"
     efficiency: float = 1.0
     usd_per_gpu_hour: float | None = None
+    workload: Workload | None = None
+    gpu: str | None = None
+    step_efficiency: Efficiency | None = None
 
     def __post_init__(self) -> None:
+        if self.gpu is not None:
+            gpu_preset(self.gpu)
         if self.overlap not in OVERLAPS:
             raise InputError(f"Expected overlap in {', '.join(OVERLAPS)}, got {self.overlap!r}.")
         if not (math.isfinite(self.efficiency) and 0 < self.efficiency <= 1):
@@ -99,6 +112,8 @@ class CostEstimate:
         tokens: ``[L]`` tokens of the replayed batch in every layer.
         compute_s, dispatch_s, combine_s, layer_s: ``[L]`` seconds for the batch; dispatch and
             combine are None when traffic is unknown (aggregated trace: compute only).
+        step: the full serving step when ``options.workload`` was given; then the per-token
+            figures (tokens/s, $ per 1M tokens, communication share) are the step's.
     """
 
     model: ModelShape
@@ -111,6 +126,7 @@ class CostEstimate:
     dispatch_s: np.ndarray | None
     combine_s: np.ndarray | None
     layer_s: np.ndarray
+    step: StepEstimate | None = None
 
     @property
     def compute_only(self) -> bool:
@@ -119,7 +135,11 @@ class CostEstimate:
 
     @property
     def seconds_per_token(self) -> float:
-        """``mean_l(layer_s / tokens) * num_moe_layers``: one token through every MoE layer."""
+        """``mean_l(layer_s / tokens) * num_moe_layers``: one token through every MoE layer
+        (the full step's ``1 / tokens_per_s`` when the step was costed)."""
+        if self.step is not None:
+            t = self.step.tokens_per_s
+            return 1.0 / t if t > 0 else float("inf")
         ok = self.tokens > 0
         if not ok.any():
             return float("nan")
@@ -127,7 +147,10 @@ class CostEstimate:
 
     @property
     def tokens_per_s(self) -> float:
-        """Tokens per second of the whole cluster (MoE part only: an upper bound)."""
+        """Tokens per second of the whole cluster (MoE part only: an upper bound; or the full
+        step's prediction)."""
+        if self.step is not None:
+            return self.step.tokens_per_s
         s = self.seconds_per_token
         return 1.0 / s if s > 0 else float("nan")
 
@@ -139,11 +162,17 @@ class CostEstimate:
     @property
     def usd_per_million_tokens(self) -> float:
         """``num_gpus * usd_per_gpu_hour / 3600 / tokens_per_s * 1e6``."""
+        if self.step is not None:
+            return self.step.usd_per_million_tokens
         return self.cluster.num_gpus * self.usd_per_gpu_hour / 3600.0 / self.tokens_per_s * 1e6
 
     @property
     def communication_share(self) -> float | None:
-        """Share of the layer time that communication takes when nothing overlaps."""
+        """Share of the layer time (the step's time, when costed) that communication takes when
+        nothing overlaps."""
+        if self.step is not None:
+            total = self.step.communication_s + self.step.compute_s
+            return self.step.communication_s / total if total > 0 else None
         if self.dispatch_s is None or self.combine_s is None:
             return None
         comm = float((self.dispatch_s + self.combine_s).sum())
@@ -175,31 +204,35 @@ def estimate_cost(
         efficiency=options.efficiency,
     )
     price = c.usd_per_gpu_hour if options.usd_per_gpu_hour is None else options.usd_per_gpu_hour
+    step = None
+    if options.workload is not None:
+        step = estimate_step(
+            model, c, options.workload, gpu=options.gpu, efficiency=options.step_efficiency,
+            moe=MoeLoad.from_replay(result, model.top_k), usd_per_gpu_hour=options.usd_per_gpu_hour,
+        )
+        price = step.usd_per_gpu_hour
     return CostEstimate(
         model=model, cluster=c, options=options, usd_per_gpu_hour=float(price),
         layer_ids=np.asarray(result.layer_ids), tokens=tokens, compute_s=compute,
-        dispatch_s=dispatch, combine_s=combine, layer_s=layer,
+        dispatch_s=dispatch, combine_s=combine, layer_s=layer, step=step,
     )
 
 
-def _si(x: float) -> str:
-    if not math.isfinite(x):
-        return "n/a"
-    for unit, scale in (("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.0f}"
 
 
 def format_cost(est: CostEstimate) -> str:
     """Text summary of a cost estimate."""
+    if est.step is not None:
+        from placement.cost.step import format_step
+
+        return format_step(est.step)
     lines = [
         f"model {est.model.name} on {est.cluster.summary()}",
         f"overlap {est.options.overlap}, GEMM efficiency {est.options.efficiency:g} of "
         f"{est.cluster.gpu_tflops:g} TFLOP/s, NVLink {est.cluster.nvlink_gbps:g} GB/s, network "
         f"{est.cluster.network_gbps:g} GB/s per GPU",
-        f"estimated tokens/s (MoE part only, upper bound): {_si(est.tokens_per_s)} for the "
-        f"cluster, {_si(est.tokens_per_s_per_node)} per node",
+        f"estimated tokens/s (MoE part only, upper bound): {format_si(est.tokens_per_s)} for the "
+        f"cluster, {format_si(est.tokens_per_s_per_node)} per node",
         f"estimated $ per million tokens: {est.usd_per_million_tokens:.4f} at "
         f"${est.usd_per_gpu_hour:g} per GPU-hour",
     ]
@@ -209,18 +242,6 @@ def format_cost(est: CostEstimate) -> str:
     else:
         lines.append(f"communication share of layer time without overlap: {share:.1%}")
     return "\n".join(lines)
-
-
-# -------------------------------------------------------------------------------------------
-# DeepSeek's published figures
-# -------------------------------------------------------------------------------------------
-DEEPSEEK_PUBLISHED: dict[str, tuple[str, float, str]] = {
-    "prefill": ("deepseek-prefill", 73.7e3, "input"),
-    "decode": ("deepseek-decode", 14.8e3, "output"),
-}
-"""Phase -> (cluster preset, published tokens/s per H800 node, which tokens). DeepSeek's
-inference-system overview: prefill EP32 on 4 nodes (9 routed experts per GPU, 32 redundant),
-decode EP144 on 18 nodes (2 per GPU), about 73.7k input / 14.8k output tokens/s per node."""
 
 
 def uniform_traffic(
@@ -245,119 +266,3 @@ def uniform_traffic(
     }, s
 
 
-@dataclass(frozen=True)
-class ReferencePoint:
-    """DeepSeek's published throughput of one phase beside the model's estimate.
-
-    Attributes:
-        phase: ``"prefill"`` or ``"decode"``.
-        cluster: the deployment (preset ``deepseek-prefill`` / ``deepseek-decode``).
-        published_per_node: published tokens/s per node (input for prefill, output for decode).
-        estimate: the model's estimate for uniform routing with the given imbalance.
-        compute_only: the same without communication.
-        sends_per_token: cross-node sends per token assumed (uniform routing).
-        imbalance: max/mean tokens per GPU assumed.
-    """
-
-    phase: str
-    cluster: Cluster
-    published_per_node: float
-    estimate: CostEstimate
-    compute_only: CostEstimate
-    sends_per_token: float
-    imbalance: float
-
-    @property
-    def ratio(self) -> float:
-        """Estimated / published tokens/s per node (> 1: the model is an upper bound)."""
-        return self.estimate.tokens_per_s_per_node / self.published_per_node
-
-
-def _synthetic_estimate(
-    cluster: Cluster, model: ModelShape, imbalance: float, options: CostOptions, with_comm: bool
-) -> tuple[CostEstimate, float]:
-    G = cluster.num_gpus
-    T = 1000.0 * G  # any batch: every figure is linear in it
-    loads = np.full((1, G), T * model.top_k / G)
-    loads[0, 0] *= imbalance
-    traffic, s = uniform_traffic(cluster, T, model.top_k)
-    compute, dispatch, combine, layer = layer_times(
-        loads, cluster, model, traffic=traffic if with_comm else None,
-        overlap=options.overlap, efficiency=options.efficiency,
-    )
-    price = cluster.usd_per_gpu_hour if options.usd_per_gpu_hour is None \
-        else options.usd_per_gpu_hour
-    est = CostEstimate(
-        model=model, cluster=cluster, options=options, usd_per_gpu_hour=float(price),
-        layer_ids=np.zeros(1, dtype=np.int64), tokens=np.array([T]), compute_s=compute,
-        dispatch_s=dispatch, combine_s=combine, layer_s=layer,
-    )
-    return est, s
-
-
-def deepseek_reference_comparison(
-    model: ModelShape | None = None,
-    *,
-    imbalance: float = 1.0,
-    options: CostOptions | None = None,
-) -> tuple[ReferencePoint, ...]:
-    """The model's estimate for DeepSeek's own deployments beside their published figures.
-
-    Assumptions: DeepSeek-V3's shape, the ``deepseek-prefill`` and ``deepseek-decode`` cluster
-    presets, uniform routing (:func:`uniform_traffic`) and ``imbalance`` max/mean tokens per GPU.
-    The estimate counts routed-expert compute and the all-to-all only, so it should come out
-    ABOVE the published figures; how far above shows how much of a real step the rest (attention,
-    MLA, KV cache, dense layers, scheduling; for decode, memory-bound small batches) takes.
-    """
-    model = model or MODEL_PRESETS["deepseek-v3"]
-    options = options or CostOptions()
-    if not (math.isfinite(imbalance) and imbalance >= 1):
-        raise InputError(f"Expected imbalance >= 1, got {imbalance}.")
-    out = []
-    for phase, (preset, published, _which) in DEEPSEEK_PUBLISHED.items():
-        c = PRESETS[preset]
-        est, s = _synthetic_estimate(c, model, imbalance, options, True)
-        comp, _ = _synthetic_estimate(c, model, imbalance, options, False)
-        out.append(ReferencePoint(phase, c, published, est, comp, s, imbalance))
-    return tuple(out)
-
-
-REFERENCE_EXPLANATION = (
-    "The cost model counts only the routed experts' GEMMs and the dispatch/combine all-to-all; "
-    "it leaves out attention and MLA, the KV cache, dense layers and shared experts, kernel "
-    "launches and scheduling, and (in decode) the memory-bound small batches. Its tokens/s are "
-    "an upper bound set by the MoE part, so they sit above DeepSeek's published figures; use "
-    "them for RATIOS between plans on the same cluster (a plan that cuts the slowest GPU's load "
-    "or the cross-node bytes by x % cuts this bound's time by up to x %), not as a forecast."
-)
-
-
-def format_reference_comparison(points: tuple[ReferencePoint, ...]) -> str:
-    """Markdown: a table of published vs estimated tokens/s per node, and what the gap means."""
-    lines = [
-        "| phase | cluster | published tokens/s per node | estimated (MoE part) | "
-        "estimated, compute only | estimate / published | cross-node sends per token |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for p in points:
-        which = DEEPSEEK_PUBLISHED[p.phase][2]
-        lines.append(
-            f"| {p.phase} | {p.cluster.name} ({p.cluster.num_nodes} x {p.cluster.gpus_per_node} "
-            f"GPUs, {p.cluster.slots_per_gpu} slots/GPU) | {_si(p.published_per_node)} {which} | "
-            f"{_si(p.estimate.tokens_per_s_per_node)} | "
-            f"{_si(p.compute_only.tokens_per_s_per_node)} | {p.ratio:.2f} | "
-            f"{p.sends_per_token:.2f} |"
-        )
-    opts = points[0].estimate.options if points else CostOptions()
-    c = points[0].cluster if points else None
-    if c is not None:
-        lines.append("")
-        lines.append(
-            f"Assumed: DeepSeek-V3 shape, uniform routing, imbalance {points[0].imbalance:g}, "
-            f"overlap {opts.overlap}, {c.gpu_tflops:g} TFLOP/s per GPU x efficiency "
-            f"{opts.efficiency:g}, NVLink {c.nvlink_gbps:g} GB/s, network {c.network_gbps:g} "
-            "GB/s per GPU, FP8 dispatch and BF16 combine."
-        )
-    lines.append("")
-    lines.append(REFERENCE_EXPLANATION)
-    return "\n".join(lines)

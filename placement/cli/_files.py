@@ -1,0 +1,237 @@
+"""Files on the command line: plans and traces told by content, arguments in the wrong order,
+held-out windows that overlap the data a plan was made from, and model shapes that contradict
+the plan or trace.
+
+Every check here ends in one :class:`~placement.errors.InputError` line that names the file and
+says what to do; the library does the reading (:func:`placement.routing_traces.load_trace`,
+:meth:`placement.plan.Plan.load`, :mod:`placement.filekinds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from placement._util import format_ids
+from placement.errors import InputError, PlanError, TraceFormatError
+from placement.filekinds import FileKind, identify, split_spec
+
+if TYPE_CHECKING:
+    from placement.models import ModelShape
+    from placement.plan import Plan
+    from placement.routing_traces.trace import Trace
+
+__all__ = [
+    "TraceArg",
+    "check_heldout",
+    "kind_of",
+    "load_plan_arg",
+    "load_trace_arg",
+    "resolve_model",
+]
+
+BUNDLED = "bundled:"
+
+
+def kind_of(text: str) -> FileKind | None:
+    """The kind of the file an argument names (a ``#windows`` spec left out), or None."""
+    from placement.routing_traces.readers import bundled_trace_path
+
+    base, _spec = split_spec(text)
+    if base.startswith(BUNDLED):
+        try:
+            return identify(bundled_trace_path(base))
+        except TraceFormatError:
+            return None
+    return identify(base) if Path(base).exists() else None
+
+
+def load_plan_arg(text: str, *, trace_arg: str | None = None, command: str = "") -> Plan:
+    """The plan an argument names. When it is no plan but ``trace_arg`` (the argument where
+    the trace was expected) is one, the two were swapped: say so, with the command to run."""
+    from placement.plan import Plan
+
+    try:
+        return Plan.load(text)
+    except PlanError:
+        if trace_arg is not None and command:
+            got, other = kind_of(text), kind_of(trace_arg)
+            if got is not None and got.role == "trace" and other is not None \
+                    and other.role == "plan":
+                raise InputError(
+                    f"{text} is {got.label} and {trace_arg} {other.label}: the plan comes "
+                    f"first: placement {command} {trace_arg} {text}"
+                ) from None
+        raise
+
+
+# -------------------------------------------------------------------------------------------
+# traces, and which windows of which file they are
+# -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TraceArg:
+    """A trace as given on the command line, with where its windows came from.
+
+    Attributes:
+        text: the argument (``"trace.npz#second-half"``).
+        trace: the trace (its selected windows).
+        key: the file or directory it was read from, resolved (``"bundled:NAME"`` for a
+            bundled trace).
+        base_names: the window names of the whole file.
+        selected: indices of the windows kept (all when the argument has no spec).
+    """
+
+    text: str
+    trace: Trace
+    key: str
+    base_names: tuple[str, ...]
+    selected: tuple[int, ...]
+
+
+def _key(base: str) -> str:
+    return base if base.startswith(BUNDLED) else str(Path(base).resolve())
+
+
+def load_trace_arg(text: str) -> TraceArg:
+    """Read a trace argument (``PATH``, ``PATH#SPEC``, ``bundled:NAME[#SPEC]``) once, keeping
+    the file's window names for :func:`check_heldout`."""
+    from placement.routing_traces.readers import load_trace
+    from placement.routing_traces.windows import parse_window_spec
+
+    base, spec = split_spec(text)
+    whole = load_trace(base)
+    if spec is None:
+        return TraceArg(text, whole, _key(base), whole.window_names,
+                        tuple(range(whole.num_windows)))
+    try:
+        idx = parse_window_spec(spec, whole.window_names)
+    except InputError as exc:
+        raise TraceFormatError(str(exc), base) from None
+    return TraceArg(text, whole.select_windows(idx), _key(base), whole.window_names, tuple(idx))
+
+
+def _windows(names: Sequence[str], idx: Sequence[int]) -> str:
+    shown = [names[i] for i in idx]
+    words = ", ".join(shown[:4]) + (f", ... ({len(shown)} in all)" if len(shown) > 4 else "")
+    return f"window{'s' if len(shown) != 1 else ''} {words}"
+
+
+def _planning_windows(held: TraceArg, source: str) -> tuple[int, ...]:
+    """Indices of ``held``'s file windows that the plan input ``source`` covers (empty when
+    the two are different data)."""
+    from placement.routing_traces.windows import parse_window_spec
+
+    base, spec = split_spec(source)
+    key = _key(base)
+    names = held.base_names
+    if key == held.key:  # the same file: compare windows
+        if spec is None:
+            return tuple(range(len(names)))
+        try:
+            return tuple(parse_window_spec(spec, names))
+        except InputError:
+            return tuple(range(len(names)))  # cannot tell which: assume all
+    if key.startswith(BUNDLED) or held.key.startswith(BUNDLED):
+        return ()
+    src, hk = Path(key), Path(held.key)
+    if src.parent == hk and hk.is_dir():  # a file of the held-out directory
+        stem = src.stem
+        return tuple(i for i, n in enumerate(names) if n == stem or n.startswith(stem + ":"))
+    if hk.parent == src and (src.is_dir() or not src.exists()):  # held out from its directory
+        return tuple(range(len(names)))
+    return ()
+
+
+def check_heldout(plan: Plan, plan_text: str, held: Sequence[TraceArg], *,
+                  allow_overlap: bool = False) -> list[str]:
+    """Refuse held-out traces that share windows with the data ``plan`` was made from (its
+    ``settings["inputs"]``, written by ``placement solve``), unless ``allow_overlap``; then
+    return a note per overlap instead."""
+    inputs = plan.settings.get("inputs")
+    if not isinstance(inputs, list):
+        return []
+    notes: list[str] = []
+    for h in held:
+        for source in inputs:
+            if not isinstance(source, str):
+                continue
+            planning = set(_planning_windows(h, source))
+            common = sorted(planning & set(h.selected))
+            if not common:
+                continue
+            whole = len(common) == len(h.base_names)
+            what = ("this trace is" if whole else
+                    f"{_windows(h.base_names, common)} of this trace "
+                    f"{'is' if len(common) == 1 else 'are'}")
+            if allow_overlap:
+                notes.append(f"{h.text}: {what} data {plan_text} was made from (in-sample "
+                             "figures, for diagnosis only).")
+                continue
+            rest = sorted(set(range(len(h.base_names))) - planning)
+            base = split_spec(h.text)[0]
+            other = (f"judge the plan on other windows (e.g. "
+                     f"{base}#{format_ids(rest).replace(' ', '')})" if rest
+                     else "judge the plan on other data")
+            src_base, src_spec = split_spec(source)
+            shown = Path(src_base).name + (f"#{src_spec}" if src_spec else "")
+            raise InputError(
+                f"{h.text}: {what} data {plan_text} was made from (its input {shown}): "
+                f"{other}, or pass --allow-overlap for in-sample figures."
+            )
+    return notes
+
+
+# -------------------------------------------------------------------------------------------
+# the model shape
+# -------------------------------------------------------------------------------------------
+def _contradictions(m: ModelShape, num_experts: int, top_k: int | None,
+                    layer_ids: Sequence[int], what: str) -> list[str]:
+    out = []
+    if m.num_experts != num_experts:
+        out.append(f"has {m.num_experts} experts per layer but {what} has {num_experts}")
+    if top_k is not None and m.top_k != top_k:
+        out.append(f"routes each token to {m.top_k} experts but {what} to {top_k}")
+    if layer_ids and max(layer_ids) >= m.num_hidden_layers:
+        out.append(f"has {m.num_hidden_layers} decoder layers but {what} has layer "
+                   f"{max(layer_ids)}")
+    elif len(layer_ids) > m.num_moe_layers:
+        out.append(f"has {m.num_moe_layers} MoE layers but {what} has {len(layer_ids)}")
+    return out
+
+
+def resolve_model(name: str | None, plan: Plan | None, trace: Trace | None, *,
+                  plan_label: str = "the plan", trace_label: str = "the trace",
+                  ) -> ModelShape | None:
+    """``--model NAME``, else a guess from the plan's or trace's model name and shape. A shape
+    that contradicts the plan or trace (experts, top-k, layers) is an error for ``--model`` and
+    no guess otherwise."""
+    from placement.models import MODEL_PRESETS, guess_model, model_preset
+
+    facts: list[tuple[int, int | None, list[int], str]] = []
+    if plan is not None:
+        facts.append((plan.num_experts, None, plan.layer_ids.tolist(), plan_label))
+    if trace is not None:
+        facts.append((trace.num_experts, trace.top_k, trace.layer_ids.tolist(), trace_label))
+
+    def problems(m: ModelShape) -> list[str]:
+        return [p for E, k, lids, what in facts for p in _contradictions(m, E, k, lids, what)]
+
+    if name is not None:
+        m = model_preset(name)
+        found = problems(m)
+        if found:
+            fits = sorted(x.name for x in MODEL_PRESETS.values() if not problems(x))
+            advice = (f"models that fit: {', '.join(fits)}" if fits else
+                      "no preset fits: give --hidden-size for bytes")
+            raise InputError(f"--model {name} {found[0]}: choose the model the plan and trace "
+                             f"are for ({advice}).")
+        return m
+    names = [plan.model if plan else None, trace.model if trace else None]
+    E = plan.num_experts if plan is not None else (trace.num_experts if trace else None)
+    k = trace.top_k if trace is not None else None
+    guess = guess_model(*names, num_experts=E, top_k=k)
+    if guess is not None and problems(guess):
+        guess = guess_model(num_experts=E, top_k=k)
+    return None if guess is None or problems(guess) else guess

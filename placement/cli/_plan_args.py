@@ -1,0 +1,36 @@
+"""Arguments the plan commands share: an optional cluster (for engine files) and a plan file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from placement.cluster import Cluster, load_cluster
+from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_preset
+from placement.plan import Plan
+
+__all__ = ["MODEL_CHOICES", "model_for", "optional_cluster"]
+
+MODEL_CHOICES = tuple(sorted(MODEL_PRESETS))
+
+_KEYS = ("cluster_preset", "cluster_file", "num_nodes", "gpus_per_node", "slots_per_gpu")
+
+
+def optional_cluster(kwargs: dict[str, Any]) -> Cluster | None:
+    """Pop the cluster options (:func:`placement.cli._app.cluster_options`) from a command's
+    kwargs: the cluster they describe, or None when none is given."""
+    vals = {k: kwargs.pop(k, None) for k in _KEYS}
+    if all(v is None for v in vals.values()):
+        return None
+    return load_cluster(preset=vals["cluster_preset"], path=vals["cluster_file"],
+                        num_nodes=vals["num_nodes"], gpus_per_node=vals["gpus_per_node"],
+                        slots_per_gpu=vals["slots_per_gpu"])
+
+
+def model_for(name: str | None, *plans: Plan, trace_model: str | None = None) -> ModelShape | None:
+    """``--model NAME``, else a guess from the plans' (and trace's) model names and expert
+    count (None when ambiguous)."""
+    if name is not None:
+        return model_preset(name)
+    names = [p.model for p in plans] + [trace_model]
+    E = plans[0].num_experts if plans else None
+    return guess_model(*names, num_experts=E)

@@ -1,0 +1,214 @@
+"""Replay a trace against a plan: :func:`replay` and its checks.
+
+The counts path (aggregated traces) is numpy (:mod:`placement.metrics`); token-level traces go
+through :class:`~placement.validation.token_stream.TokenStream` (torch, imported here only when a
+replay runs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from placement._util import Progress, format_ids
+from placement.errors import InputError
+from placement.metrics import even_gpu_loads, static_gpu_loads
+from placement.plan import Plan, static_dispatch
+from placement.routing_traces.trace import Trace
+from placement.validation.result import DEVICES, RULES, ValidationResult
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_CHUNK_ASSIGNMENTS", "match_layers", "replay", "resolve_device"]
+
+DEFAULT_CHUNK_ASSIGNMENTS = 1 << 22
+"""Token-expert assignments per chunk when ``chunk_tokens`` is not given (bounds memory)."""
+
+
+def match_layers(plan: Plan, trace: Trace) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Match the trace's layers to the plan's by decoder-layer id.
+
+    Returns ``(plan_index [L_trace], skipped plan layer ids)``. Raises :class:`InputError` when
+    the expert counts differ or the trace has a layer the plan lacks.
+    """
+    if trace.num_experts != plan.num_experts:
+        raise InputError(
+            f"the trace has {trace.num_experts} experts per layer but the plan has "
+            f"{plan.num_experts}: they are for different models."
+        )
+    where = {int(lid): i for i, lid in enumerate(plan.layer_ids.tolist())}
+    missing = [int(x) for x in trace.layer_ids.tolist() if int(x) not in where]
+    if missing:
+        raise InputError(
+            f"the trace has layer(s) {format_ids(missing)} that the plan lacks (plan layers "
+            f"{format_ids(plan.layer_ids, 40)}, trace layers {format_ids(trace.layer_ids, 40)})."
+        )
+    idx = np.array([where[int(x)] for x in trace.layer_ids.tolist()], dtype=np.int64)
+    traced = set(int(x) for x in trace.layer_ids.tolist())
+    skipped = tuple(int(x) for x in plan.layer_ids.tolist() if int(x) not in traced)
+    return idx, skipped
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU. Raises InputError for unknown ones."""
+    import torch
+
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"Expected device in {DEVICES}, got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda asked for but no CUDA device is available (use --device cpu).")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"Expected device in {DEVICES}, got {device!r}.")
+    return dev
+
+
+def _auto_chunk(trace: Trace) -> int:
+    L, k = trace.num_layers, trace.top_k or 1
+    return max(1, DEFAULT_CHUNK_ASSIGNMENTS // max(L * k, 1))
+
+
+def replay(
+    plan: Plan,
+    trace: Trace,
+    *,
+    dispatch: str = "static",
+    chunk_tokens: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    hidden_size: int | None = None,
+    dispatch_bytes_per_element: float = 1.0,
+    combine_bytes_per_element: float = 2.0,
+    plan_name: str = "",
+    trace_name: str = "",
+    threads: int | None = None,
+) -> ValidationResult:
+    """Replay ``trace`` against ``plan`` under a dispatch rule.
+
+    Args:
+        plan: the plan (``phy2log [L_plan, P]``, ``layer_ids [L_plan]``).
+        trace: token-level (``topk_ids [T, L, k]``) or aggregated (``counts [W, R, L, E]``);
+            its layers must all be in the plan (matched by decoder-layer id).
+        dispatch: ``"static"`` (engines' rule), ``"even"`` (split over replicas) or ``"plan"``
+            (the plan's own dispatch table).
+        chunk_tokens: tokens per chunk (memory is bounded by the chunk, not the trace); default:
+            about 4 million assignments per chunk (some 50 MB of buffers).
+        device: ``"cpu"``, ``"cuda"`` or None/``"auto"`` (CUDA when available).
+        progress: called with ``(tokens_done, tokens_total)`` after each chunk.
+        hidden_size, dispatch_bytes_per_element, combine_bytes_per_element: for bytes.
+        plan_name, trace_name: labels for the summary.
+        threads: CPU threads torch may use during the replay (default 1: the replay is memory
+            bound, and on a shared machine a second thread waiting for a busy core slows every
+            step down many times).
+    Returns:
+        A :class:`ValidationResult` over the trace's layers (in the trace's order).
+    """
+    import torch
+
+    from placement.validation.token_stream import TokenStream
+
+    start = time.perf_counter()
+    # 1. inputs
+    if dispatch not in RULES:
+        raise InputError(f"Expected dispatch in {', '.join(RULES)}, got {dispatch!r}.")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise InputError(f"Expected chunk_tokens >= 1, got {chunk_tokens}.")
+    if hidden_size is not None and hidden_size < 1:
+        raise InputError(f"Expected hidden_size >= 1, got {hidden_size}.")
+    for name, val in (("dispatch_bytes_per_element", dispatch_bytes_per_element),
+                      ("combine_bytes_per_element", combine_bytes_per_element)):
+        if not (math.isfinite(val) and val > 0):
+            raise InputError(f"Expected {name} > 0, got {val}.")
+    dev = resolve_device(device)
+    c = plan.cluster
+    E, G = plan.num_experts, c.num_gpus
+    idx, skipped = match_layers(plan, trace)
+    phy2log = np.asarray(plan.phy2log)[idx]
+    messages: list[str] = []
+    if skipped:
+        messages.append(
+            f"the plan has {len(skipped)} layer(s) the trace lacks ({format_ids(skipped)}); "
+            f"replayed the {len(idx)} common layer(s)."
+        )
+    table: np.ndarray | None = None
+    if dispatch == "static":
+        table = static_dispatch(phy2log, c, E)
+    elif dispatch == "plan":
+        assert plan.dispatch is not None
+        table = np.asarray(plan.dispatch)[idx]
+    common: dict[str, Any] = dict(
+        cluster=c, layer_ids=trace.layer_ids.copy(), hidden_size=hidden_size,
+        dispatch_bytes_per_element=float(dispatch_bytes_per_element),
+        combine_bytes_per_element=float(combine_bytes_per_element),
+        skipped_layer_ids=skipped, plan_name=plan_name, trace_name=trace_name,
+    )
+
+    # 2. aggregated counts: loads only
+    if not trace.is_token_level:
+        wrc = trace.window_rank_counts()  # [W, R, L, E]
+        R = wrc.shape[1]
+        rule = dispatch
+        if table is not None and trace.has_source_rank:
+            rc = np.zeros((G, trace.num_layers, E))
+            np.add.at(rc, np.arange(R) % G, wrc.sum(axis=0))
+            loads = static_gpu_loads(table, rc, c)
+        else:
+            if dispatch != "even":
+                messages.append(
+                    "the trace has no source ranks: loads use the even rule (each expert's tokens "
+                    "split evenly over its replicas)."
+                )
+            rule = "even"
+            loads = even_gpu_loads(phy2log, wrc.sum(axis=(0, 1)), c)
+        tot = wrc.sum(axis=(0, 1, 3))
+        tokens = tot / trace.top_k if trace.top_k else None
+        if progress is not None:
+            progress(1, 1)
+        return ValidationResult(
+            dispatch=rule, gpu_loads=loads, tokens=tokens, trace_kind="counts",
+            messages=tuple(messages), device="cpu", wall_time=time.perf_counter() - start,
+            assignments=float(tot.sum()), **common,
+        )
+
+    # 3. token-level: stream chunks through the kernel
+    T = int(trace.num_tokens or 0)
+    k = int(trace.top_k or 1)
+    chunk = chunk_tokens or _auto_chunk(trace)
+    chunk = max(1, min(chunk, max(T, 1)))
+    if threads is not None and threads < 1:
+        raise InputError(f"Expected threads >= 1, got {threads}.")
+    prev_threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(threads or 1)
+    try:
+        kern = TokenStream(dispatch, table, phy2log, c, E, k, chunk, dev)
+        done = 0
+        for ids, sr in trace.iter_token_chunks(chunk):
+            t = ids.shape[0]
+            if sr is None:
+                src = (np.arange(done, done + t, dtype=np.int64) % G).astype(np.int32)
+            else:
+                src = (sr.astype(np.int64) % G).astype(np.int32)
+            kern.run(ids, src)
+            done += t
+            if progress is not None:
+                progress(done, T)
+    finally:
+        torch.set_num_threads(prev_threads)
+    if not trace.has_source_rank:
+        messages.append("the trace has no source ranks: tokens are spread evenly over GPUs (t % G).")
+    loads, matrix, ns, tokens = kern.finish(table, phy2log)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return ValidationResult(
+        dispatch=dispatch, gpu_loads=loads, tokens=tokens, matrix=matrix, node_sends=ns,
+        num_tokens=T, trace_kind="tokens", messages=tuple(messages), device=dev.type,
+        wall_time=time.perf_counter() - start, assignments=float(loads.sum()), **common,
+    )
