@@ -10,7 +10,8 @@ line and exits with status 1. Anything else escaping the library is a bug.
     │   ├── PlanError         a plan that breaks its invariants or a plan file that is malformed
     │   └── EngineFormatError an engine file (SGLang, TensorRT-LLM, EPLB, vLLM-Ascend) that is wrong
     ├── CapabilityError       the data cannot answer the question (e.g. traffic from aggregated counts)
-    └── SolverError           a solver failed in a way the user cannot fix by changing input
+    ├── SolverError           a solver failed in a way the user cannot fix by changing input
+    └── WorkerError           a worker (a process or a Ray task) failed or was lost
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "PlanError",
     "SolverError",
     "TraceFormatError",
+    "WorkerError",
 ]
 
 
@@ -68,3 +70,8 @@ class CapabilityError(PlacementError):
 
 class SolverError(PlacementError):
     """A solver failed for a reason other than the input."""
+
+
+class WorkerError(PlacementError):
+    """A piece of parallel work (:mod:`placement.parallel`) failed in its worker for a reason
+    other than the user's input, or the worker was lost."""

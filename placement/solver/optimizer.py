@@ -30,14 +30,13 @@ V-cycles, CP-SAT deterministic limits), so the plan depends on the input and see
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import numpy as np
 
 from placement.cluster import Cluster
-from placement.errors import InputError, SolverError
+from placement.errors import InputError
+from placement.parallel import backend_for_jobs, ordered_map
 from placement.plan import Plan
 from placement.solver.balance import count_bound, scaled_loads
 from placement.solver.layer import (
@@ -408,31 +407,5 @@ def solve_optimizer(problem: ProblemData, options: SolveOptions,
 
 def _run(tasks: list[LayerTask], jobs: int, progress: Progress | None) -> list[LayerSolution]:
     """Solve the layers, ``jobs`` at a time; results in layer order."""
-    total = len(tasks)
-    out: list[LayerSolution | None] = [None] * total
-    if progress is not None:
-        progress(0, total)
-    jobs = max(1, min(jobs, total, os.cpu_count() or 1))
-    if jobs == 1:
-        for k, t in enumerate(tasks):
-            out[t.index] = solve_layer(t)
-            if progress is not None:
-                progress(k + 1, total)
-    else:
-        done = 0
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            pending: set[Future[LayerSolution]] = {pool.submit(solve_layer, t) for t in tasks}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    try:
-                        sol = f.result()
-                    except InputError:
-                        raise
-                    except Exception as exc:  # a worker died: a bug, not the user's doing
-                        raise SolverError(f"a layer's solve failed: {exc!r}") from exc
-                    out[sol.index] = sol
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-    return [s for s in out if s is not None]
+    sols = ordered_map(solve_layer, tasks, backend_for_jobs(jobs, len(tasks)), progress)
+    return sorted(sols, key=lambda sol: sol.index)

@@ -57,7 +57,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +65,7 @@ import numpy as np
 from placement.errors import InputError, PlanError
 from placement.metrics import source_gpus
 from placement.moves import MoveCount, count_moves
+from placement.parallel import backend_for_jobs, ordered_map
 from placement.plan import Plan, static_dispatch
 from placement.routing_traces.trace import Trace
 from placement.solver import ProblemData, SolveOptions, solve
@@ -770,22 +770,8 @@ def _target_rows(target: Plan, problem: ProblemData, deployed: Plan) -> np.ndarr
 
 
 def _run(tasks: list[_LayerTask], jobs: int, progress: Progress | None) -> list[_LayerPoints]:
-    out: list[_LayerPoints | None] = [None] * len(tasks)
-    if progress is not None:
-        progress(0, len(tasks))
-    jobs = max(1, min(jobs, len(tasks), os.cpu_count() or 1))
-    if jobs == 1:
-        for k, t in enumerate(tasks):
-            out[t.index] = _search_layer(t)
-            if progress is not None:
-                progress(k + 1, len(tasks))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for k, pts in enumerate(pool.map(_search_layer, tasks)):
-                out[pts.index] = pts
-                if progress is not None:
-                    progress(k + 1, len(tasks))
-    return [p for p in out if p is not None]
+    pts = ordered_map(_search_layer, tasks, backend_for_jobs(jobs, len(tasks)), progress)
+    return sorted(pts, key=lambda p: p.index)
 
 
 def replan(
