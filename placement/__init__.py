@@ -6,6 +6,9 @@ Data flows one way: routing traces -> solver -> plan -> validate / export / repo
 
 The names below are loaded on first use (``placement.solve`` imports the solver then), so that
 ``import placement`` and the command line start fast; ``from placement import X`` works as usual.
+
+Functions named like their module stay there, so that a name never means two things:
+``placement.sweep.sweep``, ``placement.simulate.simulate``, ``placement.frontier.frontier``.
 """
 
 from __future__ import annotations
@@ -54,12 +57,39 @@ _LAZY: dict[str, str] = {
     "SolveOptions": "placement.solver",
     "SolveResult": "placement.solver",
     "solve": "placement.solver",
+    "WorkerError": "placement.errors",
+    "GPU": "placement.hardware",
+    "GPU_PRESETS": "placement.hardware",
+    "gpu_preset": "placement.hardware",
+    "MODEL_PRESETS": "placement.models",
+    "BASELINES": "placement.solver",
+    "OBJECTIVES": "placement.solver",
+    "SolverMethod": "placement.solver",
+    "ReplanOptions": "placement.solver.replan",
+    "ReplanResult": "placement.solver.replan",
+    "replan": "placement.solver.replan",
+    "PlanDiff": "placement.plan_diff",
+    "diff_plans": "placement.plan_diff",
+    "PlanView": "placement.plan_show",
+    "describe_plan": "placement.plan_show",
+    "PlanSource": "placement.plan_source",
+    "read_plan": "placement.plan_source",
+    "SimulateOptions": "placement.simulate",
+    "SimulationResult": "placement.simulate",
+    "SweepOptions": "placement.sweep",
+    "SweepResult": "placement.sweep",
+    "Frontier": "placement.frontier",
     "ValidationResult": "placement.validation",
     "replay": "placement.validation",
 }
 
 __all__ = [
+    "BASELINES",
+    "GPU",
+    "GPU_PRESETS",
     "METHODS",
+    "MODEL_PRESETS",
+    "OBJECTIVES",
     "PRESETS",
     "CapabilityError",
     "Cluster",
@@ -69,30 +99,47 @@ __all__ = [
     "CostOptions",
     "EngineFormatError",
     "ExportResult",
+    "Frontier",
     "ImportResult",
     "InputError",
     "MemoryModel",
     "ModelShape",
     "PlacementError",
     "Plan",
+    "PlanDiff",
     "PlanError",
+    "PlanSource",
+    "PlanView",
     "ProblemData",
+    "ReplanOptions",
+    "ReplanResult",
+    "SimulateOptions",
+    "SimulationResult",
     "SolveOptions",
     "SolveResult",
     "SolverError",
+    "SolverMethod",
+    "SweepOptions",
+    "SweepResult",
     "Trace",
     "TraceFormatError",
     "ValidationResult",
+    "WorkerError",
     "__version__",
     "compare",
+    "describe_plan",
+    "diff_plans",
     "estimate_cost",
     "export_plan",
+    "gpu_preset",
     "import_plan",
     "inspect_trace",
     "load_cluster",
     "load_trace",
     "model_preset",
     "read_native",
+    "read_plan",
+    "replan",
     "replay",
     "solve",
     "static_dispatch",
@@ -129,8 +176,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         PlanError,
         SolverError,
         TraceFormatError,
+        WorkerError,
     )
+    from placement.frontier import Frontier
+    from placement.hardware import GPU, GPU_PRESETS, gpu_preset
+    from placement.models import MODEL_PRESETS
     from placement.plan import Plan, static_dispatch
+    from placement.plan_diff import PlanDiff, diff_plans
+    from placement.plan_show import PlanView, describe_plan
+    from placement.plan_source import PlanSource, read_plan
     from placement.report import Comparison, compare, write_report
     from placement.routing_traces import (
         Trace,
@@ -140,5 +194,17 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         synthesize,
         write_native,
     )
-    from placement.solver import METHODS, ProblemData, SolveOptions, SolveResult, solve
+    from placement.simulate import SimulateOptions, SimulationResult
+    from placement.solver import (
+        BASELINES,
+        METHODS,
+        OBJECTIVES,
+        ProblemData,
+        SolveOptions,
+        SolveResult,
+        SolverMethod,
+        solve,
+    )
+    from placement.solver.replan import ReplanOptions, ReplanResult, replan
+    from placement.sweep import SweepOptions, SweepResult
     from placement.validation import ValidationResult, replay

@@ -15,7 +15,28 @@ PUBLIC = {
     "ValidationResult", "__version__", "compare", "estimate_cost", "export_plan", "import_plan",
     "inspect_trace", "load_cluster", "load_trace", "model_preset", "read_native", "replay",
     "solve", "static_dispatch", "synthesize", "write_native", "write_report",
+    # hardware and models
+    "GPU", "GPU_PRESETS", "gpu_preset", "MODEL_PRESETS",
+    # the solver's registry
+    "BASELINES", "OBJECTIVES", "SolverMethod",
+    # plans over time and deployment planning (their functions live in their modules)
+    "ReplanOptions", "ReplanResult", "replan", "PlanDiff", "diff_plans", "PlanView",
+    "describe_plan", "PlanSource", "read_plan", "SimulateOptions", "SimulationResult",
+    "SweepOptions", "SweepResult", "Frontier",
+    "WorkerError",
 }
+
+
+def test_module_named_functions_stay_in_their_modules() -> None:
+    """``placement.sweep`` is the module whatever was imported first (a function of that name
+    exported here would be shadowed by the submodule)."""
+    import placement.frontier
+    import placement.simulate
+    import placement.sweep
+
+    for mod in ("sweep", "simulate", "frontier"):
+        assert mod not in placement.__all__
+        assert callable(getattr(importlib.import_module(f"placement.{mod}"), mod))
 
 
 def test_all_is_pinned() -> None:
@@ -31,7 +52,7 @@ def test_version_matches_distribution() -> None:
 
 def test_errors_form_one_hierarchy() -> None:
     for name in ("InputError", "TraceFormatError", "ClusterError", "PlanError",
-                 "EngineFormatError", "CapabilityError", "SolverError"):
+                 "EngineFormatError", "CapabilityError", "SolverError", "WorkerError"):
         assert issubclass(getattr(placement, name), placement.PlacementError)
     for name in ("TraceFormatError", "ClusterError", "PlanError", "EngineFormatError"):
         assert issubclass(getattr(placement, name), placement.InputError)
@@ -41,7 +62,9 @@ def test_subpackages_declare_all() -> None:
     for mod in ("placement.routing_traces", "placement.solver", "placement.engines",
                 "placement.validation", "placement.report", "placement.cost", "placement.plan",
                 "placement.cluster", "placement.metrics", "placement.errors", "placement.models",
-                "placement.moe_time"):
+                "placement.moe_time", "placement.parallel", "placement.hardware",
+                "placement.sweep", "placement.simulate", "placement.frontier",
+                "placement.plan_diff", "placement.plan_show", "placement.plan_source"):
         m = importlib.import_module(mod)
         assert m.__all__, mod
         for name in m.__all__:
@@ -65,6 +88,9 @@ def test_data_flows_one_way() -> None:
         "moe_time.py": ("placement.routing_traces", "placement.solver", "placement.plan",
                         "placement.validation", "placement.report", "placement.engines",
                         "placement.cost", "placement.demo"),
+        "parallel.py": ("placement.routing_traces", "placement.solver", "placement.plan",
+                        "placement.validation", "placement.report", "placement.engines",
+                        "placement.cost", "placement.cluster", "placement.demo"),
         "plan.py": ("placement.solver", "placement.validation", "placement.report",
                     "placement.engines"),
     }
