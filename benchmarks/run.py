@@ -1,13 +1,17 @@
 """The benchmark suite: held-out quality and speed of every method, against EPLB, in one run.
 
-    python benchmarks/run.py            # full run, about 10 minutes on 2 cores
-    python benchmarks/run.py --quick    # smoke run, about 2 minutes
+    python benchmarks/run.py            # full run (the core cases, then the companions)
+    python benchmarks/run.py --quick    # smoke run, a few minutes
+    python benchmarks/run.py --companions-only   # re-run the companions, keep the core figures
 
 Every case plans on one part of the data and judges on another, and runs EPLB (hierarchical and
 global), ``contiguous`` and the optimizer in the same run. Writes ``BENCHMARKS.md`` at the
 repository root, ``benchmarks/results.json`` (the same figures, for tools) and
 ``benchmarks/frontier.png`` (the balance/traffic frontier). Reads the shared data from
 ``../shared/traces/``; a missing file is an error, never a silent skip.
+
+The companion benchmarks (:data:`COMPANIONS`: plans over time, the deployment sweep, ...) run as
+their own scripts, one after another; what each prints becomes its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ SENDS_TARGET_DEFAULT = 0.85  # ... and 0.85 x on the other token-level cases
 TIME_TARGET = 0.90  # predicted MoE layer time at least 10 % below EPLB's (network < NVLink)
 FRONTIER_CASES = ("flame-moe-290m", "synth kimi-k2")
 FRONTIER_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2)
+COMPANIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], bool]] = {
+    # name: (section title, script and its arguments, extra arguments in quick mode, prints
+    # markdown (else plain text, shown as it is))
+    "over-time": ("Plans over time: periodic EPLB, one static plan, budgeted replan",
+                  ("bench_over_time.py",), ("--quick",), True),
+    "sweep": ("Choosing a deployment: redundant experts x cluster shapes (DeepSeek-V3 counts)",
+              ("bench_sweep.py",), ("--quick",), False),
+}
+"""The companion benchmarks, in the order they run and appear."""
 
 
 def _require(path: Path) -> Path:
@@ -109,6 +122,39 @@ def _f(x: float, d: int = 3) -> str:
 
 def _us(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x * 1e6:.1f} us"
+
+
+def render_companions(companions: dict[str, Any]) -> list[str]:
+    """One section per companion benchmark: its title, command, time and what it printed."""
+    out: list[str] = []
+    for c in companions.values():
+        out += ["", f"## {c['title']}", "",
+                f"`{c['command']}`: {c['seconds']:.0f} s"
+                + ("" if c["rc"] == 0 else f", **exit status {c['rc']}: see the output**"), ""]
+        text = c["output"].rstrip()
+        out += [text] if c["markdown"] and c["rc"] == 0 else ["```", text, "```"]
+    return out
+
+
+def run_companions(names: list[str], quick: bool) -> dict[str, Any]:
+    """Run the named companions one after another; their output is echoed as it comes."""
+    out: dict[str, Any] = {}
+    for name in names:
+        title, script, quick_args, markdown = COMPANIONS[name]
+        path = _require(ROOT / "benchmarks" / script[0])
+        argv = [sys.executable, str(path), *script[1:], *(quick_args if quick else ())]
+        shown = "python benchmarks/" + " ".join([*script, *(quick_args if quick else ())])
+        print(f"companion {name}: {shown}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+        sys.stdout.write(proc.stdout)
+        if proc.returncode != 0:
+            sys.stdout.write(proc.stderr[-4000:])
+        out[name] = {"title": title, "command": shown, "seconds": time.perf_counter() - t0,
+                     "rc": proc.returncode, "markdown": markdown,
+                     "output": proc.stdout if proc.returncode == 0
+                     else proc.stdout + proc.stderr[-4000:]}
+    return out
 
 
 def render(data: dict[str, Any]) -> str:
@@ -278,8 +324,9 @@ def render(data: dict[str, Any]) -> str:
             out.append(f"| {r['cluster']} | {r['what']} | {_f(r['seconds'])} | "
                        f"{_f(r['assignments_per_s'] / 1e6, 1)} | {_f(r['peak_mb'], 0)} |")
     out += ["", f"Peak resident memory of the whole benchmark process: "
-                f"{data['speed']['peak_rss_mb']:.0f} MB.", ""]
-    return "\n".join(out)
+                f"{data['speed']['peak_rss_mb']:.0f} MB."]
+    out += render_companions(data.get("companions", {}))
+    return "\n".join(out) + "\n"
 
 
 def frontier_section(cases: list[tuple[str, Any, Cluster]]) -> list[dict[str, Any]]:
@@ -314,7 +361,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer cases, about 2 minutes")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    ap.add_argument("--companions", default=",".join(COMPANIONS),
+                    help=f"comma-separated companions to run ({', '.join(COMPANIONS)}; '' for none)")
+    ap.add_argument("--companions-only", action="store_true",
+                    help="run the companions only; keep the core figures of --json")
     args = ap.parse_args(argv)
+    names = [n for n in args.companions.split(",") if n]
+    unknown = [n for n in names if n not in COMPANIONS]
+    if unknown:
+        raise SystemExit(f"error: unknown companion(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(COMPANIONS)}")
+    if args.companions_only:
+        if not args.json.exists():
+            raise SystemExit(f"error: --companions-only needs the core figures in {args.json}")
+        data = json.loads(args.json.read_text())
+        data["companions"] = {**data.get("companions", {}),
+                              **run_companions(names, data["quick"])}
+        data["companions"] = {n: data["companions"][n] for n in COMPANIONS
+                              if n in data["companions"]}
+        args.json.write_text(json.dumps(data, indent=1, default=float) + "\n")
+        args.out.write_text(render(data))
+        print(f"wrote {args.out} and {args.json}")
+        return 0
     t_start = time.perf_counter()
     opts = SolveOptions()
     data: dict[str, Any] = {
@@ -480,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "met": worst >= 100e6,
     })
     data["targets"] = targets
+    data["companions"] = run_companions(names, args.quick)
     data["seconds"] = time.perf_counter() - t_start
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
