@@ -137,7 +137,8 @@ def bench_reference() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--time-limit", type=float, default=SolveOptions().time_limit,
+                    help="the solver's safety net (its search is bounded by work, not time)")
     ap.add_argument("--quick", action="store_true", help="2 levels x 2 shapes")
     ap.add_argument("--reference", action="store_true",
                     help="the reference comparison's inputs and sensitivity instead")
