@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.errors import InputError, PlanError
 from placement.models import ModelShape, guess_model
 from placement.moves import MoveCount, count_moves
@@ -74,8 +75,8 @@ def check_comparable(old: Plan, new: Plan, old_name: str = "OLD",
     common = np.intersect1d(old.layer_ids, new.layer_ids)
     if not common.size:
         raise PlanError(f"the plans share no layer: {old_name} places "
-                        f"{_span(old.layer_ids.tolist())}, {new_name} "
-                        f"{_span(new.layer_ids.tolist())}.")
+                        f"{format_ids(old.layer_ids.tolist())}, {new_name} "
+                        f"{format_ids(new.layer_ids.tolist())}.")
     return common
 
 
@@ -238,14 +239,6 @@ def diff_plans(
     )
 
 
-def _span(ids: list[int]) -> str:
-    if not ids:
-        return "none"
-    if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 1:
-        return f"{ids[0]}-{ids[-1]}"
-    return ", ".join(map(str, ids[:12])) + (", ..." if len(ids) > 12 else "")
-
-
 def size_text(x: float) -> str:
     """``44.04 MB``."""
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -310,9 +303,9 @@ def format_diff(d: PlanDiff) -> str:
         "hold; slot-order changes inside a GPU move nothing)",
     ]
     if d.only_old:
-        lines.append(f"note: layer(s) {_span(list(d.only_old))} only in {d.old_name}: not compared")
+        lines.append(f"note: layer(s) {format_ids(list(d.only_old))} only in {d.old_name}: not compared")
     if d.only_new:
-        lines.append(f"note: layer(s) {_span(list(d.only_new))} only in {d.new_name}: not compared")
+        lines.append(f"note: layer(s) {format_ids(list(d.only_new))} only in {d.new_name}: not compared")
     changed = [i for i in range(L) if d.counts.moves[i] or d.counts.changed_slots[i]]
     if changed:
         lines.append(f"{'layer':>5} {'moves':>6} {'cross-node':>10} {'changed slots':>13}")

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._util import format_ids
 from placement.errors import InputError
 from placement.plan import Plan, compute_logcnt
 
@@ -132,7 +133,7 @@ def describe_plan(plan: Plan, *, layer: int | None = None, source: str = "",
     ids = plan.layer_ids.tolist()
     if layer is not None and layer not in ids:
         raise InputError(f"layer {layer} is not in the plan (its MoE layers are "
-                         f"{_span(ids)}).")
+                         f"{format_ids(ids)}).")
     rows = range(len(ids)) if layer is None else [ids.index(layer)]
     p2l = np.asarray(plan.phy2log)
     logcnt = compute_logcnt(p2l, plan.num_experts)
@@ -143,14 +144,6 @@ def describe_plan(plan: Plan, *, layer: int | None = None, source: str = "",
                             colocated=int(dup[i])) for i in rows)
     return PlanView(plan=plan, source=source, kind=kind, layers=views,
                     detail=layer is not None, notes=notes)
-
-
-def _span(ids: list[int]) -> str:
-    if not ids:
-        return "none"
-    if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 1:
-        return f"{ids[0]}-{ids[-1]}"
-    return ", ".join(map(str, ids[:12])) + (", ..." if len(ids) > 12 else "")
 
 
 def _hist(h: dict[int, int]) -> str:
@@ -177,7 +170,7 @@ def format_plan_view(view: PlanView) -> str:
         f"cluster: {c.summary()}",
     ]
     nhl = f" of {p.num_hidden_layers} decoder layers" if p.num_hidden_layers else ""
-    lines.append(f"layers: {p.num_layers} MoE layer(s) ({_span(p.layer_ids.tolist())}){nhl}; "
+    lines.append(f"layers: {p.num_layers} MoE layer(s) ({format_ids(p.layer_ids.tolist())}){nhl}; "
                  f"{p.num_experts} experts, {p.num_slots} slots per layer "
                  f"({p.num_redundant} redundant)")
     if p.objectives:

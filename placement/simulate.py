@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from placement._util import Progress
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.moves import count_moves
@@ -52,7 +52,6 @@ __all__ = ["POLICIES", "PolicyRun", "SimulateOptions", "SimulationResult", "form
 
 POLICIES: tuple[str, ...] = ("eplb", "static", "replan")
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

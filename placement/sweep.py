@@ -28,7 +28,7 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from placement._io import atomic_write_bytes, atomic_write_text
-from placement._util import format_si
+from placement._util import Progress, format_si
 from placement.cluster import Cluster
 from placement.cost.step import (
     Efficiency,
@@ -70,8 +70,6 @@ SWEEP_FILES: tuple[str, ...] = ("sweep.md", "sweep.json", "tokens_per_s.png",
                                 "usd_per_million_tokens.png", "best-plan.json")
 """What :func:`write_sweep` writes (the plan only when some point is feasible)."""
 
-Progress = Callable[[int, int], None]
-"""``progress(points_done, points_total)``."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ The function is imported when the method runs (the registry itself stays cheap t
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from placement._util import Progress
 from placement.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BASELINES", "METHODS", "REGISTRY", "Method", "SolverMethod", "get_method"]
 
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called as layers finish."""
 
 
 @runtime_checkable

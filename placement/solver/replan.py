@@ -56,12 +56,13 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from placement._util import Progress
 from placement.errors import InputError, PlanError
 from placement.metrics import source_gpus
 from placement.moves import MoveCount, count_moves
@@ -79,7 +80,6 @@ __all__ = [
     "replan",
 ]
 
-Progress = Callable[[int, int], None]
 
 _EPS = 1e-12
 _ALPHA = 0.1  # weight of the mean scenario peak in the descent's score
