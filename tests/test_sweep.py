@@ -37,7 +37,7 @@ def _uniform(seed: int) -> Trace:
 def _options(**kw: object) -> SweepOptions:
     args: dict = dict(redundant=(0, 4, 8), nodes=(1, 2), gpus_per_node=(4,), gpu=SLOW_HBM,
                       workload=Workload("decode", context=100, batch=8, overlap="none"),
-                      solve=SolveOptions(time_limit=5, jobs=1), efficiency=ONE)
+                      solve=SolveOptions(jobs=1), efficiency=ONE)
     args.update(kw)
     return SweepOptions(**args)
 
