@@ -7,25 +7,46 @@ any number of workers.
 
 * :class:`Local` runs in this process, one piece after another;
 * :class:`Processes` runs on a process pool of this machine (``jobs``);
+* :class:`Ray` runs every piece as a Ray task: on a local Ray started on demand, or on an
+  existing cluster (``address``). Ray is optional (``pip install 'placement[ray]'``) and
+  imported only when a :class:`Ray` backend runs its first map.
 
 A work function must be a module-level function whose argument and result pickle (small
 descriptions of work, such as a shard's path and index, rather than the data).
 
-A leaf module: the standard library and :mod:`placement.errors` only.
+A :class:`~placement.errors.PlacementError` raised by a piece comes back as itself (an
+``InputError`` stays an ``InputError``); anything else that fails in a worker, or a lost worker,
+is a :class:`~placement.errors.WorkerError` with one line.
+
+A leaf module: the standard library, :mod:`placement._util` and :mod:`placement.errors` only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from placement._util import Progress
 from placement.errors import InputError, PlacementError, WorkerError
 
-__all__ = ["Backend", "Local", "Processes", "backend_for_jobs", "ordered_map"]
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "Backend",
+    "Local",
+    "Processes",
+    "Ray",
+    "backend_for_jobs",
+    "ordered_map",
+    "shutdown_ray",
+]
+
+RAY_INSTALL_HINT = "install it with pip install 'placement[ray]'"
+"""How the one-line error for a missing Ray ends."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -92,6 +113,160 @@ class Processes(Backend):
                     if progress is not None:
                         progress(done, total)
         return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+# ---------------------------------------------------------------------------------------------
+_RAY_STARTED_HERE = False
+"""Whether :func:`_ray_module` started the running Ray (then :func:`shutdown_ray` stops it)."""
+
+_REMOTE: Any = None
+"""The ``ray.remote`` wrapper of :func:`_ray_call`, made once per process."""
+
+
+def _import_ray() -> Any:
+    """``import ray``, or one line saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--ray needs Ray, which is not installed: {RAY_INSTALL_HINT}.") from None
+    return ray
+
+
+def _package_root() -> str:
+    """The folder holding the ``placement`` package (so local Ray workers import this copy)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ray_module(address: str | None, workers: int | None) -> Any:
+    """The ``ray`` module, connected: to ``address``, else to the Ray already running in this
+    process, else to a local Ray started now with ``workers`` CPUs (default: all cores)."""
+    global _RAY_STARTED_HERE
+    ray = _import_ray()
+    if ray.is_initialized():
+        return ray
+    # 1. local workers import the same placement as this process (a checkout on PYTHONPATH)
+    path = [_package_root(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    common: dict[str, Any] = dict(
+        include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+        ignore_reinit_error=True,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}},
+    )
+    try:
+        if address is None:
+            ray.init(num_cpus=workers or os.cpu_count() or 1, **common)
+            _RAY_STARTED_HERE = True
+        else:
+            ray.init(address=address, **common)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkerError(f"could not start or reach {where}: {first}") from None
+    return ray
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray this process started (a no-op when none, or when Ray was started or
+    connected by someone else, e.g. a test fixture)."""
+    global _RAY_STARTED_HERE, _REMOTE
+    if not _RAY_STARTED_HERE or "ray" not in sys.modules:
+        return
+    import ray
+
+    ray.shutdown()
+    _RAY_STARTED_HERE = False
+    _REMOTE = None
+
+
+def _ray_call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
+    """One Ray task: ``(True, fn(item))``, or ``(False, error)`` for a :class:`PlacementError`
+    (it travels back as a value, so it is raised again with its own type and message)."""
+    try:
+        return True, fn(item)
+    except PlacementError as exc:
+        return False, exc
+
+
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):  # a RayTaskError: the exception of the task
+        return repr(cause).splitlines()[0]
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Cancel the tasks still in flight (best effort: they may be finishing)."""
+    for ref in refs:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:
+            pass
+
+
+@dataclass(frozen=True)
+class Ray(Backend):
+    """Run every piece as a Ray task, at most ``workers`` at a time.
+
+    Args:
+        address: an existing Ray cluster (``"ray://host:10001"``, ``"auto"``, ``"host:6379"``);
+            None: the Ray this process already runs, else a local one started on demand with
+            ``workers`` CPUs (no set-up; stopped by :func:`shutdown_ray` or at exit).
+        workers: pieces in flight at once (and the CPUs of a local Ray); None: as many as the
+            cluster schedules (a local Ray: the machine's cores).
+
+    The machines of a cluster must have ``placement`` (the same version) installed; a local
+    Ray's workers import the copy this process runs.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"Expected workers >= 1, got {self.workers}.")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        where = self.address or "local"
+        return f"ray({where})" if self.workers is None else f"ray({where}, {self.workers})"
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T], progress: Progress | None) -> list[R]:
+        global _REMOTE
+        ray = _ray_module(self.address, self.workers)
+        if _REMOTE is None:
+            _REMOTE = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
+        total = len(items)
+        limit = total if self.workers is None else min(self.workers, total)
+        out: list[Any] = [None] * total
+        index: dict[Any, int] = {}
+        pending: list[Any] = []
+        nxt = done = 0
+        try:
+            # 1. keep at most `limit` tasks in flight; collect them as they finish
+            while done < total:
+                while nxt < total and len(pending) < limit:
+                    ref = _REMOTE.remote(fn, items[nxt])
+                    index[ref] = nxt
+                    pending.append(ref)
+                    nxt += 1
+                ready, pending = ray.wait(pending, num_returns=1)
+                for ref in ready:
+                    ok, value = ray.get(ref)
+                    if not ok:
+                        raise value
+                    out[index.pop(ref)] = value
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+        except PlacementError:
+            _cancel(ray, pending)
+            raise
+        except Exception as exc:  # a task's bug, a lost worker, a Ray system error
+            _cancel(ray, pending)
+            raise WorkerError(f"a Ray task failed: {_one_line(exc)}") from None
+        return out
 
 
 def backend_for_jobs(jobs: int, pieces: int) -> Backend:
