@@ -42,6 +42,7 @@ __all__ = [
     "Ray",
     "backend_for_jobs",
     "ordered_map",
+    "ray_init_args",
     "shutdown_ray",
 ]
 
@@ -139,6 +140,19 @@ def _package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def ray_init_args(workers: int | None) -> dict[str, Any]:
+    """The ``ray.init`` arguments of a local Ray of ``workers`` CPUs (default: all cores): no
+    dashboard, worker logs kept off this terminal, and workers that import the same
+    ``placement`` as this process (a checkout on ``PYTHONPATH`` included)."""
+    path = [_package_root(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return dict(
+        num_cpus=workers or os.cpu_count() or 1,
+        include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+        ignore_reinit_error=True,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}},
+    )
+
+
 def _ray_module(address: str | None, workers: int | None) -> Any:
     """The ``ray`` module, connected: to ``address``, else to the Ray already running in this
     process, else to a local Ray started now with ``workers`` CPUs (default: all cores)."""
@@ -146,19 +160,14 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    # 1. local workers import the same placement as this process (a checkout on PYTHONPATH)
-    path = [_package_root(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
-    common: dict[str, Any] = dict(
-        include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-        ignore_reinit_error=True,
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}},
-    )
     try:
         if address is None:
-            ray.init(num_cpus=workers or os.cpu_count() or 1, **common)
+            ray.init(**ray_init_args(workers))
             _RAY_STARTED_HERE = True
         else:
-            ray.init(address=address, **common)
+            args = ray_init_args(None)
+            del args["num_cpus"]
+            ray.init(address=address, **args)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -41,6 +41,7 @@ from placement._util import Progress
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.moves import count_moves
+from placement.parallel import Backend
 from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.solver import ProblemData, SolveOptions, baseline_plan, solve
@@ -73,6 +74,8 @@ class SimulateOptions:
             limit of a day, so that it never binds and the run is deterministic).
         replan_target: let every re-plan also search toward the optimizer's plan (slower).
         jobs: CPU processes for the solves (the result does not depend on it).
+        backend: where the solves' per-layer work runs (:mod:`placement.parallel`); None:
+            ``jobs`` processes. The result does not depend on it.
     """
 
     every: int = 1
@@ -85,6 +88,7 @@ class SimulateOptions:
     solve_options: SolveOptions | None = None
     replan_target: bool = False
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    backend: Backend | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("every", "warmup", "history", "eplb_history"):
@@ -275,7 +279,7 @@ def simulate(trace: Trace, cluster: Cluster, options: SimulateOptions | None = N
     o = SimulateOptions(every=K, warmup=warmup, max_moves=budget, history=history,
                         eplb_history=eplb_history, eplb_method=o.eplb_method,
                         policies=o.policies, solve_options=o.solve_options,
-                        replan_target=o.replan_target, jobs=o.jobs)
+                        replan_target=o.replan_target, jobs=o.jobs, backend=o.backend)
     rule = "static" if trace.is_token_level else "even"
     decisions = list(range(warmup, W, K))  # the first is the initial plan
     judged = list(range(warmup, W))
@@ -289,7 +293,8 @@ def simulate(trace: Trace, cluster: Cluster, options: SimulateOptions | None = N
         if progress is not None:
             progress(done, steps)
 
-    sopts = o.solve_options or SolveOptions(time_limit=24 * 3600.0, jobs=o.jobs)
+    sopts = o.solve_options or SolveOptions(time_limit=24 * 3600.0, jobs=o.jobs,
+                                            backend=o.backend)
     static: Plan | None = None
     if "static" in o.policies or "replan" in o.policies:
         start = trace.select_windows(list(range(warmup)))
@@ -317,7 +322,7 @@ def simulate(trace: Trace, cluster: Cluster, options: SimulateOptions | None = N
                 seen = list(range(max(0, t - history), t))
                 new = replan(current, _pooled(trace, seen),
                              ReplanOptions(max_moves=budget, target=o.replan_target,
-                                           jobs=o.jobs)).plan
+                                           jobs=o.jobs, backend=o.backend)).plan
             if current is not None:
                 mc = count_moves(np.asarray(current.phy2log), np.asarray(new.phy2log), cluster,
                                  trace.num_experts)

@@ -15,9 +15,12 @@ from placement.errors import PlacementError
 
 if TYPE_CHECKING:
     from placement.cluster import Cluster
+    from placement.parallel import Backend
 
 __all__ = [
     "LazyChoice",
+    "backend_from_options",
+    "backend_options",
     "cluster_from_options",
     "cluster_options",
     "echo_err",
@@ -177,6 +180,53 @@ def cluster_from_options(kwargs: dict[str, Any]) -> Cluster:
         slots_per_gpu=kwargs.pop("slots_per_gpu", None),
     )
 
+
+def backend_options(jobs_help: str) -> Callable[[F], F]:
+    """Add ``--jobs N`` (this machine's processes; ``jobs_help`` says of what) and
+    ``--ray``, ``--ray-address ADDR``, ``--workers N`` (Ray tasks)."""
+    opts = [
+        click.option("--jobs", type=click.IntRange(min=1), default=None, help=jobs_help),
+        click.option("--ray", "use_ray", is_flag=True,
+                     help="Run the parallel work as Ray tasks on a local Ray started on demand "
+                          "(pip install 'placement[ray]'); the result is the same."),
+        click.option("--ray-address", metavar="ADDR", default=None,
+                     help="Run it on the existing Ray cluster at ADDR instead (implies --ray; "
+                          "'auto', 'host:6379' or 'ray://host:10001')."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="With --ray: Ray tasks in flight at once (and a local Ray's CPUs) "
+                          "[default: every CPU Ray has]."),
+    ]
+
+    def wrap(func: F) -> F:
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return wrap
+
+
+def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | None]:
+    """Pop the :func:`backend_options` from a command's kwargs: ``(backend, jobs)``, the backend
+    a :class:`~placement.parallel.Ray` with ``--ray``/``--ray-address`` (the local Ray it starts
+    is stopped when the command ends), else None (``jobs`` processes, the library's default)."""
+    from placement.parallel import Ray, shutdown_ray
+
+    jobs = kwargs.pop("jobs", None)
+    use_ray = bool(kwargs.pop("use_ray", False))
+    address = kwargs.pop("ray_address", None)
+    workers = kwargs.pop("workers", None)
+    ctx = click.get_current_context(silent=True)
+    if not use_ray and address is None:
+        if workers is not None:
+            raise click.UsageError("--workers is for --ray (use --jobs for this machine's "
+                                   "processes)", ctx)
+        return None, jobs
+    if jobs is not None:
+        raise click.UsageError("--jobs runs this machine's processes, --ray runs Ray tasks: "
+                               "give one (--workers sets Ray's)", ctx)
+    if ctx is not None:
+        ctx.call_on_close(shutdown_ray)
+    return Ray(address=address, workers=workers), None
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from placement._io import atomic_write_bytes
-from placement.cli._app import cluster_options, main, progress_bar
+from placement.cli._app import backend_from_options, backend_options, cluster_options, main, progress_bar
 from placement.cli._plan_args import MODEL_CHOICES, model_for, optional_cluster
 from placement.errors import InputError
 from placement.plan_diff import (
@@ -137,15 +137,14 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
 @click.option("--no-target", is_flag=True,
               help="Skip the unconstrained optimizer's plan as a target (faster; large budgets "
                    "may then not reach the optimizer's figures).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Layers searched in parallel [default: CPU cores].")
+@backend_options("Layers searched in parallel [default: CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Plan file to write (JSON).")
 def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | None,
                max_bytes: str | None, per_layer_budget: bool, heldout_sources: tuple[str, ...],
                model_name: str | None, bytes_per_param: float | None, robust: str, no_target: bool,
-               jobs: int | None, as_json: bool, output: str, **cluster_kw: Any) -> None:
+               as_json: bool, output: str, **cluster_kw: Any) -> None:
     """The best plan reachable from DEPLOYED moving at most --max-moves expert weights (or
     --max-bytes), for the traffic of TRACE....
 
@@ -163,6 +162,7 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     from placement.routing_traces import load_trace
     from placement.solver.replan import ReplanOptions, replan
 
+    backend, jobs = backend_from_options(cluster_kw)
     src = read_plan(deployed_file, optional_cluster(cluster_kw))
     deployed = src.plan
     loaded = [load_trace(t) for t in traces]
@@ -177,7 +177,7 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     kwargs: dict[str, Any] = dict(
         max_moves=max_moves, max_bytes=None if max_bytes is None else parse_bytes(max_bytes),
         bytes_per_expert=per_expert, per_layer=per_layer_budget, robust=robust,
-        target=not no_target,
+        target=not no_target, backend=backend,
     )
     if jobs is not None:
         kwargs["jobs"] = jobs

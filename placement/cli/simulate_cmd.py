@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.cli._app import (
+    backend_from_options,
+    backend_options,
+    cluster_from_options,
+    cluster_options,
+    main,
+    progress_bar,
+)
 
 __all__ = ["simulate_cmd"]
 
@@ -35,12 +42,11 @@ def _policies(text: str) -> tuple[str, ...]:
               help="Which policies to run, comma-separated.")
 @click.option("--replan-target", is_flag=True,
               help="Re-plans also search toward the optimizer's plan (slower).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Processes for the solves [default: CPU cores].")
+@backend_options("Processes for the solves [default: CPU cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def simulate_cmd(traces: tuple[str, ...], every: int, warmup: int | None, max_moves: int | None,
                  history: int | None, eplb_history: int | None, eplb_method: str,
-                 policies: str, replan_target: bool, jobs: int | None, as_json: bool,
+                 policies: str, replan_target: bool, as_json: bool,
                  **cluster_kw: Any) -> None:
     """Replay the windows of TRACE (several files: read as windows, in the order given) under
     three policies: EPLB re-planned every K windows from the last K windows' counts, as the
@@ -55,12 +61,13 @@ def simulate_cmd(traces: tuple[str, ...], every: int, warmup: int | None, max_mo
     from placement.routing_traces import load_trace
     from placement.simulate import SimulateOptions, format_simulation, simulate
 
+    backend, jobs = backend_from_options(cluster_kw)
     cluster = cluster_from_options(cluster_kw)
     trace = load_trace(traces[0] if len(traces) == 1 else list(traces))
     kwargs: dict[str, Any] = dict(every=every, warmup=warmup, max_moves=max_moves,
                                   history=history, eplb_history=eplb_history,
                                   eplb_method=eplb_method, policies=_policies(policies),
-                                  replan_target=replan_target)
+                                  replan_target=replan_target, backend=backend)
     if jobs is not None:
         kwargs["jobs"] = jobs
     options = SimulateOptions(**kwargs)

@@ -11,7 +11,14 @@ from typing import Any
 import click
 import numpy as np
 
-from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.cli._app import (
+    backend_from_options,
+    backend_options,
+    cluster_from_options,
+    cluster_options,
+    main,
+    progress_bar,
+)
 from placement.cluster import Cluster, MemoryModel
 from placement.errors import InputError
 from placement.hardware import GPU_PRESETS, gpu_preset
@@ -196,9 +203,8 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
               help="Safety net, seconds: the search is bounded by work, not time; layers still "
                    "running when it fires keep the best placement found (and the plan may then "
                    "differ between machines).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Layers solved in parallel [default: CPU cores]; the plan does not depend "
-                   "on it.")
+@backend_options("Layers solved in parallel [default: CPU cores]; the plan does not depend "
+                 "on it.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed; same traces and seed, same plan.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
@@ -216,7 +222,7 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
               help="Plan file to write (JSON).")
 def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: str | None,
               overlap: str, num_groups: int | None, balance_tolerance: float | None,
-              max_nodes_per_token: int | None, time_limit: float, jobs: int | None, seed: int,
+              max_nodes_per_token: int | None, time_limit: float, seed: int,
               robust: str, gpu_name: str | None, kv_reserve_gb: float | None,
               runtime_reserve_gb: float | None, per_layer: bool, as_json: bool, output: str,
               **cluster_kwargs: Any) -> None:
@@ -235,6 +241,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
     placement solve trace.json --nodes 4 --gpus-per-node 8 --gpu h200 --model deepseek-v3 \\
         --kv-reserve-gb 40 -o plan.json
     """
+    backend, jobs = backend_from_options(cluster_kwargs)
     memory_args: dict[str, Any] = dict(gpu_name=gpu_name, model_name=model_name,
                                        kv_reserve_gb=kv_reserve_gb,
                                        runtime_reserve_gb=runtime_reserve_gb)
@@ -245,7 +252,8 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
                                   overlap=overlap, num_groups=num_groups,
                                   balance_tolerance=balance_tolerance,
                                   max_nodes_per_token=max_nodes_per_token,
-                                  time_limit=time_limit, seed=seed, robust=robust)
+                                  time_limit=time_limit, seed=seed, robust=robust,
+                                  backend=backend)
     if jobs is not None:
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)

@@ -373,7 +373,7 @@ def descend(st: LayerState, max_moves: int, *, replace: bool = True,
 
     moves = 0
     while moves < max_moves:
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.time() > deadline:
             break
         cur = st.key()
         done = False
@@ -439,7 +439,7 @@ def improve(st: LayerState, *, rounds: int, max_moves: int, seed: int, replace: 
     descend(st, max_moves, replace=replace, deadline=deadline)
     best = st.copy()
     for r in range(rounds):
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and time.time() > deadline:
             break
         cand = best.copy()
         perturb(cand, rng, 2 + r % 4)

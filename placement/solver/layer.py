@@ -83,7 +83,7 @@ class LayerTask:
         warm: ``[P]`` a warm-start placement (EPLB's global policy), or None.
         eplb: ``[P]`` EPLB's placement of the layer (the reference a plan never loses to), or
             None when EPLB cannot plan the cluster.
-        deadline: ``time.monotonic()`` value after which the layer returns what it has (the
+        deadline: ``time.time()`` value after which the layer returns what it has (the
             ``time_limit`` safety net; the search is otherwise bounded by ``effort``).
         effort: work limits.
         tokens: per scenario ``(topk_ids [T, k], src_gpu [T])`` of this layer, or None.
@@ -138,7 +138,7 @@ class LayerTask:
 
     def timed_out(self) -> bool:
         """Whether the ``time_limit`` safety net has fired."""
-        return time.monotonic() > self.deadline
+        return time.time() > self.deadline
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
     #    assignment model
     use_patterns = configuration_count(E, spg) <= task.effort.exact_max_patterns
     if exact_model_applies(task, E, max_count) and not timed_out:
-        left = task.deadline - time.monotonic()
+        left = task.deadline - time.time()
         model = solve_patterns if use_patterns else solve_exact
         res = model(w, G, spg, robust=task.robust, max_count=max_count, hint=best,
                     seed=task.seed, max_deterministic_time=task.effort.exact_work, max_time=left)

@@ -36,7 +36,7 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import InputError
-from placement.parallel import backend_for_jobs, ordered_map
+from placement.parallel import Backend, backend_for_jobs, ordered_map
 from placement.plan import Plan
 from placement.solver.balance import count_bound, scaled_loads
 from placement.solver.layer import (
@@ -315,7 +315,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
     from placement.solver.evaluate import make_plan
 
     start = time.perf_counter()
-    deadline = time.monotonic() + options.time_limit
+    deadline = time.time() + options.time_limit  # wall clock: shared by every worker
     effort = effort or Effort()
     c = problem.cluster
     L = problem.num_layers
@@ -364,7 +364,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         )
         for i in range(L)
     ]
-    sols = _run(tasks, options.jobs, progress)
+    sols = _run(tasks, options.jobs, progress, options.backend)
     phy2log = np.stack([s.phy2log for s in sols]).astype(np.int64)
     statuses = [s.status for s in sols]
     if all(s == "OPTIMAL" for s in statuses):
@@ -405,7 +405,9 @@ def solve_optimizer(problem: ProblemData, options: SolveOptions,
     return optimize(problem, options, progress)
 
 
-def _run(tasks: list[LayerTask], jobs: int, progress: Progress | None) -> list[LayerSolution]:
-    """Solve the layers, ``jobs`` at a time; results in layer order."""
-    sols = ordered_map(solve_layer, tasks, backend_for_jobs(jobs, len(tasks)), progress)
+def _run(tasks: list[LayerTask], jobs: int, progress: Progress | None,
+         backend: Backend | None = None) -> list[LayerSolution]:
+    """Solve the layers on ``backend`` (default: ``jobs`` processes); results in layer order."""
+    sols = ordered_map(solve_layer, tasks, backend or backend_for_jobs(jobs, len(tasks)),
+                       progress)
     return sorted(sols, key=lambda sol: sol.index)

@@ -13,6 +13,7 @@ from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_preset
 from placement.moe_time import OVERLAPS
+from placement.parallel import Backend
 from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -63,6 +64,9 @@ class SolveOptions:
             may then differ between machines.
         jobs: layers solved in parallel (default: the machine's CPU cores; the plan does not
             depend on it).
+        backend: where the per-layer solves run (:mod:`placement.parallel`: ``Local``,
+            ``Processes``, ``Ray``); None: ``jobs`` processes of this machine. The plan does not
+            depend on it.
         seed: seed of every randomised step; same input and seed, same plan.
         robust: how scenarios (windows, traces) combine: ``"max"`` (worst case) or ``"mean"``.
     """
@@ -78,6 +82,7 @@ class SolveOptions:
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     seed: int = 0
     robust: str = "max"
+    backend: Backend | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         from placement.solver.registry import METHODS
@@ -109,6 +114,9 @@ class SolveOptions:
             raise InputError(f"Expected jobs >= 1, got {self.jobs}.")
         if self.robust not in ROBUST_MODES:
             raise InputError(f"Expected robust in {ROBUST_MODES}, got {self.robust!r}.")
+        if self.backend is not None and not isinstance(self.backend, Backend):
+            raise InputError(f"Expected backend to be a placement.parallel Backend, got "
+                             f"{self.backend!r}.")
 
     def groups_for(self, num_experts: int) -> int:
         """The number of expert groups EPLB uses for ``num_experts`` experts."""

@@ -66,7 +66,7 @@ from placement._util import Progress
 from placement.errors import InputError, PlanError
 from placement.metrics import source_gpus
 from placement.moves import MoveCount, count_moves
-from placement.parallel import backend_for_jobs, ordered_map
+from placement.parallel import Backend, backend_for_jobs, ordered_map
 from placement.plan import Plan, static_dispatch
 from placement.routing_traces.trace import Trace
 from placement.solver import ProblemData, SolveOptions, solve
@@ -113,6 +113,9 @@ class ReplanOptions:
             ``robust`` and a time limit of a day, so that it never binds).
         max_steps: greedy steps per layer (default: the slots per layer, capped by the budget).
         jobs: layers searched in parallel (default: CPU cores; the plan does not depend on it).
+        backend: where the per-layer searches (and the target's solves) run
+            (:mod:`placement.parallel`); None: ``jobs`` processes. The plan does not depend on
+            it.
     """
 
     max_moves: int | None = None
@@ -124,6 +127,7 @@ class ReplanOptions:
     target_options: SolveOptions | None = None
     max_steps: int | None = None
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    backend: Backend | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.max_moves is None) == (self.max_bytes is None):
@@ -769,8 +773,11 @@ def _target_rows(target: Plan, problem: ProblemData, deployed: Plan) -> np.ndarr
     return np.asarray(target.phy2log)[[pos[int(x)] for x in problem.layer_ids.tolist()]]
 
 
-def _run(tasks: list[_LayerTask], jobs: int, progress: Progress | None) -> list[_LayerPoints]:
-    pts = ordered_map(_search_layer, tasks, backend_for_jobs(jobs, len(tasks)), progress)
+def _run(tasks: list[_LayerTask], jobs: int, progress: Progress | None,
+         backend: Backend | None = None) -> list[_LayerPoints]:
+    """Search the layers on ``backend`` (default: ``jobs`` processes); results in layer order."""
+    pts = ordered_map(_search_layer, tasks, backend or backend_for_jobs(jobs, len(tasks)),
+                      progress)
     return sorted(pts, key=lambda p: p.index)
 
 
@@ -812,7 +819,8 @@ def replan(
     if options.target and budget > 0:
         if target_plan is None:
             topts = options.target_options or SolveOptions(
-                robust=options.robust, time_limit=_TARGET_TIME_LIMIT, jobs=options.jobs)
+                robust=options.robust, time_limit=_TARGET_TIME_LIMIT, jobs=options.jobs,
+                backend=options.backend)
             target_plan = solve(problem, options=topts).plan
         t_rows = _target_rows(target_plan, problem, deployed)
         gpn = c.gpus_per_node if problem.is_token_level else None
@@ -840,7 +848,7 @@ def replan(
             node_share=None if node_share is None else node_share[i],
             gpus_per_node=c.gpus_per_node,
         ))
-    points = _run(tasks, options.jobs, progress)
+    points = _run(tasks, options.jobs, progress, options.backend)
 
     # 3. the budget split
     picks = _split_budget(points, budget, options.per_layer)

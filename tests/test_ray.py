@@ -1,0 +1,115 @@
+"""The Ray backend: results in input order, user errors keep their type, bugs and lost workers
+are one-line WorkerErrors, a missing Ray says how to install it, and the results are those of
+the local backend. Every Ray test runs on the session's local Ray (fixture ``ray_local``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from placement.errors import InputError, TraceFormatError, WorkerError
+from placement.parallel import Local, Processes, Ray, ordered_map, shutdown_ray
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(autouse=True)
+def _by_value(ray_local):
+    """This module's work functions travel to the workers by value (the workers do not have
+    the tests folder on their path)."""
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _fail(x: int) -> int:
+    if x == 3:
+        raise InputError("Expected x != 3, got 3.")
+    if x == 5:
+        raise TraceFormatError("no topk_ids", path="t.npz")
+    if x == 4:
+        raise RuntimeError("boom")
+    return x
+
+
+def _die(x: int) -> int:
+    if x == 1:
+        os._exit(1)
+    return x
+
+
+@pytest.mark.parametrize("backend", [Ray(), Ray(workers=1), Ray(workers=2)],
+                         ids=["all", "one", "two"])
+def test_results_come_back_in_input_order(backend):
+    seen: list[tuple[int, int]] = []
+    items = list(range(9, -1, -1))
+    out = ordered_map(_square, items, backend, lambda d, t: seen.append((d, t)))
+    assert out == [x * x for x in items]
+    assert seen[0] == (0, 10) and seen[-1] == (10, 10)
+    assert [d for d, _ in seen] == list(range(11))
+
+
+def test_user_errors_keep_their_type():
+    with pytest.raises(InputError, match=r"^Expected x != 3, got 3\.$"):
+        ordered_map(_fail, [1, 3, 2], Ray(workers=2))
+    with pytest.raises(TraceFormatError, match=r"^t\.npz: no topk_ids$"):
+        ordered_map(_fail, [5], Ray())
+
+
+def test_bugs_and_lost_workers_are_one_line_worker_errors():
+    with pytest.raises(WorkerError, match="boom") as bug:
+        ordered_map(_fail, [1, 4], Ray(workers=2))
+    assert "\n" not in str(bug.value)
+    with pytest.raises(WorkerError, match="a Ray task failed") as lost:
+        ordered_map(_die, [0, 1, 2], Ray(workers=1))
+    assert "\n" not in str(lost.value)
+    assert ordered_map(_square, [2, 3], Ray()) == [4, 9]  # Ray carries on after a lost worker
+
+
+def test_missing_ray_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(InputError, match=r"install it with pip install 'placement\[ray\]'"):
+        ordered_map(_square, [1], Ray())
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(InputError, match=r"Expected workers >= 1, got 0\."):
+        Ray(workers=0)
+    assert Ray().name == "ray(local)" and Ray("auto", 2).name == "ray(auto, 2)"
+
+
+def test_shutdown_leaves_a_ray_it_did_not_start(ray_local):
+    shutdown_ray()
+    assert ray_local.is_initialized()
+
+
+def test_solve_gives_the_same_plan_on_every_backend():
+    from placement.cluster import Cluster
+    from placement.routing_traces.synth import synthesize
+    from placement.solver import solve
+    from placement.solver.problem import ProblemData, SolveOptions
+
+    trace = synthesize("olmoe", num_tokens=3000, num_windows=2, num_source_ranks=4, num_layers=3,
+                       seed=3)
+    problem = ProblemData.from_traces(trace, Cluster(num_nodes=2, gpus_per_node=2,
+                                                     slots_per_gpu=18))
+    plans = [solve(problem, SolveOptions(backend=b, seed=1)).plan.phy2log
+             for b in (Local(), Processes(2), Ray(workers=1), Ray(workers=2))]
+    for p in plans[1:]:
+        np.testing.assert_array_equal(p, plans[0])
+
+
+def test_nothing_imports_ray_without_the_option(tmp_path):
+    code = ("import sys\nfrom placement.cli import main\n"
+            f"args = ['solve', 'bundled:mixtral', '--nodes', '1', '--gpus-per-node', '2', "
+            f"'--slots-per-gpu', '5', '--jobs', '1', '-o', {str(tmp_path / 'p.json')!r}]\n"
+            "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
