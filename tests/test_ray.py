@@ -95,11 +95,11 @@ def test_solve_gives_the_same_plan_on_every_backend():
     from placement.solver import solve
     from placement.solver.problem import ProblemData, SolveOptions
 
-    trace = synthesize("olmoe", num_tokens=3000, num_windows=2, num_source_ranks=4, num_layers=3,
+    trace = synthesize("mixtral", num_tokens=1024, num_windows=2, num_source_ranks=4, num_layers=2,
                        seed=3)
     problem = ProblemData.from_traces(trace, Cluster(num_nodes=2, gpus_per_node=2,
-                                                     slots_per_gpu=18))
-    plans = [solve(problem, SolveOptions(backend=b, seed=1)).plan.phy2log
+                                                     slots_per_gpu=3))
+    plans = [solve(problem, SolveOptions(backend=b, seed=1, objective="balance")).plan.phy2log
              for b in (Local(), Processes(2), Ray(workers=1), Ray(workers=2))]
     for p in plans[1:]:
         np.testing.assert_array_equal(p, plans[0])
@@ -108,7 +108,7 @@ def test_solve_gives_the_same_plan_on_every_backend():
 def test_nothing_imports_ray_without_the_option(tmp_path):
     code = ("import sys\nfrom placement.cli import main\n"
             f"args = ['solve', 'bundled:mixtral', '--nodes', '1', '--gpus-per-node', '2', "
-            f"'--slots-per-gpu', '5', '--jobs', '1', '-o', {str(tmp_path / 'p.json')!r}]\n"
+            f"'--slots-per-gpu', '5', '--objective', 'balance', '-o', {str(tmp_path / 'p.json')!r}]\n"
             "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

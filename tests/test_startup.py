@@ -14,7 +14,7 @@ import pytest
 import placement
 from placement.cli import main
 
-HEAVY = ("torch", "matplotlib", "ortools", "scipy", "pymetis", "yaml", "safetensors")
+HEAVY = ("torch", "matplotlib", "ortools", "scipy", "pymetis", "yaml", "safetensors", "ray")
 
 
 def _modules_after(code: str) -> set[str]:
