@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from placement._util import format_ids
 from placement.errors import InputError, PlanError, TraceFormatError
@@ -21,6 +21,7 @@ from placement.filekinds import FileKind, identify, split_spec
 if TYPE_CHECKING:
     from placement.models import ModelShape
     from placement.plan import Plan
+    from placement.routing_traces.sharded import ShardedTrace
     from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 BUNDLED = "bundled:"
+
+TraceT = TypeVar("TraceT")
 
 
 def kind_of(text: str) -> FileKind | None:
@@ -71,12 +74,14 @@ def load_plan_arg(text: str, *, trace_arg: str | None = None, command: str = "")
 # traces, and which windows of which file they are
 # -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TraceArg:
+class TraceArg(Generic[TraceT]):
     """A trace as given on the command line, with where its windows came from.
 
     Attributes:
         text: the argument (``"trace.npz#second-half"``).
-        trace: the trace (its selected windows).
+        trace: the trace (its selected windows); a
+            :class:`~placement.routing_traces.sharded.ShardedTrace` for a sharded directory
+            read with ``stream=True``.
         key: the file or directory it was read from, resolved (``"bundled:NAME"`` for a
             bundled trace).
         base_names: the window names of the whole file.
@@ -84,7 +89,7 @@ class TraceArg:
     """
 
     text: str
-    trace: Trace
+    trace: TraceT
     key: str
     base_names: tuple[str, ...]
     selected: tuple[int, ...]
@@ -94,14 +99,25 @@ def _key(base: str) -> str:
     return base if base.startswith(BUNDLED) else str(Path(base).resolve())
 
 
-def load_trace_arg(text: str) -> TraceArg:
+@overload
+def load_trace_arg(text: str, *, stream: Literal[False] = ...) -> TraceArg[Trace]: ...
+
+
+@overload
+def load_trace_arg(text: str, *, stream: bool) -> TraceArg[Trace | ShardedTrace]: ...
+
+
+def load_trace_arg(text: str, *, stream: bool = False) -> TraceArg[Any]:
     """Read a trace argument (``PATH``, ``PATH#SPEC``, ``bundled:NAME[#SPEC]``) once, keeping
-    the file's window names for :func:`check_heldout`."""
+    the file's window names for :func:`check_heldout`. With ``stream``, a sharded trace
+    directory is opened, not read (a :class:`ShardedTrace`, read shard by shard later)."""
     from placement.routing_traces.readers import load_trace
+    from placement.routing_traces.sharded import is_sharded_dir, open_sharded
     from placement.routing_traces.windows import parse_window_spec
 
     base, spec = split_spec(text)
-    whole = load_trace(base)
+    whole: Trace | ShardedTrace = (open_sharded(base) if stream and is_sharded_dir(base)
+                                   else load_trace(base))
     if spec is None:
         return TraceArg(text, whole, _key(base), whole.window_names,
                         tuple(range(whole.num_windows)))
@@ -118,7 +134,7 @@ def _windows(names: Sequence[str], idx: Sequence[int]) -> str:
     return f"window{'s' if len(shown) != 1 else ''} {words}"
 
 
-def _planning_windows(held: TraceArg, source: str) -> tuple[int, ...]:
+def _planning_windows(held: TraceArg[Any], source: str) -> tuple[int, ...]:
     """Indices of ``held``'s file windows that the plan input ``source`` covers (empty when
     the two are different data)."""
     from placement.routing_traces.windows import parse_window_spec
@@ -144,7 +160,7 @@ def _planning_windows(held: TraceArg, source: str) -> tuple[int, ...]:
     return ()
 
 
-def check_heldout(plan: Plan, plan_text: str, held: Sequence[TraceArg], *,
+def check_heldout(plan: Plan, plan_text: str, held: Sequence[TraceArg[Any]], *,
                   allow_overlap: bool = False) -> list[str]:
     """Refuse held-out traces that share windows with the data ``plan`` was made from (its
     ``settings["inputs"]``, written by ``placement solve``), unless ``allow_overlap``; then
@@ -201,7 +217,7 @@ def _contradictions(m: ModelShape, num_experts: int, top_k: int | None,
     return out
 
 
-def resolve_model(name: str | None, plan: Plan | None, trace: Trace | None, *,
+def resolve_model(name: str | None, plan: Plan | None, trace: Trace | ShardedTrace | None, *,
                   plan_label: str = "the plan", trace_label: str = "the trace",
                   ) -> ModelShape | None:
     """``--model NAME``, else a guess from the plan's or trace's model name and shape. A shape

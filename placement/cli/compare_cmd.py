@@ -112,6 +112,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     """
     from placement.cost import CostOptions
     from placement.report import compare, format_comparison, write_report
+    from placement.routing_traces.sharded import ShardedTrace
 
     # 1. plans and held-out traces, told apart by content
     plan_files: list[str] = []
@@ -127,7 +128,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     if not trace_files:
         raise InputError("no held-out trace given (every argument is a plan file).")
     plans = [load_plan_arg(f) for f in plan_files]
-    held = [load_trace_arg(t) for t in trace_files]
+    held = [load_trace_arg(t, stream=True) for t in trace_files]
     any_cluster = any(cluster_kwargs.get(k) is not None for k in
                       ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
                        "slots_per_gpu"))
@@ -138,7 +139,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
         chosen = baselines or ("eplb",)
     notes = [n for p, f in zip(plans, plan_files, strict=True)
              for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
-    traces: list[Trace] = [h.trace for h in held]
+    traces: list[Trace | ShardedTrace] = [h.trace for h in held]
     needs_data = any(b != "contiguous" for b in chosen)
     sources = baseline_sources(baseline_from, plans, plan_files, trace_files) if needs_data \
         else []
@@ -147,10 +148,13 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
             "the EPLB baseline needs the traces the plans were made from: give --baseline-from "
             "TRACE (never the held-out traces), or --baseline contiguous only."
         )
-    base_inputs = []
+    base_inputs: list[Trace] = []
     for s in sources:
         try:
-            base_inputs.append(load_trace_arg(s).trace)
+            arg = load_trace_arg(s, stream=True)
+            # a sharded input gives the baselines its counts, gathered streaming
+            base_inputs.append(arg.trace.counts_trace() if isinstance(arg.trace, ShardedTrace)
+                               else arg.trace)
         except TraceFormatError as exc:
             if baseline_from:
                 raise

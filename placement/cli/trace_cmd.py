@@ -10,6 +10,7 @@ import click
 from placement.cli._app import main, progress_bar
 from placement.routing_traces.native import write_native
 from placement.routing_traces.readers import bundled_trace_path, bundled_traces, load_trace
+from placement.routing_traces.sharded import DEFAULT_SHARD_TOKENS, ShardedTrace
 from placement.routing_traces.stats import describe_trace, format_trace_stats, inspect_trace
 from placement.routing_traces.synth import PRESETS, make_bundled, synthesize
 from placement.routing_traces.trace import Trace
@@ -84,17 +85,39 @@ def synth_cmd(preset: str, tokens: int, windows: int, source_ranks: int, layers:
 
 @trace.command("convert")
 @click.argument("sources", nargs=-1, required=True, metavar="SOURCE...")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Native .npz file to write.")
-def convert_cmd(sources: tuple[str, ...], output: str) -> None:
-    """Read any supported trace and write it as a native .npz.
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Native .npz file to write, or the directory of a sharded trace "
+                   "(--sharded).")
+@click.option("--sharded", is_flag=True,
+              help="Write a sharded trace directory (manifest.json + memory-mapped shards), "
+                   "streaming the input.")
+@click.option("--shard-tokens", type=click.IntRange(min=1), default=None,
+              help=f"Tokens per shard (implies --sharded) [default: {DEFAULT_SHARD_TOKENS:,}].")
+def convert_cmd(sources: tuple[str, ...], output: str, sharded: bool,
+                shard_tokens: int | None) -> None:
+    """Read any supported trace and write it as a native .npz or a sharded directory.
 
     SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
-    statistics directory, several files of one model (read as windows), or bundled:NAME.
+    statistics directory, a sharded trace, several files of one model (read as windows), or
+    bundled:NAME. A sharded trace is written streaming from a native .npz (chunk by chunk), an
+    SGLang per_token directory (one rank file at a time) or another sharded trace; other
+    inputs are read whole first.
+
+    \b
+    placement trace convert dumps/ -o run.npz
+    placement trace convert dumps/ -o run/ --sharded --shard-tokens 1048576
     """
-    t = _load(sources)
-    write_native(t, output)
-    click.echo(f"wrote {output}: {describe_trace(t)}")
+    from placement.routing_traces.convert import convert_trace
+
+    with progress_bar("converting", "tokens") as progress:
+        res = convert_trace(list(sources), output, sharded=sharded, shard_tokens=shard_tokens,
+                            progress=progress)
+    if isinstance(res.trace, ShardedTrace):
+        n = len(res.trace.shards)
+        click.echo(f"wrote {output}: {describe_trace(res.trace)}; {n} shard{'s' if n != 1 else ''}"
+                   f"{' (streamed)' if res.streamed else ''}")
+    else:
+        click.echo(f"wrote {output}: {describe_trace(res.trace)}")
 
 
 @trace.command("bundled", short_help="List the shipped synthetic traces.")

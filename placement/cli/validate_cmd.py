@@ -50,6 +50,9 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
                  combine_bytes_per_element: float | None, as_json: bool) -> None:
     """Replay TRACE (held out: not the data PLAN was made from) against PLAN.
 
+    TRACE may be a sharded trace directory (placement trace convert --sharded): it is
+    replayed shard by shard, memory following one shard, not the trace.
+
     Prints per-layer balance (max/mean tokens per GPU) and, for token-level traces, the
     all-to-all traffic: cross-node sends per token (distinct remote nodes, DeepEP normal
     mode), cross-node copies per token (DeepEP low-latency mode) and bytes. Aggregated traces
@@ -63,7 +66,7 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
     from placement.validation import replay
 
     plan = load_plan_arg(plan_file, trace_arg=trace_source, command="validate")
-    held = load_trace_arg(trace_source)
+    held = load_trace_arg(trace_source, stream=True)
     notes = check_heldout(plan, plan_file, [held], allow_overlap=allow_overlap)
     trace = held.trace
     model = resolve_model(model_name, plan, trace, plan_label=plan_file, trace_label=trace_source)

@@ -15,6 +15,7 @@ from placement.cluster import Cluster
 from placement.cost import CostEstimate, CostOptions, ModelShape, estimate_cost
 from placement.errors import InputError
 from placement.plan import Plan
+from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
 from placement.validation import RULES, ValidationResult, replay
 
@@ -252,7 +253,7 @@ def _unique(labels: list[str]) -> list[str]:
 def _baseline_plan(
     name: str,
     cluster: Cluster,
-    like: Plan | Trace,
+    like: Plan | Trace | ShardedTrace,
     inputs: Sequence[Trace] | None,
 ) -> Plan:
     from placement.solver import SolveOptions, solve
@@ -275,7 +276,7 @@ def _baseline_plan(
 
 
 def compare(
-    traces: Sequence[Trace],
+    traces: Sequence[Trace | ShardedTrace],
     plans: Sequence[Plan],
     *,
     baselines: Sequence[str] = ("eplb",),
@@ -293,7 +294,8 @@ def compare(
     """Replay ``plans`` and freshly made ``baselines`` on the held-out ``traces``.
 
     Args:
-        traces: held-out traces (token-level for traffic; counts give balance only).
+        traces: held-out traces (token-level for traffic; counts give balance only); sharded
+            traces are replayed shard by shard.
         plans: the plans to judge (same cluster shape).
         baselines: any of :data:`BASELINES`, made for the plans' cluster (or ``cluster``).
         baseline_inputs: traces EPLB baselines are planned from. Never the held-out traces
@@ -343,7 +345,7 @@ def compare(
         raise ValueError("Expected one label per plan.")
     names = list(labels) if labels is not None else [p.method for p in plans]
     flags = [False] * len(plans)
-    like: Plan | Trace = plans[0] if plans else traces[0]
+    like: Plan | Trace | ShardedTrace = plans[0] if plans else traces[0]
     steps = len(baselines) + (len(plans) + len(baselines)) * len(traces)
     done = 0
 

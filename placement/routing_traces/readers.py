@@ -7,6 +7,8 @@
   ``stat`` recorder dump ``.pt``, one rank's ``per_pass`` / ``per_token`` dump ``.pt``, or a
   directory of per-rank dumps (one run);
 * a TensorRT-LLM expert-statistic directory (:mod:`placement.routing_traces.trtllm`);
+* a sharded trace directory (:mod:`placement.routing_traces.sharded`), read whole (commands
+  that stream open it with :func:`~placement.routing_traces.sharded.open_trace_source`);
 * a directory or a list of trace files of one model, read as the windows of one trace (window
   names: the file stems; ``stem:name`` for a file that has several windows itself);
 * ``"bundled:NAME"``, a small synthetic trace shipped with the package (:func:`bundled_traces`).
@@ -25,7 +27,7 @@ import numpy as np
 from placement._util import format_ids
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import Probe, identify, mismatch, split_spec
-from placement.routing_traces import native, sglang, trtllm
+from placement.routing_traces import native, sglang, sharded, trtllm
 from placement.routing_traces.native import read_native
 from placement.routing_traces.registry import TraceReader, readers, register_reader
 from placement.routing_traces.sglang import parse_sglang_pt, read_sglang_json
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 # the readers, in the order they are tried: one line each
+register_reader(sharded.READER)
 register_reader(trtllm.READER)
 register_reader(native.READER)
 register_reader(sglang.COUNTS_READER)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from placement._util import format_ids
+from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -444,7 +445,7 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
     return "\n".join(lines)
 
 
-def describe_trace(trace: Trace) -> str:
+def describe_trace(trace: Trace | ShardedTrace) -> str:
     """One line: ``synthetic DeepSeek-V3, 4,096 tokens x 58 MoE layers, top-8 of 256 experts,
     2 windows, 32 source ranks``."""
     what = (f"{trace.num_tokens:,} tokens" if trace.is_token_level

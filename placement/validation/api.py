@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,19 +18,29 @@ from placement._util import Progress, format_ids
 from placement.errors import InputError
 from placement.metrics import even_gpu_loads, static_gpu_loads
 from placement.plan import Plan, static_dispatch
+from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
 from placement.validation.result import DEVICES, RULES, ValidationResult
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_CHUNK_ASSIGNMENTS", "match_layers", "replay", "resolve_device"]
+    from placement.parallel import Backend
+
+__all__ = [
+    "DEFAULT_CHUNK_ASSIGNMENTS",
+    "ReplaySetup",
+    "match_layers",
+    "prepare_replay",
+    "replay",
+    "resolve_device",
+]
 
 DEFAULT_CHUNK_ASSIGNMENTS = 1 << 22
 """Token-expert assignments per chunk when ``chunk_tokens`` is not given (bounds memory)."""
 
 
-def match_layers(plan: Plan, trace: Trace) -> tuple[np.ndarray, tuple[int, ...]]:
+def match_layers(plan: Plan, trace: Trace | ShardedTrace) -> tuple[np.ndarray, tuple[int, ...]]:
     """Match the trace's layers to the plan's by decoder-layer id.
 
     Returns ``(plan_index [L_trace], skipped plan layer ids)``. Raises :class:`InputError` when
@@ -70,52 +81,32 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _auto_chunk(trace: Trace) -> int:
-    L, k = trace.num_layers, trace.top_k or 1
-    return max(1, DEFAULT_CHUNK_ASSIGNMENTS // max(L * k, 1))
+@dataclass(frozen=True)
+class ReplaySetup:
+    """What every replay path derives from its inputs, checked: ``phy2log [L, P]`` and the
+    dispatch table ``[L, G, E]`` (None for ``even``) of the trace's layers in the trace's
+    order, the notes so far and the :class:`ValidationResult` fields common to every path."""
+
+    phy2log: np.ndarray
+    table: np.ndarray | None
+    messages: list[str]
+    common: dict[str, Any]
 
 
-def replay(
+def prepare_replay(
     plan: Plan,
-    trace: Trace,
+    trace: Trace | ShardedTrace,
     *,
-    dispatch: str = "static",
-    chunk_tokens: int | None = None,
-    device: str | torch.device | None = None,
-    progress: Progress | None = None,
-    hidden_size: int | None = None,
-    dispatch_bytes_per_element: float = 1.0,
-    combine_bytes_per_element: float = 2.0,
-    plan_name: str = "",
-    trace_name: str = "",
-    threads: int | None = None,
-) -> ValidationResult:
-    """Replay ``trace`` against ``plan`` under a dispatch rule.
-
-    Args:
-        plan: the plan (``phy2log [L_plan, P]``, ``layer_ids [L_plan]``).
-        trace: token-level (``topk_ids [T, L, k]``) or aggregated (``counts [W, R, L, E]``);
-            its layers must all be in the plan (matched by decoder-layer id).
-        dispatch: ``"static"`` (engines' rule), ``"even"`` (split over replicas) or ``"plan"``
-            (the plan's own dispatch table).
-        chunk_tokens: tokens per chunk (memory is bounded by the chunk, not the trace); default:
-            about 4 million assignments per chunk (some 50 MB of buffers).
-        device: ``"cpu"``, ``"cuda"`` or None/``"auto"`` (CUDA when available).
-        progress: called with ``(tokens_done, tokens_total)`` after each chunk.
-        hidden_size, dispatch_bytes_per_element, combine_bytes_per_element: for bytes.
-        plan_name, trace_name: labels for the summary.
-        threads: CPU threads torch may use during the replay (default 1: the replay is memory
-            bound, and on a shared machine a second thread waiting for a busy core slows every
-            step down many times).
-    Returns:
-        A :class:`ValidationResult` over the trace's layers (in the trace's order).
-    """
-    import torch
-
-    from placement.validation.token_stream import TokenStream
-
-    start = time.perf_counter()
-    # 1. inputs
+    dispatch: str,
+    chunk_tokens: int | None,
+    hidden_size: int | None,
+    dispatch_bytes_per_element: float,
+    combine_bytes_per_element: float,
+    plan_name: str,
+    trace_name: str,
+) -> ReplaySetup:
+    """Check a replay's options and match the trace's layers to the plan's (see
+    :func:`replay`); :class:`InputError` for anything wrong."""
     if dispatch not in RULES:
         raise InputError(f"Expected dispatch in {', '.join(RULES)}, got {dispatch!r}.")
     if chunk_tokens is not None and chunk_tokens < 1:
@@ -126,9 +117,8 @@ def replay(
                       ("combine_bytes_per_element", combine_bytes_per_element)):
         if not (math.isfinite(val) and val > 0):
             raise InputError(f"Expected {name} > 0, got {val}.")
-    dev = resolve_device(device)
     c = plan.cluster
-    E, G = plan.num_experts, c.num_gpus
+    E = plan.num_experts
     idx, skipped = match_layers(plan, trace)
     phy2log = np.asarray(plan.phy2log)[idx]
     messages: list[str] = []
@@ -149,6 +139,79 @@ def replay(
         combine_bytes_per_element=float(combine_bytes_per_element),
         skipped_layer_ids=skipped, plan_name=plan_name, trace_name=trace_name,
     )
+    return ReplaySetup(phy2log, table, messages, common)
+
+
+def _auto_chunk(trace: Trace | ShardedTrace) -> int:
+    L, k = trace.num_layers, trace.top_k or 1
+    return max(1, DEFAULT_CHUNK_ASSIGNMENTS // max(L * k, 1))
+
+
+def replay(
+    plan: Plan,
+    trace: Trace | ShardedTrace,
+    *,
+    dispatch: str = "static",
+    chunk_tokens: int | None = None,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+    hidden_size: int | None = None,
+    dispatch_bytes_per_element: float = 1.0,
+    combine_bytes_per_element: float = 2.0,
+    plan_name: str = "",
+    trace_name: str = "",
+    threads: int | None = None,
+    backend: Backend | None = None,
+) -> ValidationResult:
+    """Replay ``trace`` against ``plan`` under a dispatch rule.
+
+    Args:
+        plan: the plan (``phy2log [L_plan, P]``, ``layer_ids [L_plan]``).
+        trace: token-level (``topk_ids [T, L, k]``) or aggregated (``counts [W, R, L, E]``);
+            its layers must all be in the plan (matched by decoder-layer id). A
+            :class:`~placement.routing_traces.sharded.ShardedTrace` is replayed shard by shard
+            (:func:`placement.validation.sharded.replay_sharded`).
+        dispatch: ``"static"`` (engines' rule), ``"even"`` (split over replicas) or ``"plan"``
+            (the plan's own dispatch table).
+        chunk_tokens: tokens per chunk (memory is bounded by the chunk, not the trace); default:
+            about 4 million assignments per chunk (some 50 MB of buffers).
+        device: ``"cpu"``, ``"cuda"`` or None/``"auto"`` (CUDA when available).
+        progress: called with ``(tokens_done, tokens_total)`` after each chunk.
+        hidden_size, dispatch_bytes_per_element, combine_bytes_per_element: for bytes.
+        plan_name, trace_name: labels for the summary.
+        threads: CPU threads torch may use during the replay (default 1: the replay is memory
+            bound, and on a shared machine a second thread waiting for a busy core slows every
+            step down many times).
+        backend: where a sharded trace's shards are replayed (default: this process, one
+            after another); unused for in-memory traces.
+    Returns:
+        A :class:`ValidationResult` over the trace's layers (in the trace's order).
+    """
+    import torch
+
+    from placement.validation.token_stream import TokenStream
+
+    start = time.perf_counter()
+    # 1. inputs
+    if isinstance(trace, ShardedTrace):
+        from placement.validation.sharded import replay_sharded
+
+        return replay_sharded(
+            plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens, device=device,
+            progress=progress, hidden_size=hidden_size,
+            dispatch_bytes_per_element=dispatch_bytes_per_element,
+            combine_bytes_per_element=combine_bytes_per_element, plan_name=plan_name,
+            trace_name=trace_name, threads=threads, backend=backend,
+        )
+    setup = prepare_replay(plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens,
+                           hidden_size=hidden_size,
+                           dispatch_bytes_per_element=dispatch_bytes_per_element,
+                           combine_bytes_per_element=combine_bytes_per_element,
+                           plan_name=plan_name, trace_name=trace_name)
+    dev = resolve_device(device)
+    c = plan.cluster
+    E, G = plan.num_experts, c.num_gpus
+    phy2log, table, messages, common = setup.phy2log, setup.table, setup.messages, setup.common
 
     # 2. aggregated counts: loads only
     if not trace.is_token_level:
