@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from placement.cli._app import (
+    backend_from_options,
+    backend_options,
     cluster_from_options,
     cluster_options,
     echo_err,
@@ -92,6 +94,8 @@ def baseline_sources(
 @click.option("--allow-overlap", is_flag=True,
               help="Accept held-out traces that share windows with the data the plans were "
                    "made from (in-sample figures, for diagnosis).")
+@backend_options("Shards of sharded TRACEs replayed in parallel on this machine's processes "
+                 "[default: 1; in-memory TRACEs are replayed in this process].")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Directory for report.md, report.html and the figures.")
 def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
@@ -111,6 +115,11 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
         --baseline eplb --baseline contiguous -o report/
     """
     from placement.cost import CostOptions
+    from placement.parallel import backend_for_jobs
+
+    backend, jobs = backend_from_options(cluster_kwargs)
+    if jobs is not None:
+        backend = backend_for_jobs(jobs, jobs)
     from placement.report import compare, format_comparison, write_report
     from placement.routing_traces.sharded import ShardedTrace
 
@@ -172,7 +181,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
             labels=[Path(f).stem for f in plan_files],
             trace_names=[Path(t).name for t in trace_files],
             baseline_source=", ".join(Path(s).name for s in sources), device=device,
-            progress=progress,
+            progress=progress, backend=backend,
         )
     if notes:
         import dataclasses

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from placement.cli._app import main, progress_bar
+from placement.cli._app import backend_from_options, backend_options, main, progress_bar
 from placement.cli._files import check_heldout, load_plan_arg, load_trace_arg, resolve_model
 from placement.errors import InputError
 from placement.models import MODEL_PRESETS, ModelShape
@@ -43,15 +45,19 @@ def format_validate_output(result: ValidationResult, model: ModelShape | None) -
               help="Bytes per element in dispatch [default: 1, FP8].")
 @click.option("--combine-bytes-per-element", type=click.FloatRange(min=0, min_open=True),
               default=None, help="Bytes per element in combine [default: 2, BF16].")
+@backend_options("Shards of a sharded TRACE replayed in parallel on this machine's processes "
+                 "[default: 1; an in-memory TRACE is replayed in this process].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap: bool,
                  chunk_tokens: int | None, device: str, model_name: str | None,
                  hidden_size: int | None, bytes_per_element: float | None,
-                 combine_bytes_per_element: float | None, as_json: bool) -> None:
+                 combine_bytes_per_element: float | None, as_json: bool,
+                 **backend_kw: Any) -> None:
     """Replay TRACE (held out: not the data PLAN was made from) against PLAN.
 
     TRACE may be a sharded trace directory (placement trace convert --sharded): it is
-    replayed shard by shard, memory following one shard, not the trace.
+    replayed shard by shard, memory following one shard, not the trace; --jobs N or --ray
+    replays the shards in parallel (the figures are the same).
 
     Prints per-layer balance (max/mean tokens per GPU) and, for token-level traces, the
     all-to-all traffic: cross-node sends per token (distinct remote nodes, DeepEP normal
@@ -63,8 +69,12 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
     placement validate plan.json heldout.npz
     placement validate plan.json trace.npz#second-half --dispatch even --json
     """
+    from placement.parallel import backend_for_jobs
     from placement.validation import replay
 
+    backend, jobs = backend_from_options(backend_kw)
+    if jobs is not None:
+        backend = backend_for_jobs(jobs, jobs)
     plan = load_plan_arg(plan_file, trace_arg=trace_source, command="validate")
     held = load_trace_arg(trace_source, stream=True)
     notes = check_heldout(plan, plan_file, [held], allow_overlap=allow_overlap)
@@ -83,7 +93,7 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
         result = replay(plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens,
                         device=device, progress=progress, hidden_size=hidden,
                         dispatch_bytes_per_element=bd, combine_bytes_per_element=bc,
-                        plan_name=plan_file, trace_name=trace_source)
+                        plan_name=plan_file, trace_name=trace_source, backend=backend)
     if notes:
         import dataclasses
 

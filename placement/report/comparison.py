@@ -14,6 +14,7 @@ from placement._util import Progress
 from placement.cluster import Cluster
 from placement.cost import CostEstimate, CostOptions, ModelShape, estimate_cost
 from placement.errors import InputError
+from placement.parallel import Backend
 from placement.plan import Plan
 from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
@@ -290,6 +291,7 @@ def compare(
     baseline_source: str = "",
     device: str | None = None,
     progress: Progress | None = None,
+    backend: Backend | None = None,
 ) -> Comparison:
     """Replay ``plans`` and freshly made ``baselines`` on the held-out ``traces``.
 
@@ -307,6 +309,8 @@ def compare(
         labels, trace_names: names for the report.
         baseline_source: a line saying where ``baseline_inputs`` came from.
         progress: ``progress(steps_done, steps)`` after each baseline made and each replay.
+        backend: where a sharded trace's shards are replayed (:mod:`placement.parallel`;
+            default: this process); an in-memory trace is replayed in this process.
     """
     traces = list(traces)
     plans = list(plans)
@@ -376,7 +380,7 @@ def compare(
                 dispatch_bytes_per_element=1.0 if model is None
                 else model.dispatch_bytes_per_element,
                 combine_bytes_per_element=2.0 if model is None
-                else model.combine_bytes_per_element,
+                else model.combine_bytes_per_element, backend=backend,
             ))
             step()
         results.append(tuple(row))
