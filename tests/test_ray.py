@@ -113,3 +113,19 @@ def test_nothing_imports_ray_without_the_option(tmp_path):
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_statistics_are_the_same_on_ray(tmp_path):
+    from placement.routing_traces.sharded import open_sharded, write_sharded
+    from placement.routing_traces.statistics import gather_statistics
+    from placement.routing_traces.synth import synthesize
+
+    t = synthesize("olmoe", num_tokens=2000, num_windows=2, num_source_ranks=4, num_layers=2,
+                   seed=2)
+    write_sharded(t, tmp_path / "sh", shard_tokens=300)
+    ref = gather_statistics(t, Local(), sample_tokens=256)
+    for st in (gather_statistics(t, Ray(workers=2), sample_tokens=256, chunk_tokens=500),
+               gather_statistics(open_sharded(tmp_path / "sh"), Ray(), sample_tokens=256)):
+        for f in ("window_counts", "window_tokens", "coactivation", "sample_index",
+                  "sample_ids", "sample_source_rank"):
+            np.testing.assert_array_equal(getattr(st, f), getattr(ref, f), err_msg=f)

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_prese
 from placement.moe_time import OVERLAPS
 from placement.parallel import Backend
 from placement.routing_traces.trace import Trace
+
+if TYPE_CHECKING:
+    from placement.routing_traces.statistics import TraceStatistics
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -251,6 +255,63 @@ class ProblemData:
         if not (sc.sum(axis=-1) > 0).any():
             raise InputError("The traces route no tokens.")
         top_ks = {t.top_k for t in tr if t.top_k is not None}
+        return cls(
+            cluster=cluster,
+            num_experts=first.num_experts,
+            layer_ids=np.asarray(first.layer_ids),
+            scenario_counts=sc,
+            scenario_names=tuple(names),
+            token_traces=tuple(tokens) if token_level else None,
+            top_k=top_ks.pop() if len(top_ks) == 1 else None,
+            num_hidden_layers=first.num_hidden_layers,
+            model=first.model,
+            source_gpus=tuple(sources) if token_level else None,
+        )
+
+    @classmethod
+    def from_statistics(cls, statistics: TraceStatistics | Sequence[TraceStatistics],
+                        cluster: Cluster) -> ProblemData:
+        """Build the problem from the statistics of one or several traces
+        (:func:`placement.routing_traces.statistics.gather_statistics`), as
+        :meth:`from_traces` does from the traces: each window is one scenario, its counts
+        exact, its tokens the window's sample (source GPUs as the validator assigns them: the
+        source rank modulo G, else the token's index in its trace modulo G). With a sample that
+        holds every token, the problem is the one :meth:`from_traces` builds.
+        """
+        st = [statistics] if not isinstance(statistics, Sequence) else list(statistics)
+        if not st:
+            raise InputError("Expected at least one trace's statistics to plan from.")
+        first = st[0]
+        for i, s in enumerate(st[1:], start=1):
+            if s.num_experts != first.num_experts:
+                raise InputError(
+                    f"trace {i} has {s.num_experts} experts, trace 0 has {first.num_experts}."
+                )
+            if not np.array_equal(s.layer_ids, first.layer_ids):
+                raise InputError(f"trace {i} traces other layers than trace 0.")
+        cluster.check_fits(first.num_experts)
+        G = cluster.num_gpus
+        token_level = all(s.is_token_level for s in st)
+        counts: list[np.ndarray] = []
+        names: list[str] = []
+        tokens: list[Trace] = []
+        sources: list[np.ndarray] = []
+        for i, s in enumerate(st):
+            for w in range(s.num_windows):
+                counts.append(np.asarray(s.window_counts[w], dtype=np.float64))
+                label = s.window_names[w]
+                names.append(label if len(st) == 1 else f"{i}:{label}")
+                if token_level:
+                    assert s.sample_window is not None and s.sample_index is not None
+                    tokens.append(s.sample_trace(w))
+                    mask = s.sample_window == w
+                    src = (s.sample_source_rank[mask] if s.sample_source_rank is not None
+                           else s.sample_index[mask])
+                    sources.append(np.asarray(src, dtype=np.int64) % G)
+        sc = np.stack(counts)
+        if not (sc.sum(axis=-1) > 0).any():
+            raise InputError("The traces route no tokens.")
+        top_ks = {s.top_k for s in st if s.top_k is not None}
         return cls(
             cluster=cluster,
             num_experts=first.num_experts,
