@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -37,14 +37,40 @@ from placement.solver.problem import ROBUST_MODES, ProblemData
 from placement.solver.registry import REGISTRY
 from placement.solver.result import bounded_layers
 
+if TYPE_CHECKING:
+    from placement.routing_traces.sharded import ShardedTrace
+
 __all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd",
            "solve_summary_dict"]
 
 
-def _load(path: str) -> Trace:
-    from placement.routing_traces import load_trace
+def _load(path: str) -> Trace | ShardedTrace:
+    """A trace argument: a sharded trace directory is opened (read shard by shard later),
+    anything else read whole."""
+    from placement.routing_traces.sharded import open_trace_source
 
-    return load_trace(path)
+    return open_trace_source(path)
+
+
+def _problem(loaded: list[Trace | ShardedTrace], cluster: Cluster, sample_tokens: int | None,
+             seed: int, backend: Any) -> tuple[ProblemData, dict[str, int] | None]:
+    """The problem, from the traces as they are, or from their statistics (one streaming pass,
+    :func:`~placement.routing_traces.statistics.gather_statistics`) when a trace is sharded or
+    ``--sample-tokens`` is given; and then what the statistics hold (for the plan's
+    settings)."""
+    from placement.routing_traces.sharded import ShardedTrace
+    from placement.routing_traces.statistics import DEFAULT_SAMPLE_TOKENS, gather_statistics
+
+    if sample_tokens is None and not any(isinstance(t, ShardedTrace) for t in loaded):
+        return ProblemData.from_traces([t for t in loaded if isinstance(t, Trace)],
+                                       cluster), None
+    n = sample_tokens if sample_tokens is not None else DEFAULT_SAMPLE_TOKENS
+    with progress_bar("gathering statistics", "pieces") as progress:
+        stats = [gather_statistics(t, backend, sample_tokens=n, seed=seed, coactivation=False,
+                                   progress=progress) for t in loaded]
+    info = {"sample_tokens": n, "sampled": sum(s.num_sampled for s in stats),
+            "tokens": sum(s.num_tokens or 0 for s in stats)}
+    return ProblemData.from_statistics(stats, cluster), info
 
 
 def _mean(v: list[float] | None) -> float | None:
@@ -102,7 +128,7 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
 
 
 def memory_cluster(
-    cluster_kwargs: dict[str, Any], traces: list[Trace], *, gpu_name: str | None,
+    cluster_kwargs: dict[str, Any], traces: list[Trace | ShardedTrace], *, gpu_name: str | None,
     model_name: str | None, kv_reserve_gb: float | None, runtime_reserve_gb: float | None,
 ) -> tuple[Cluster, MemoryModel | None]:
     """The cluster from the cluster options, its slots per GPU from the GPU's memory when
@@ -207,6 +233,11 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
                  "on it.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed; same traces and seed, same plan.")
+@click.option("--sample-tokens", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Plan from statistics gathered in one streaming pass: exact counts and a "
+                   "deterministic sample of about N tokens (spread over the windows) for "
+                   "traffic [default for sharded traces: 65,536; in-memory traces: every "
+                   "token].")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
@@ -223,6 +254,7 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
 def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: str | None,
               overlap: str, num_groups: int | None, balance_tolerance: float | None,
               max_nodes_per_token: int | None, time_limit: float, seed: int,
+              sample_tokens: int | None,
               robust: str, gpu_name: str | None, kv_reserve_gb: float | None,
               runtime_reserve_gb: float | None, per_layer: bool, as_json: bool, output: str,
               **cluster_kwargs: Any) -> None:
@@ -263,11 +295,18 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
         if not as_json:
             assert mem is not None
             click.echo(format_memory(mem, cluster))
-    problem = ProblemData.from_traces(loaded, cluster)
+    problem, stats_info = _problem(loaded, cluster, sample_tokens, seed, backend)
+    if stats_info is not None and stats_info["tokens"] and not as_json:
+        click.echo(f"planning from statistics: exact counts; for traffic a sample of "
+                   f"{stats_info['sampled']:,} of {stats_info['tokens']:,} tokens "
+                   f"(--sample-tokens {stats_info['sample_tokens']:,})")
     with progress_bar(f"solving ({method})", "layers") as progress:
         result = solve(problem, options=options, progress=progress)
     inputs = [str(Path(t).resolve()) if not t.startswith("bundled:") else t for t in traces]
-    plan = dataclasses.replace(result.plan, settings={**result.plan.settings, "inputs": inputs})
+    settings = {**result.plan.settings, "inputs": inputs}
+    if stats_info is not None:
+        settings["statistics"] = stats_info
+    plan = dataclasses.replace(result.plan, settings=settings)
     result = dataclasses.replace(result, plan=plan)
     plan.save(output)
     if as_json:

@@ -90,3 +90,23 @@ def test_missing_ray_says_how_to_install_it(run, error, files: dict[str, str],
     r = run("validate", files["plan"], files["npz"], "--ray")
     error(r, "error: --ray needs Ray, which is not installed: install it with "
              "pip install 'placement[ray]'.")
+
+
+def test_solve_plans_a_sharded_trace_from_statistics(run, ray_local, files: dict[str, str]
+                                                    ) -> None:
+    tmp = Path(files["tmp"])
+    args = ("--nodes", 2, "--gpus-per-node", 2, "--slots-per-gpu", 3, "--objective", "balance")
+    a = run("solve", files["npz"], *args, "-o", tmp / "a.json")
+    b = run("solve", files["dir"], *args, "-o", tmp / "b.json")
+    c = run("solve", files["dir"], *args, "-o", tmp / "c.json", "--ray", "--workers", 2)
+    assert a.exit_code == 0 and b.exit_code == 0 and c.exit_code == 0, a.output + b.output
+    # the default sample holds all 300 tokens: the plan is the in-memory trace's
+    assert b.stdout.splitlines()[0] == ("planning from statistics: exact counts; for traffic a "
+                                        "sample of 300 of 300 tokens (--sample-tokens 65,536)")
+    pa, pb, pc = (Plan.load(tmp / f"{n}.json") for n in "abc")
+    np.testing.assert_array_equal(pa.phy2log, pb.phy2log)
+    np.testing.assert_array_equal(pb.phy2log, pc.phy2log)
+    assert pb.settings["statistics"] == {"sample_tokens": 65536, "sampled": 300, "tokens": 300}
+    d = run("solve", files["npz"], *args, "-o", tmp / "d.json", "--sample-tokens", 30)
+    assert d.exit_code == 0, d.output
+    assert Plan.load(tmp / "d.json").settings["statistics"]["sampled"] == 30
