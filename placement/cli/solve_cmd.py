@@ -35,9 +35,13 @@ __all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd"
 
 
 def _load(path: str) -> Trace:
-    from placement.routing_traces import load_trace
+    from placement.cli._app import echo_err
+    from placement.cli._files import load_solve_input
 
-    return load_trace(path)
+    trace, note = load_solve_input(path)  # a large sharded trace: a bounded token sample
+    if note is not None:
+        echo_err(f"note: {note}")
+    return trace
 
 
 def _mean(v: list[float] | None) -> float | None:

@@ -38,11 +38,15 @@ def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
     """Shape, per-layer skew, co-activation and drift of a trace.
 
     SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
-    statistics directory, several files of one model (read as windows), or bundled:NAME.
-    A counts trace's top-k comes from the file, from activation rates (each layer sums to
-    k), from the model its name points to, or from --top-k.
+    statistics directory, a sharded trace directory (read shard by shard), several files of
+    one model (read as windows), or bundled:NAME. A counts trace's top-k comes from the file,
+    from activation rates (each layer sums to k), from the model its name points to, or from
+    --top-k.
     """
-    stats = inspect_trace(_load(sources), source=" ".join(sources),
+    from placement.routing_traces.sharded import open_trace_source
+
+    trace = open_trace_source(sources[0]) if len(sources) == 1 else _load(sources)
+    stats = inspect_trace(trace, source=" ".join(sources),
                           coactivation=not no_coactivation, top_k=top_k)
     if as_json:
         click.echo(json.dumps(stats.to_dict(), separators=(",", ":")))

@@ -678,6 +678,29 @@ class ShardedTrace:
         cat = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         return self._trace(cat)
 
+    def sample(self, max_tokens: int) -> Trace:
+        """A deterministic token sample of at most ``max_tokens`` kept tokens, in one streaming
+        pass: the whole trace when it fits, else every ``s``-th kept token (``s = ceil(T /
+        max_tokens)``), so every window and shard is represented in proportion."""
+        if max_tokens < 1:
+            raise InputError(f"Expected a sample of >= 1 tokens, got {max_tokens}.")
+        T = self.num_tokens
+        if T <= max_tokens:
+            return self.to_trace()
+        stride = -(-T // max_tokens)
+        parts: list[dict[str, np.ndarray]] = []
+        seen = 0
+        for ref in self.refs():
+            for a in iter_shard_arrays(ref):
+                n = a["topk_ids"].shape[0]
+                first = (-seen) % stride  # the chunk's first kept index that is a multiple
+                pick = np.arange(first, n, stride)
+                if pick.size:
+                    parts.append({k: np.asarray(v)[pick] for k, v in a.items()})
+                seen += n
+        cat = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return self._trace(cat)
+
     # -- counts, streaming ---------------------------------------------------------------------
     def window_rank_counts(self, *, backend: Backend | None = None,
                            progress: Progress | None = None) -> np.ndarray:

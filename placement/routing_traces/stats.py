@@ -190,8 +190,9 @@ def _pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndar
     return pairs, single
 
 
-def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
-    """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent."""
+def _coactivation(trace: Trace | ShardedTrace) -> dict[str, np.ndarray]:
+    """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent (a
+    sharded trace's pair counts are summed chunk by chunk)."""
     E = trace.num_experts
     iu = np.triu_indices(E, k=1)
     n_pairs = len(iu[0])
@@ -199,7 +200,15 @@ def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
            for w in ("obs", "ind") for p in (1, 5)}
     if n_pairs == 0:
         return out
-    pairs, single = _pair_counts(trace.topk_ids, E)
+    if isinstance(trace, ShardedTrace):
+        pairs = np.zeros((trace.num_layers, E * E), dtype=np.int64)
+        single = np.zeros((trace.num_layers, E), dtype=np.int64)
+        for ids, _src in trace.iter_token_chunks(max(1, (1 << 20) // trace.num_layers)):
+            chunk_pairs, chunk_single = _pair_counts(np.asarray(ids), E)
+            pairs += chunk_pairs
+            single += chunk_single
+    else:
+        pairs, single = _pair_counts(trace.topk_ids, E)
     upper = iu[0] * E + iu[1]
     for layer in range(trace.num_layers):
         obs = pairs[layer][upper].astype(np.float64)
@@ -260,7 +269,7 @@ def activation_rate_top_k(wc: np.ndarray) -> int | None:
     return None
 
 
-def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
+def infer_top_k(trace: Trace | ShardedTrace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
     """Experts per token and how it is known: ``(k, source)``, source one of ``"trace"``
     (token-level, or a counts file that records it), ``"activation rates"`` (see
     :func:`activation_rate_top_k`) or ``"model preset NAME"`` (the trace's model name, when
@@ -279,12 +288,13 @@ def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None,
     return None, None
 
 
-def inspect_trace(trace: Trace, *, source: str | None = None,
+def inspect_trace(trace: Trace | ShardedTrace, *, source: str | None = None,
                   coactivation: bool = True, top_k: int | None = None) -> TraceStats:
     """Shape, per-layer skew, co-activation (token-level traces) and drift of ``trace``.
 
     Args:
-        trace: any trace.
+        trace: any trace; a sharded one is read shard by shard (counts, then co-activation
+            in a second pass when asked for).
         source: where it came from, for the report.
         coactivation: compute co-activation (``[E, E]`` per layer; skip for speed).
         top_k: experts per token, for a counts trace that does not say (see
