@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from placement.cli._app import main, progress_bar
+from placement.cli._app import backend_from_options, backend_options, main, progress_bar
 from placement.routing_traces.native import write_native
 from placement.routing_traces.readers import bundled_trace_path, bundled_traces, load_trace
 from placement.routing_traces.sharded import DEFAULT_SHARD_TOKENS, ShardedTrace
@@ -33,17 +34,27 @@ def trace() -> None:
 @click.option("--no-coactivation", is_flag=True, help="Skip co-activation (faster).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Experts per token, for a counts trace that does not say.")
+@backend_options("Shards of a sharded SOURCE read in parallel on this machine's processes "
+                 "[default: 1; other sources are read in this process].")
 def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
-                no_coactivation: bool, top_k: int | None) -> None:
+                no_coactivation: bool, top_k: int | None, **backend_kw: Any) -> None:
     """Shape, per-layer skew, co-activation and drift of a trace.
 
     SOURCE is a native .npz, an SGLang .json / .pt dump or dump directory, a TensorRT-LLM
-    statistics directory, several files of one model (read as windows), or bundled:NAME.
-    A counts trace's top-k comes from the file, from activation rates (each layer sums to
-    k), from the model its name points to, or from --top-k.
+    statistics directory, a sharded trace directory (read shard by shard), several files of
+    one model (read as windows), or bundled:NAME. A counts trace's top-k comes from the file,
+    from activation rates (each layer sums to k), from the model its name points to, or from
+    --top-k.
     """
-    stats = inspect_trace(_load(sources), source=" ".join(sources),
-                          coactivation=not no_coactivation, top_k=top_k)
+    from placement.parallel import backend_for_jobs
+    from placement.routing_traces.sharded import open_trace_source
+
+    backend, jobs = backend_from_options(backend_kw)
+    if jobs is not None:
+        backend = backend_for_jobs(jobs, jobs)
+    trace = open_trace_source(sources[0]) if len(sources) == 1 else _load(sources)
+    stats = inspect_trace(trace, source=" ".join(sources),
+                          coactivation=not no_coactivation, top_k=top_k, backend=backend)
     if as_json:
         click.echo(json.dumps(stats.to_dict(), separators=(",", ":")))
     else:

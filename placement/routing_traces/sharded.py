@@ -11,7 +11,9 @@ Layout of a sharded trace directory::
     shard-00001.topk_ids.npy ...
 
 Arrays are plain uncompressed ``.npy`` so that they memory-map
-(``np.load(mmap_mode="r", allow_pickle=False)``). The manifest holds the model (name,
+(``np.load(mmap_mode="r", allow_pickle=False)``: :meth:`ShardedTrace.shard`); streaming reads
+(:func:`iter_shard_arrays`) read them chunk by chunk instead, so that memory follows the chunk,
+not the shard. The manifest holds the model (name,
 ``num_experts``, ``top_k``, ``layer_ids``, ``num_hidden_layers``, dense layer ids), the windows
 (``[{"value", "name", "tokens"}]`` sorted by value: the raw window value of a token, its name
 and how many tokens it holds), the number of source ranks, and every shard: its token count,
@@ -435,36 +437,68 @@ class ShardRef:
         return np.load(p, mmap_mode="r", allow_pickle=False)
 
 
+class _Rows:
+    """One shard ``.npy`` read ``rows`` at a time with plain reads (no mapping stays resident:
+    memory follows the chunk, not the shard)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fh = path.open("rb")
+        major, _minor = np.lib.format.read_magic(self.fh)
+        read = (np.lib.format.read_array_header_1_0 if major == 1
+                else np.lib.format.read_array_header_2_0)
+        shape, _fortran, dtype = read(self.fh)
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.offset = self.fh.tell()
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        self.fh.seek(self.offset + start * self.row * self.dtype.itemsize)
+        a = np.fromfile(self.fh, dtype=self.dtype, count=n * self.row)
+        if a.size != n * self.row:
+            raise TraceFormatError(f"{Path(self.fh.name).name} ends early (truncated).",
+                                   Path(self.fh.name).parent)
+        return a.reshape((n, *self.shape[1:]))
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 def iter_shard_arrays(ref: ShardRef, chunk_tokens: int | None = None
                       ) -> Iterator[dict[str, np.ndarray]]:
     """Chunks of one shard: ``{"topk_ids" [t, L, k], "window" [t], "window_index" [t] (global
     0..W-1), "source_rank" [t], "topk_weights" [t, L, k], "token" [t] (index in the whole
     trace)}`` (the optional arrays only when the shard has them), tokens of windows not kept
-    left out. Views of the memory-mapped files where nothing is filtered."""
-    ids = ref.load("topk_ids")
-    win = ref.load("window")
-    assert ids is not None and win is not None
-    opt = {n: a for n in ("source_rank", "topk_weights") if (a := ref.load(n)) is not None}
-    T = ids.shape[0]
-    if chunk_tokens is None:
-        chunk_tokens = max(1, _CHUNK_ASSIGNMENTS // max(ids.shape[1] * ids.shape[2], 1))
-    values = np.asarray(ref.window_values, dtype=np.int64)
-    keep = None if ref.keep is None else np.asarray(ref.keep, dtype=np.int64)
-    for start in range(0, T, chunk_tokens):
-        sl = slice(start, min(start + chunk_tokens, T))
-        w = np.asarray(win[sl])
-        out: dict[str, np.ndarray] = {"topk_ids": ids[sl], "window": w,
-                                      **{n: a[sl] for n, a in opt.items()}}
-        out["token"] = np.arange(ref.first_token + sl.start, ref.first_token + sl.stop,
-                                 dtype=np.int64)
-        if keep is not None:
-            mask = np.isin(w, keep)
-            if not mask.any():
-                continue
-            if not mask.all():
-                out = {n: np.asarray(a)[mask] for n, a in out.items()}
-        out["window_index"] = np.searchsorted(values, out["window"]).astype(np.int32)
-        yield out
+    left out. Each chunk is read from the files as it is needed (memory follows the chunk)."""
+    files = {n: _Rows(Path(ref.root) / f) for n, f in ref.files}
+    try:
+        ids = files["topk_ids"]
+        T = ids.shape[0]
+        if chunk_tokens is None:
+            chunk_tokens = max(1, _CHUNK_ASSIGNMENTS // max(ids.row, 1))
+        values = np.asarray(ref.window_values, dtype=np.int64)
+        keep = None if ref.keep is None else np.asarray(ref.keep, dtype=np.int64)
+        for start in range(0, T, chunk_tokens):
+            n = min(chunk_tokens, T - start)
+            w = files["window"].read(start, n)
+            mask = None
+            if keep is not None:
+                mask = np.isin(w, keep)
+                if not mask.any():
+                    continue
+                if mask.all():
+                    mask = None
+            out: dict[str, np.ndarray] = {name: (w if name == "window" else f.read(start, n))
+                                          for name, f in files.items()}
+            out["token"] = np.arange(ref.first_token + start, ref.first_token + start + n,
+                                     dtype=np.int64)
+            if mask is not None:
+                out = {name: a[mask] for name, a in out.items()}
+            out["window_index"] = np.searchsorted(values, out["window"]).astype(np.int32)
+            yield out
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def reduce_shards(fn: Callable[[ShardRef], R], refs: Sequence[ShardRef],
@@ -639,16 +673,22 @@ class ShardedTrace:
         )
 
     def shard(self, i: int) -> Trace:
-        """Shard ``i`` (its kept tokens; maybe none) as a :class:`Trace`, memory-mapped where
-        nothing is filtered."""
+        """Shard ``i`` (its kept tokens; maybe none) as a :class:`Trace`: the files
+        memory-mapped (read-only, nothing copied) when no window selection filters it."""
         if not 0 <= i < len(self._m.shards):
             raise IndexError(f"shard index {i} out of range [0, {len(self._m.shards)}).")
         ref = self.refs(every=True)[i]
-        parts = list(iter_shard_arrays(ref, max(ref.tokens, 1)))
-        if parts:
-            return self._trace(parts[0])
-        empty: dict[str, np.ndarray] = {"topk_ids": np.zeros((0, self.num_layers, self.top_k), np.int16),
-                 "window": np.zeros(0, np.int64), "window_index": np.zeros(0, np.int32)}
+        if ref.keep is None:
+            parts = {n: a for n, _f in ref.files if (a := ref.load(n)) is not None}
+            parts["window_index"] = np.searchsorted(
+                np.asarray(ref.window_values, dtype=np.int64), parts["window"]).astype(np.int32)
+            return self._trace(parts)
+        chunks = list(iter_shard_arrays(ref, max(ref.tokens, 1)))
+        if chunks:
+            return self._trace(chunks[0])
+        empty: dict[str, np.ndarray] = {
+            "topk_ids": np.zeros((0, self.num_layers, self.top_k), np.int16),
+            "window": np.zeros(0, np.int64), "window_index": np.zeros(0, np.int32)}
         if self.has_source_rank:
             empty["source_rank"] = np.zeros(0, np.int32)
         return self._trace(empty)
@@ -675,6 +715,29 @@ class ShardedTrace:
         parts = [p for ref in self.refs() for p in iter_shard_arrays(ref, max(ref.tokens, 1))]
         if not parts:
             raise InputError("the window selection keeps no token.")
+        cat = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return self._trace(cat)
+
+    def sample(self, max_tokens: int) -> Trace:
+        """A deterministic token sample of at most ``max_tokens`` kept tokens, in one streaming
+        pass: the whole trace when it fits, else every ``s``-th kept token (``s = ceil(T /
+        max_tokens)``), so every window and shard is represented in proportion."""
+        if max_tokens < 1:
+            raise InputError(f"Expected a sample of >= 1 tokens, got {max_tokens}.")
+        T = self.num_tokens
+        if T <= max_tokens:
+            return self.to_trace()
+        stride = -(-T // max_tokens)
+        parts: list[dict[str, np.ndarray]] = []
+        seen = 0
+        for ref in self.refs():
+            for a in iter_shard_arrays(ref):
+                n = a["topk_ids"].shape[0]
+                first = (-seen) % stride  # the chunk's first kept index that is a multiple
+                pick = np.arange(first, n, stride)
+                if pick.size:
+                    parts.append({k: np.asarray(v)[pick] for k, v in a.items()})
+                seen += n
         cat = {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
         return self._trace(cat)
 
@@ -820,56 +883,53 @@ def _save(path: Path, a: np.ndarray) -> ShardFile:
 
 
 class _ShardWriter:
-    """Buffers chunks and writes a shard every ``shard_tokens`` tokens."""
+    """Copies chunks into one preallocated shard buffer and writes a shard whenever it is
+    full: memory is one shard (plus the chunk being copied), whatever the trace's size."""
 
     def __init__(self, root: Path, shard_tokens: int) -> None:
         self.root = root
         self.shard_tokens = shard_tokens
-        self.pending: list[dict[str, np.ndarray]] = []
-        self.pending_tokens = 0
+        self.buf: dict[str, np.ndarray] | None = None
+        self.fill = 0
         # per shard: tokens, files, (window values present, their token counts)
         self.shards: list[tuple[int, dict[str, ShardFile], tuple[np.ndarray, np.ndarray]]] = []
         self.written = 0
 
+    @property
+    def pending_tokens(self) -> int:
+        return self.fill
+
     def add(self, parts: dict[str, np.ndarray]) -> None:
-        self.pending.append(parts)
-        self.pending_tokens += parts["topk_ids"].shape[0]
-        while self.pending_tokens >= self.shard_tokens:
-            self._flush(self.shard_tokens)
+        n = parts["topk_ids"].shape[0]
+        if self.buf is None:
+            self.buf = {k: np.empty((self.shard_tokens, *v.shape[1:]), dtype=v.dtype)
+                        for k, v in parts.items()}
+        start = 0
+        while start < n:
+            take = min(n - start, self.shard_tokens - self.fill)
+            for k, v in parts.items():
+                self.buf[k][self.fill:self.fill + take] = v[start:start + take]
+            self.fill += take
+            start += take
+            if self.fill == self.shard_tokens:
+                self._flush()
 
     def finish(self) -> None:
-        if self.pending_tokens:
-            self._flush(self.pending_tokens)
+        if self.fill:
+            self._flush()
+        self.buf = None
 
-    def _flush(self, n: int) -> None:
-        # 1. take n tokens off the pending chunks
-        take: list[dict[str, np.ndarray]] = []
-        got = 0
-        while got < n:
-            head = self.pending[0]
-            t = head["topk_ids"].shape[0]
-            if got + t <= n:
-                take.append(head)
-                self.pending.pop(0)
-                got += t
-            else:
-                cut = n - got
-                take.append({k: v[:cut] for k, v in head.items()})
-                self.pending[0] = {k: v[cut:] for k, v in head.items()}
-                got = n
-        self.pending_tokens -= n
-        # 2. one .npy per array
-        i = len(self.shards)
+    def _flush(self) -> None:
+        assert self.buf is not None
+        n, i = self.fill, len(self.shards)
         files: dict[str, ShardFile] = {}
         for name in ARRAYS:
-            if name not in take[0]:
-                continue
-            a = take[0][name] if len(take) == 1 else np.concatenate([p[name] for p in take])
-            files[name] = _save(self.root / f"shard-{i:05d}.{name}.npy", a)
-            if name == "window":
-                wins = np.unique(a, return_counts=True)
+            if name in self.buf:
+                files[name] = _save(self.root / f"shard-{i:05d}.{name}.npy", self.buf[name][:n])
+        wins = np.unique(self.buf["window"][:n], return_counts=True)
         self.shards.append((n, files, wins))
         self.written += n
+        self.fill = 0
 
 
 def _chunks_of(source: Trace | Iterable[Trace], chunk: int) -> Iterator[Trace]:

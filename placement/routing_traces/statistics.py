@@ -130,26 +130,16 @@ def _bottom_k(**fields: object) -> StatisticsPart:
 
 
 def _coactivation(ids: np.ndarray, E: int) -> np.ndarray:
-    """``ids [t, L, k]`` -> ``[L, E, E]`` int64 co-activation counts of these tokens."""
-    t, L, k = ids.shape
-    out = np.zeros((L, E, E), dtype=np.int64)
-    if t == 0:
-        return out
-    ii, jj = np.triu_indices(k, 1)
+    """``ids [t, L, k]`` -> ``[L, E, E]`` int64 co-activation counts of these tokens (the pair
+    counts of :func:`placement.routing_traces.stats._pair_counts`, both ways)."""
+    from placement.routing_traces.stats import _pair_counts
+
+    L = ids.shape[1]
+    pairs, single = _pair_counts(np.asarray(ids), E)  # [L, E*E] i < j, [L, E]
+    m = pairs.reshape(L, E, E)
+    out = m + m.transpose(0, 2, 1)
     idx = np.arange(E)
-    for layer in range(L):  # one layer at a time: E*E bins stay in cache
-        x = np.sort(np.asarray(ids[:, layer, :], dtype=np.int32), axis=1)  # [t, k]
-        dup = np.zeros(x.shape, dtype=bool)
-        dup[:, 1:] = x[:, 1:] == x[:, :-1]
-        x[dup] = -1  # a token counts once per expert even if listed twice
-        # 1. pairs i < j (the ids are sorted, distinct), then the diagonal
-        vi, vj = x[:, ii], x[:, jj]  # [t, pairs]
-        ok = (vi >= 0) & (vj >= 0)
-        m = np.bincount((vi * E + vj)[ok], minlength=E * E).reshape(E, E)
-        diag = np.bincount(x[x >= 0], minlength=E)
-        # 2. both ways, the diagonal once
-        out[layer] = m + m.T
-        out[layer, idx, idx] = diag
+    out[:, idx, idx] = single
     return out
 
 

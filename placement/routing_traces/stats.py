@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from placement._util import format_ids
 from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
+
+if TYPE_CHECKING:
+    from placement.parallel import Backend
 
 __all__ = [
     "MAX_PAIRWISE_WINDOWS",
@@ -190,8 +193,11 @@ def _pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndar
     return pairs, single
 
 
-def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
-    """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent."""
+def _coactivation(trace: Trace | ShardedTrace, counts: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Per layer: share of pair mass in the top 1% / 5% pairs, observed and independent (a
+    sharded trace's pair counts are summed chunk by chunk); ``counts``: the ``(pairs [L, E * E],
+    single [L, E])`` counts already gathered."""
     E = trace.num_experts
     iu = np.triu_indices(E, k=1)
     n_pairs = len(iu[0])
@@ -199,7 +205,17 @@ def _coactivation(trace: Trace) -> dict[str, np.ndarray]:
            for w in ("obs", "ind") for p in (1, 5)}
     if n_pairs == 0:
         return out
-    pairs, single = _pair_counts(trace.topk_ids, E)
+    if counts is not None:
+        pairs, single = counts
+    elif isinstance(trace, ShardedTrace):
+        pairs = np.zeros((trace.num_layers, E * E), dtype=np.int64)
+        single = np.zeros((trace.num_layers, E), dtype=np.int64)
+        for ids, _src in trace.iter_token_chunks(max(1, (1 << 20) // trace.num_layers)):
+            chunk_pairs, chunk_single = _pair_counts(np.asarray(ids), E)
+            pairs += chunk_pairs
+            single += chunk_single
+    else:
+        pairs, single = _pair_counts(trace.topk_ids, E)
     upper = iu[0] * E + iu[1]
     for layer in range(trace.num_layers):
         obs = pairs[layer][upper].astype(np.float64)
@@ -260,7 +276,7 @@ def activation_rate_top_k(wc: np.ndarray) -> int | None:
     return None
 
 
-def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
+def infer_top_k(trace: Trace | ShardedTrace, wc: np.ndarray | None = None) -> tuple[int | None, str | None]:
     """Experts per token and how it is known: ``(k, source)``, source one of ``"trace"``
     (token-level, or a counts file that records it), ``"activation rates"`` (see
     :func:`activation_rate_top_k`) or ``"model preset NAME"`` (the trace's model name, when
@@ -279,21 +295,36 @@ def infer_top_k(trace: Trace, wc: np.ndarray | None = None) -> tuple[int | None,
     return None, None
 
 
-def inspect_trace(trace: Trace, *, source: str | None = None,
-                  coactivation: bool = True, top_k: int | None = None) -> TraceStats:
+def inspect_trace(trace: Trace | ShardedTrace, *, source: str | None = None,
+                  coactivation: bool = True, top_k: int | None = None,
+                  backend: Backend | None = None) -> TraceStats:
     """Shape, per-layer skew, co-activation (token-level traces) and drift of ``trace``.
 
     Args:
-        trace: any trace.
+        trace: any trace; a sharded one is read once, shard by shard (counts and
+            co-activation, :func:`~placement.routing_traces.statistics.gather_statistics`).
         source: where it came from, for the report.
         coactivation: compute co-activation (``[E, E]`` per layer; skip for speed).
         top_k: experts per token, for a counts trace that does not say (see
             :func:`infer_top_k` for what is tried otherwise); must agree with a trace that
             does.
+        backend: where a sharded trace's shards are read (:mod:`placement.parallel`;
+            default: this process).
     """
     from placement.errors import InputError
 
-    wc = trace.window_counts()                                         # [W, L, E]
+    gathered: tuple[np.ndarray, np.ndarray] | None = None
+    if isinstance(trace, ShardedTrace):
+        # one streaming pass, a task per shard on `backend`: counts and co-activation
+        from placement.routing_traces.statistics import gather_statistics
+
+        st = gather_statistics(trace, backend, sample_tokens=1, coactivation=coactivation)
+        wc = st.window_counts.astype(np.float64)                       # [W, L, E]
+        if st.coactivation is not None:
+            co3 = st.coactivation
+            gathered = (co3.reshape(co3.shape[0], -1), np.einsum("lii->li", co3))
+    else:
+        wc = trace.window_counts()                                     # [W, L, E]
     k: int | None
     k_source: str | None
     if top_k is not None:
@@ -307,7 +338,7 @@ def inspect_trace(trace: Trace, *, source: str | None = None,
         k, k_source = infer_top_k(trace, wc)
     counts = wc.sum(axis=0)
     max_over_mean, hot10 = _skew(counts)
-    co = _coactivation(trace) if (trace.is_token_level and coactivation) else None
+    co = _coactivation(trace, gathered) if (trace.is_token_level and coactivation) else None
     if trace.num_windows > 1:
         vs_all, pair_mean, pair_max = _drift(wc)
         tv_vs_all: tuple[float, ...] | None = _tuple(vs_all)

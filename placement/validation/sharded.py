@@ -128,7 +128,8 @@ def replay_shard(task: ReplayTask) -> ReplayPartial:
             ids = a["topk_ids"]
             t = ids.shape[0]
             # 1. the shard's ids in range (a file changed after writing must not count elsewhere)
-            lo, hi = int(ids.min()), int(ids.max())
+            lo_t, hi_t = torch.aminmax(torch.from_numpy(ids))  # one pass
+            lo, hi = int(lo_t), int(hi_t)
             if lo < -1 or hi >= E:
                 raise TraceFormatError(
                     f"shard {task.ref.index} holds expert id {lo if lo < -1 else hi}, outside "
@@ -139,7 +140,7 @@ def replay_shard(task: ReplayTask) -> ReplayPartial:
             else:
                 off = (task.spread_offset or 0) + done
                 src = (np.arange(off, off + t, dtype=np.int64) % G).astype(np.int32)
-            kern.run(np.asarray(ids), src)
+            kern.run(ids, src)
             done += t
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)

@@ -110,3 +110,14 @@ def test_solve_plans_a_sharded_trace_from_statistics(run, ray_local, files: dict
     d = run("solve", files["npz"], *args, "-o", tmp / "d.json", "--sample-tokens", 30)
     assert d.exit_code == 0, d.output
     assert Plan.load(tmp / "d.json").settings["statistics"]["sampled"] == 30
+
+
+def test_inspect_sharded_with_ray_is_the_same(run, ray_local, files: dict[str, str]) -> None:
+    a = run("trace", "inspect", files["npz"], "--json")
+    b = run("trace", "inspect", files["dir"], "--json", "--ray")
+    c = run("trace", "inspect", files["dir"], "--json", "--jobs", 2)
+    assert a.exit_code == 0 and b.exit_code == 0 and c.exit_code == 0, a.output + b.output
+    da, db, dc = (json.loads(r.stdout) for r in (a, b, c))
+    for d in (da, db, dc):
+        d.pop("source")
+    assert da == db == dc

@@ -199,3 +199,21 @@ def test_inspect_sharded_equals_npz(run, held: dict[str, str]) -> None:
 def test_sharded_reads_whole_elsewhere(held: dict[str, str]) -> None:
     t = load_trace(held["dir"])  # commands that do not stream read it whole
     assert isinstance(t, Trace) and not isinstance(t, ShardedTrace) and t.num_tokens == 300
+
+
+def test_solve_on_sharded(run, held: dict[str, str], tmp_path: Path) -> None:
+    a = run("solve", held["npz"], "--nodes", 2, "--gpus-per-node", 2, "--slots-per-gpu", 3,
+            "-o", tmp_path / "a.json", "--json")
+    b = run("solve", held["dir"], "--nodes", 2, "--gpus-per-node", 2, "--slots-per-gpu", 3,
+            "-o", tmp_path / "b.json", "--json")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    pa, pb = Plan.load(tmp_path / "a.json"), Plan.load(tmp_path / "b.json")
+    assert np.array_equal(pa.phy2log, pb.phy2log)  # small: read whole, the same plan
+
+
+def test_solve_samples_a_large_sharded_trace(held: dict[str, str]) -> None:
+    from placement.cli._files import load_solve_input
+
+    t, note = load_solve_input(held["dir"], max_tokens=100)
+    assert t.num_tokens == 100
+    assert note == f"{held['dir']}: 300 tokens; planning on a sample of 100 (one token in 3)."

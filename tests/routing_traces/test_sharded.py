@@ -268,3 +268,14 @@ def test_not_json(sharded: ShardedTrace) -> None:
     (sharded.path / MANIFEST).write_text('{"format": "placement-sharded-trace", ')
     with pytest.raises(TraceFormatError, match=r"manifest\.json is not valid JSON"):
         open_sharded(sharded.path)
+
+
+def test_sample_is_bounded_and_deterministic(sharded: ShardedTrace, trace: Trace) -> None:
+    assert sharded.sample(5000).num_tokens == 1000  # fits: the whole trace
+    s = sharded.sample(300)
+    stride = 4  # ceil(1000 / 300)
+    assert s.num_tokens == 250
+    assert np.array_equal(s.topk_ids, trace.topk_ids[::stride])
+    assert np.array_equal(np.asarray(s.source_rank), np.asarray(trace.source_rank)[::stride])
+    assert s.window_names == trace.window_names
+    assert np.array_equal(sharded.sample(300).topk_ids, s.topk_ids)

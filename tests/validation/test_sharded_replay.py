@@ -95,3 +95,17 @@ def test_partials_add_exactly(tmp_path: Path) -> None:
     total = parts[0] + parts[1]
     assert isinstance(total, ReplayPartial) and total.tokens == 500
     assert total.lse.dtype == np.int64 and total.phist is not None
+
+
+def test_out_of_range_id_is_one_line(tmp_path: Path) -> None:
+    from placement.errors import TraceFormatError
+
+    cluster, trace = _case(5)
+    plan = random_plan(np.random.default_rng(6), cluster, 10, [1, 2, 4])
+    st = write_sharded(trace, tmp_path / "sh", shard_tokens=200)
+    f = tmp_path / "sh" / "shard-00001.topk_ids.npy"
+    a = np.load(f)
+    a[3, 0, 0] = 10  # same size and header: only a checksum or the replay's check sees it
+    np.save(f, a)
+    with pytest.raises(TraceFormatError, match=r"shard 1 holds expert id 10, outside \[-1, 10\)"):
+        replay(plan, st, device="cpu")
