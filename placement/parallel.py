@@ -165,8 +165,9 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
             ray.init(**ray_init_args(workers))
             _RAY_STARTED_HERE = True
         else:
+            # a cluster's workers import the placement installed on its nodes
             args = ray_init_args(None)
-            del args["num_cpus"]
+            del args["num_cpus"], args["runtime_env"]
             ray.init(address=address, **args)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
