@@ -121,3 +121,27 @@ def test_inspect_sharded_with_ray_is_the_same(run, ray_local, files: dict[str, s
     for d in (da, db, dc):
         d.pop("source")
     assert da == db == dc
+
+
+def test_replan_with_ray_is_the_same(run, ray_local, tmp_path: Path) -> None:
+    from placement.solver import ProblemData, SolveOptions, baseline_plan
+
+    rng = np.random.default_rng(8)
+
+    def counts(windows: int) -> Trace:
+        x = rng.lognormal(0.0, 1.0, size=(windows, 2, 8))
+        return Trace(num_experts=8, counts=np.rint(x / x.sum(-1, keepdims=True) * 1e5),
+                     layer_ids=[3, 4], num_hidden_layers=5)
+
+    c = Cluster(2, 2, 3)
+    baseline_plan(ProblemData.from_traces(counts(1), c), SolveOptions(method="eplb"),
+                  "eplb").save(tmp_path / "deployed.json")
+    write_native(counts(2), tmp_path / "now.npz")
+    outs = []
+    for name, extra in (("a", ()), ("b", ("--ray", "--workers", 2))):
+        r = run("replan", tmp_path / "deployed.json", tmp_path / "now.npz", "--max-moves", 3,
+                "-o", tmp_path / f"{name}.json", *extra)
+        assert r.exit_code == 0, r.output
+        outs.append((r.stdout.splitlines()[:-1], Plan.load(tmp_path / f"{name}.json").phy2log))
+    assert outs[0][0] == outs[1][0]
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
