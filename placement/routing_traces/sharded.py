@@ -1068,7 +1068,7 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
             window_tokens=tuple(int(x) for x in wtok), num_source_ranks=ranks + 1 if ranks >= 0
             else None, has_weights=first.topk_weights is not None, shards=tuple(infos),
         )
-        atomic_write_text(tmp / MANIFEST, json.dumps(m.to_json(), indent=1) + "\n")
+        atomic_write_text(tmp / MANIFEST, _manifest_text(m.to_json()))
         opened = open_sharded(tmp, verify=verify)
         # 4. into place
         _replace_dir(tmp, root)
@@ -1076,6 +1076,21 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ShardedTrace(root, opened.manifest)
+
+
+def _manifest_text(data: dict[str, Any]) -> str:
+    """The manifest as JSON: a field per line, a window or shard per line."""
+    def dump(v: Any) -> str:
+        return json.dumps(v, separators=(", ", ": "))
+
+    lines = []
+    for k, v in data.items():
+        if k in ("windows", "shards") and isinstance(v, list):
+            body = ",\n".join(f"  {dump(x)}" for x in v)
+            lines.append(f" {json.dumps(k)}: [\n{body}\n ]")
+        else:
+            lines.append(f" {json.dumps(k)}: {dump(v)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _check_same(first: Trace, t: Trace) -> None:
