@@ -268,38 +268,46 @@ def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
     layers = first.num_layers
     chunk = max(1, _CHUNK_ASSIGNMENTS // max(len(lids) * k, 1))
 
-    # 2. second pass: logical ids, file by file, records by (pass, rank)
+    # 2. second pass: logical ids, file by file, records by (pass, rank); a record's arrays
+    #    are let go as soon as its tokens are out, and chunks are cut from a few records
     def chunks() -> Iterator[Trace]:
-        layer_idx = np.arange(layers)[:, None, None]
+        rows = np.arange(len(lids))[:, None, None]
         small = np.int16 if E < 2**15 else np.int32
         for p in files:
             d = parse_sglang_pt(p)
             assert isinstance(d, SglangRankDump) and d.topk_ids is not None
-            order = np.lexsort((d.rank, d.forward_pass_id))
-            parts, fp, rk = [], [], []
-            for r in order.tolist():
-                phys = d.topk_ids[r]
-                if phys.shape[1] == 0:
-                    continue
-                logical = np.where(phys >= 0, d.physical_to_logical_map[layer_idx,
-                                                                       np.maximum(phys, 0)], -1)
-                cut = logical[lids][:, :, :k] if logical.shape[2] >= k else np.concatenate(
-                    [logical[lids], np.full((len(lids), logical.shape[1], k - logical.shape[2]),
-                                            -1)], axis=2)
-                parts.append(cut.transpose(1, 0, 2).astype(small))
-                fp.append(np.full(phys.shape[1], d.forward_pass_id[r], dtype=np.int64))
-                rk.append(np.full(phys.shape[1], d.rank[r], dtype=np.int64))
+            order = np.lexsort((d.rank, d.forward_pass_id)).tolist()
+            recs: list[np.ndarray | None] = list(d.topk_ids)
+            moe_map = d.physical_to_logical_map[lids]  # [L, P]
+            fpid, rank = d.forward_pass_id, d.rank
             del d
-            if not parts:
-                continue
-            ids = np.concatenate(parts)
-            win = np.concatenate(fp)
-            src = np.concatenate(rk)
-            del parts
-            for start in range(0, ids.shape[0], chunk):
-                sl = slice(start, start + chunk)
-                yield Trace(num_experts=E, topk_ids=ids[sl], layer_ids=lids,
-                            source_rank=src[sl], window=win[sl], num_hidden_layers=layers)
+            parts: list[np.ndarray] = []
+            fp: list[np.ndarray] = []
+            rk: list[np.ndarray] = []
+            held = 0
+            for j, r in enumerate(order):
+                phys = recs[r]
+                recs[r] = None
+                assert phys is not None
+                n = phys.shape[1]
+                if n:
+                    sub = phys[lids]  # [L, n, 8] physical ids of the MoE layers
+                    logical = np.where(sub >= 0, moe_map[rows, np.maximum(sub, 0)], -1)
+                    if logical.shape[2] >= k:
+                        logical = logical[:, :, :k]
+                    else:
+                        pad = np.full((len(lids), n, k - logical.shape[2]), -1)
+                        logical = np.concatenate([logical, pad], axis=2)
+                    parts.append(logical.transpose(1, 0, 2).astype(small))
+                    fp.append(np.full(n, fpid[r], dtype=np.int64))
+                    rk.append(np.full(n, rank[r], dtype=np.int64))
+                    held += n
+                del phys
+                if parts and (held >= chunk or j == len(order) - 1):
+                    yield Trace(num_experts=E, topk_ids=np.concatenate(parts),
+                                layer_ids=lids, source_rank=np.concatenate(rk),
+                                window=np.concatenate(fp), num_hidden_layers=layers)
+                    parts, fp, rk, held = [], [], [], 0
 
     return chunks(), None, total
 

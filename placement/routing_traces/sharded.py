@@ -858,39 +858,70 @@ def open_trace_source(source: str | Path) -> Trace | ShardedTrace:
 # -------------------------------------------------------------------------------------------
 # write
 # -------------------------------------------------------------------------------------------
-class _HashingWriter:
-    """A write-only file object that hashes what passes through it."""
+def _npy_header_bytes(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The ``.npy`` v1.0 header of a C-order array of ``shape`` and ``dtype``."""
+    import io
 
-    def __init__(self, fh: IO[bytes]) -> None:
-        self._fh = fh
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: Any) -> int:
-        b = memoryview(data).cast("B")
-        self.sha.update(b)
-        self.size += len(b)
-        return self._fh.write(b)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": shape})
+    return buf.getvalue()
 
 
-def _save(path: Path, a: np.ndarray) -> ShardFile:
-    with path.open("wb") as fh:
-        w = _HashingWriter(fh)
-        np.lib.format.write_array(w, np.ascontiguousarray(a), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return ShardFile(path.name, w.size, w.sha.hexdigest())
+class _OpenArray:
+    """One shard ``.npy`` being written row block by row block, hashed as it goes."""
+
+    def __init__(self, path: Path, rows: int, like: np.ndarray) -> None:
+        self.path = path
+        self.dtype = like.dtype
+        self.row_shape = tuple(like.shape[1:])
+        self.fh: IO[bytes] = path.open("wb")
+        self.header = _npy_header_bytes((rows, *self.row_shape), self.dtype)
+        self.fh.write(self.header)
+        self.sha = hashlib.sha256(self.header)
+
+    def write(self, a: np.ndarray) -> None:
+        arr: Any = np.ascontiguousarray(a, dtype=self.dtype)
+        data = memoryview(arr).cast("B")
+        self.sha.update(data)
+        self.fh.write(data)
+
+    def close(self, rows: int, expected: int) -> ShardFile:
+        """Finish with ``rows`` rows (``expected`` were announced in the header)."""
+        if rows != expected:  # the last shard: the header says how many rows it has
+            header = _npy_header_bytes((rows, *self.row_shape), self.dtype)
+            if len(header) == len(self.header):
+                self.fh.seek(0)
+                self.fh.write(header)
+            else:  # another header length: move the rows (rare: a digit crosses 64 bytes)
+                self.fh.close()
+                tmp = self.path.with_suffix(".move")
+                os.rename(self.path, tmp)
+                with tmp.open("rb") as src, self.path.open("wb") as dst:
+                    src.seek(len(self.header))
+                    dst.write(header)
+                    shutil.copyfileobj(src, dst, _HASH_BLOCK)
+                tmp.unlink()
+                self.fh = self.path.open("rb+")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        digest = self.sha.hexdigest() if rows == expected else _sha256(self.path)
+        return ShardFile(self.path.name, self.path.stat().st_size, digest)
 
 
 class _ShardWriter:
-    """Copies chunks into one preallocated shard buffer and writes a shard whenever it is
-    full: memory is one shard (plus the chunk being copied), whatever the trace's size."""
+    """Writes chunks straight into the open files of the current shard (nothing buffered:
+    memory is one chunk, whatever the shard's or the trace's size) and starts the next shard
+    every ``shard_tokens`` tokens."""
 
     def __init__(self, root: Path, shard_tokens: int) -> None:
         self.root = root
         self.shard_tokens = shard_tokens
-        self.buf: dict[str, np.ndarray] | None = None
+        self.open: dict[str, _OpenArray] | None = None
         self.fill = 0
+        self.win: dict[int, int] = {}
         # per shard: tokens, files, (window values present, their token counts)
         self.shards: list[tuple[int, dict[str, ShardFile], tuple[np.ndarray, np.ndarray]]] = []
         self.written = 0
@@ -901,35 +932,36 @@ class _ShardWriter:
 
     def add(self, parts: dict[str, np.ndarray]) -> None:
         n = parts["topk_ids"].shape[0]
-        if self.buf is None:
-            self.buf = {k: np.empty((self.shard_tokens, *v.shape[1:]), dtype=v.dtype)
-                        for k, v in parts.items()}
         start = 0
         while start < n:
+            if self.open is None:
+                i = len(self.shards)
+                self.open = {name: _OpenArray(self.root / f"shard-{i:05d}.{name}.npy",
+                                              self.shard_tokens, parts[name])
+                             for name in ARRAYS if name in parts}
             take = min(n - start, self.shard_tokens - self.fill)
-            for k, v in parts.items():
-                self.buf[k][self.fill:self.fill + take] = v[start:start + take]
+            for name, f in self.open.items():
+                f.write(parts[name][start:start + take])
+            u, c = np.unique(parts["window"][start:start + take], return_counts=True)
+            for v, cnt in zip(u.tolist(), c.tolist(), strict=True):
+                self.win[v] = self.win.get(v, 0) + cnt
             self.fill += take
             start += take
             if self.fill == self.shard_tokens:
-                self._flush()
+                self._close()
 
     def finish(self) -> None:
         if self.fill:
-            self._flush()
-        self.buf = None
+            self._close()
 
-    def _flush(self) -> None:
-        assert self.buf is not None
-        n, i = self.fill, len(self.shards)
-        files: dict[str, ShardFile] = {}
-        for name in ARRAYS:
-            if name in self.buf:
-                files[name] = _save(self.root / f"shard-{i:05d}.{name}.npy", self.buf[name][:n])
-        wins = np.unique(self.buf["window"][:n], return_counts=True)
-        self.shards.append((n, files, wins))
-        self.written += n
-        self.fill = 0
+    def _close(self) -> None:
+        assert self.open is not None
+        files = {name: f.close(self.fill, self.shard_tokens) for name, f in self.open.items()}
+        vals = np.asarray(sorted(self.win), dtype=np.int64)
+        cnts = np.asarray([self.win[int(v)] for v in vals.tolist()], dtype=np.int64)
+        self.shards.append((self.fill, files, (vals, cnts)))
+        self.written += self.fill
+        self.open, self.fill, self.win = None, 0, {}
 
 
 def _chunks_of(source: Trace | Iterable[Trace], chunk: int) -> Iterator[Trace]:
@@ -1068,7 +1100,7 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
             window_tokens=tuple(int(x) for x in wtok), num_source_ranks=ranks + 1 if ranks >= 0
             else None, has_weights=first.topk_weights is not None, shards=tuple(infos),
         )
-        atomic_write_text(tmp / MANIFEST, json.dumps(m.to_json(), indent=1) + "\n")
+        atomic_write_text(tmp / MANIFEST, _manifest_text(m.to_json()))
         opened = open_sharded(tmp, verify=verify)
         # 4. into place
         _replace_dir(tmp, root)
@@ -1076,6 +1108,21 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ShardedTrace(root, opened.manifest)
+
+
+def _manifest_text(data: dict[str, Any]) -> str:
+    """The manifest as JSON: a field per line, a window or shard per line."""
+    def dump(v: Any) -> str:
+        return json.dumps(v, separators=(", ", ": "))
+
+    lines = []
+    for k, v in data.items():
+        if k in ("windows", "shards") and isinstance(v, list):
+            body = ",\n".join(f"  {dump(x)}" for x in v)
+            lines.append(f" {json.dumps(k)}: [\n{body}\n ]")
+        else:
+            lines.append(f" {json.dumps(k)}: {dump(v)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 def _check_same(first: Trace, t: Trace) -> None:

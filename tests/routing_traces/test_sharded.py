@@ -279,3 +279,24 @@ def test_sample_is_bounded_and_deterministic(sharded: ShardedTrace, trace: Trace
     assert np.array_equal(np.asarray(s.source_rank), np.asarray(trace.source_rank)[::stride])
     assert s.window_names == trace.window_names
     assert np.array_equal(sharded.sample(300).topk_ids, s.topk_ids)
+
+
+def test_last_shard_header_of_another_length(tmp_path: Path, trace: Trace,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last shard's rows are announced in its header after writing; a header of another
+    length moves the rows (the file stays a valid .npy with the manifest's checksum)."""
+    from placement.routing_traces import sharded as mod
+
+    plain = mod._npy_header_bytes
+
+    def longer(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+        h = plain(shape, dtype)
+        if shape[0] == 300:
+            return h
+        body = h[10:-1] + b" " * 64 + b"\n"  # same dict, 64 more bytes of padding
+        return h[:8] + len(body).to_bytes(2, "little") + body
+
+    monkeypatch.setattr(mod, "_npy_header_bytes", longer)
+    st = write_sharded(trace, tmp_path / "h", shard_tokens=300)
+    assert open_sharded(st.path, verify=True).shards[-1].tokens == 100
+    _same(st.to_trace(), trace)
