@@ -106,9 +106,15 @@ def test_solve_gives_the_same_plan_on_every_backend():
 
 
 def test_nothing_imports_ray_without_the_option(tmp_path):
+    from placement.routing_traces import write_native
+    from placement.routing_traces.synth import synthesize
+
+    write_native(synthesize("mixtral", num_tokens=256, num_windows=2, num_layers=2, seed=1),
+                 tmp_path / "t.npz")
     code = ("import sys\nfrom placement.cli import main\n"
-            f"args = ['solve', 'bundled:mixtral', '--nodes', '1', '--gpus-per-node', '2', "
-            f"'--slots-per-gpu', '5', '--objective', 'balance', '-o', {str(tmp_path / 'p.json')!r}]\n"
+            f"args = ['solve', {str(tmp_path / 't.npz')!r}, '--nodes', '1', '--gpus-per-node', "
+            f"'2', '--slots-per-gpu', '5', '--objective', 'balance', '-o', "
+            f"{str(tmp_path / 'p.json')!r}]\n"
             "try:\n    main(args)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
