@@ -160,6 +160,8 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
     ray = _import_ray()
     if ray.is_initialized():
         return ray
+    if address is not None:
+        _probe(address)
     try:
         if address is None:
             ray.init(**ray_init_args(workers))
@@ -174,6 +176,23 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerError(f"could not start or reach {where}: {first}") from None
     return ray
+
+
+def _probe(address: str) -> None:
+    """Fail in one line, within seconds, when ``host:port`` (or ``ray://host:port``) does not
+    answer (Ray itself retries for minutes); ``auto`` and addresses without a port are left to
+    Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise WorkerError(f"could not reach the Ray cluster at {address}: {reason}") from None
 
 
 def shutdown_ray() -> None:

@@ -135,3 +135,13 @@ def test_statistics_are_the_same_on_ray(tmp_path):
         for f in ("window_counts", "window_tokens", "coactivation", "sample_index",
                   "sample_ids", "sample_source_rank"):
             np.testing.assert_array_equal(getattr(st, f), getattr(ref, f), err_msg=f)
+
+
+def test_an_unreachable_cluster_is_one_line_at_once():
+    from placement.parallel import _probe
+
+    with pytest.raises(WorkerError, match=r"^could not reach the Ray cluster at 127\.0\.0\.1:1: "):
+        _probe("127.0.0.1:1")
+    with pytest.raises(WorkerError, match=r"at ray://127\.0\.0\.1:1: "):
+        _probe("ray://127.0.0.1:1")
+    _probe("auto")  # left to Ray
