@@ -146,6 +146,7 @@ def ray_init_args(workers: int | None) -> dict[str, Any]:
     ``placement`` as this process (a checkout on ``PYTHONPATH`` included)."""
     path = [_package_root(), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     return dict(
+        address="local",  # a new local Ray, even where `ray start` left one running
         num_cpus=workers or os.cpu_count() or 1,
         include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
         ignore_reinit_error=True,
@@ -169,7 +170,7 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
         else:
             # a cluster's workers import the placement installed on its nodes
             args = ray_init_args(None)
-            del args["num_cpus"], args["runtime_env"]
+            del args["num_cpus"], args["runtime_env"], args["address"]
             ray.init(address=address, **args)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
