@@ -19,8 +19,7 @@ __all__ = ["render_html", "render_markdown", "write_report"]
 def _context_lines(cmp: Comparison) -> list[str]:
     c = cmp.cluster
     lines = [
-        f"- Cluster: {c.summary()}; NVLink {c.nvlink_gbps:g} GB/s, network {c.network_gbps:g} "
-        f"GB/s, {c.gpu_tflops:g} TFLOP/s per GPU.",
+        f"- Cluster: {c.summary()}; hardware {cmp.figures.summary()}.",
         "- Held-out traces: " + ", ".join(
             f"{n} ({'token-level' if tl else 'aggregated counts'})"
             for n, tl in zip(cmp.trace_names, cmp.traces_token_level, strict=True)) + ".",
