@@ -47,7 +47,7 @@ import numpy as np
 from placement._util import format_si
 from placement.cluster import Cluster
 from placement.errors import InputError
-from placement.hardware import GPU, Efficiency, gpu_preset
+from placement.hardware import GPU, Efficiency, HardwareFigures, gpu_preset
 from placement.models import ModelShape
 
 __all__ = [
@@ -298,6 +298,8 @@ class StepEstimate:
             ``LM head``, ``dispatch``, ``combine``).
         memory: GB per GPU: ``gpu``, ``non-routed weights``, ``routed experts``, ``runtime
             reserve``, ``KV cache``; and ``kv_tokens`` (tokens the KV cache holds).
+        figures: the hardware figures of the GEMMs and the all-to-all
+            (:meth:`~placement.cluster.Cluster.figures`: the solver's numbers for this cluster).
     """
 
     model: ModelShape
@@ -315,6 +317,7 @@ class StepEstimate:
     step_s: float
     parts: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    figures: HardwareFigures | None = None
 
     @property
     def computed_tokens_per_s_per_gpu(self) -> float:
@@ -553,7 +556,8 @@ def estimate_step(
         cap = int(kv_tokens * (1.0 - workload.cache_hit_rate))
     common: dict[str, Any] = dict(model=model, gpu=g, cluster=cluster, workload=workload,
                                   efficiency=efficiency, moe=moe, usd_per_gpu_hour=price,
-                                  max_batch_memory=max(cap, 0), memory=memory)
+                                  max_batch_memory=max(cap, 0), memory=memory,
+                                  figures=roof.figures)
     unit = "sequence" if workload.phase == "decode" else "prompt token"
     if cap < 1:
         need = (model.kv_bytes_per_token * (workload.context if workload.phase == "decode"
@@ -642,5 +646,7 @@ def format_step(est: StepEstimate) -> str:
                  f"{format_si(est.tokens_per_s_per_node)} per node")
     lines.append(f"$ per million {which.split()[0]} tokens: {est.usd_per_million_tokens:.4f} at "
                  f"${est.usd_per_gpu_hour:g} per GPU-hour")
+    if est.figures is not None:
+        lines.append(f"hardware of the GEMMs and the all-to-all: {est.figures.summary()}")
     lines.append("assumed: " + "; ".join(est.efficiency.lines()))
     return "\n".join(lines)
