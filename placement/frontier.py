@@ -5,8 +5,9 @@ planning traces with the optimizer at several settings (``balance``; ``traffic``
 ``balance_tolerance``; the default ``time``), makes the baselines (EPLB, EPLB's global policy,
 the engines' contiguous default) from the same input, replays every plan on the held-out traces
 (:func:`placement.validation.replay`, the engines' static rule) and returns their cross-node
-sends per token, imbalance and predicted MoE layer time (:func:`placement.moe_time.layer_times`)
-side by side. :func:`frontier_figure` draws sends against imbalance.
+sends per token, imbalance and predicted MoE layer time (:func:`placement.moe_time.layer_times`,
+at the cluster's hardware figures: :meth:`placement.cluster.Cluster.figures`) side by side.
+:func:`frontier_figure` draws sends against imbalance.
 
     from placement import Cluster, load_trace
     from placement.frontier import format_frontier, frontier, frontier_figure
@@ -28,6 +29,7 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import InputError
+from placement.hardware import HardwareFigures
 from placement.models import ModelShape
 from placement.moe_time import layer_times
 from placement.plan import Plan
@@ -114,12 +116,19 @@ class Frontier:
         """A readable table (:func:`format_frontier`)."""
         return format_frontier(self)
 
+    @property
+    def figures(self) -> HardwareFigures:
+        """The hardware figures of the predicted times (the cluster's at the model's
+        precision: the solver's and the cost model's numbers)."""
+        return self.cluster.figures(self.model.matmul_precision)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (no plans)."""
         return {
             "cluster": self.cluster.shape,
             "model": self.model.name,
             "overlap": self.overlap,
+            "hardware": self.figures.to_dict(),
             "heldout_tokens": self.heldout_tokens,
             "points": [
                 {"label": p.label, "method": p.method, "objective": p.objective,

@@ -17,13 +17,15 @@ from placement.errors import InputError
 from placement.hardware import HardwareFigures
 from placement.plan import Plan
 from placement.routing_traces.trace import Trace
+from placement.solver.registry import BASELINES as _REGISTRY_BASELINES
 from placement.validation import RULES, ValidationResult, replay
 
 __all__ = ["BASELINES", "Comparison", "SummaryRow", "compare", "moe_part_only"]
 
-BASELINES: tuple[str, ...] = ("eplb", "eplb-global", "contiguous")
-"""Baselines :func:`compare` can make: DeepSeek's EPLB (hierarchical when it applies, or
-global) and the engines' contiguous default (needs no data)."""
+BASELINES: tuple[str, ...] = _REGISTRY_BASELINES
+"""Baselines :func:`compare` can make: the solver registry's
+(:data:`placement.solver.registry.BASELINES`: DeepSeek's EPLB, hierarchical when it applies, or
+global, and the engines' contiguous default, which needs no data)."""
 
 
 
