@@ -22,7 +22,7 @@ from placement.hardware import (
     DEFAULT_GPU,
     GPU,
     GPU_PRESETS,
-    SET,
+    SET_BY_CLUSTER,
     Efficiency,
     HardwareFigures,
     effective_figures,
@@ -309,11 +309,6 @@ class Cluster:
         return dataclasses.replace(self, slots_per_gpu=slots_per_gpu)
 
     # -- hardware ----------------------------------------------------------------------------
-    @property
-    def gpu_spec(self) -> GPU:
-        """The GPU preset of :attr:`gpu`, or :data:`~placement.hardware.DEFAULT_GPU`'s."""
-        return gpu_preset(self.gpu or DEFAULT_GPU)
-
     def figures(self, precision: str = "fp8", efficiency: Efficiency | None = None,
                 gpu: GPU | str | None = None) -> HardwareFigures:
         """The hardware figures of this cluster's predicted times: the settings the user gave
@@ -489,7 +484,7 @@ def _figures(cluster: Cluster, precision: str, efficiency: Efficiency,
         mine = values[k] if k != "tflops" else cluster.gpu_tflops
         if mine is not None:
             out[k] = float(mine)
-            sources[k] = SET
+            sources[k] = SET_BY_CLUSTER
         else:
             out[k] = float(getattr(base, k))
     return HardwareFigures(gpu=g.name, precision=precision, hbm_tbps=base.hbm_tbps,

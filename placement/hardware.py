@@ -32,6 +32,7 @@ __all__ = [
     "GPU",
     "GPU_PRESETS",
     "PRECISIONS",
+    "SET_BY_CLUSTER",
     "Efficiency",
     "HardwareFigures",
     "effective_figures",
@@ -227,14 +228,14 @@ class HardwareFigures:
     @property
     def explicit(self) -> tuple[str, ...]:
         """Names of the figures the user set (not from the GPU preset)."""
-        return tuple(k for k, v in self.sources if v == SET)
+        return tuple(k for k, v in self.sources if v == SET_BY_CLUSTER)
 
     def origin(self) -> str:
         """Where ``tflops``, ``nvlink_gbps`` and ``network_gbps`` come from, in a few words:
         ``h800 peaks x DeepSeek's kernel shares: GEMM 0.6, NVLink 0.8, NIC 0.8``."""
         src = dict(self.sources)
         shown = ("tflops", "nvlink_gbps", "network_gbps")
-        mine = [k for k in shown if src.get(k) == SET]
+        mine = [k for k in shown if src.get(k) == SET_BY_CLUSTER]
         rest = [k for k in shown if k not in mine]
         shares = ", ".join(src[k].split(" x ", 1)[1] for k in rest if " x " in src.get(k, ""))
         parts = []
@@ -259,7 +260,7 @@ class HardwareFigures:
                 "sources": dict(self.sources), "summary": self.summary()}
 
 
-SET = "set by the cluster"
+SET_BY_CLUSTER = "set by the cluster"
 """The source of a figure the user set (cluster flag, TOML key or plan file)."""
 
 _FIELD_KEYS = {"tflops": "gpu_tflops", "nvlink_gbps": "nvlink_gbps",
