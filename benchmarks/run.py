@@ -230,7 +230,8 @@ def render(data: dict[str, Any]) -> str:
         "per token (distinct remote nodes, DeepEP normal mode), copies = cross-node copies per "
         "token (remote experts, low-latency mode), imb = max/mean tokens per GPU under the static "
         "rule, time = predicted MoE layer time (`placement.moe_time.layer_times`, two-batch "
-        "overlap, the cluster's default bandwidths: NVLink 160 GB/s, network 40 GB/s, 400 TFLOP/s; "
+        "overlap, the cluster's hardware figures `Cluster.figures()`: the default H800 at "
+        "DeepSeek's kernel shares, NVLink 160 GB/s, network 40 GB/s, 1187 TFLOP/s FP8 or 593 BF16; "
         "model shape guessed from the trace, DeepSeek-V3's for Kimi-K2); means over layers. The "
         "optimizer runs with its default objective (time). Synthetic traces: `placement trace "
         "synth` presets with two windows (the topic mix drifts between them).",
