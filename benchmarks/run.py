@@ -437,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     # 5. speed
     print("speed", flush=True)
     cluster = Cluster(4, 8, 9)
-    names = [n for n in traces if n.startswith("prefill")][:7]
+    prefills = [n for n in traces if n.startswith("prefill")][:7]  # not `names`: the companions
     from placement.solver import solve
     from placement.solver.problem import ProblemData
 
-    problem = ProblemData.from_traces([traces[n] for n in names], cluster)
+    problem = ProblemData.from_traces([traces[n] for n in prefills], cluster)
     solve_speed = {}
     for m in METHODS:
         t0 = time.perf_counter()
