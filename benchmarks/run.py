@@ -230,7 +230,8 @@ def render(data: dict[str, Any]) -> str:
         "per token (distinct remote nodes, DeepEP normal mode), copies = cross-node copies per "
         "token (remote experts, low-latency mode), imb = max/mean tokens per GPU under the static "
         "rule, time = predicted MoE layer time (`placement.moe_time.layer_times`, two-batch "
-        "overlap, the cluster's default bandwidths: NVLink 160 GB/s, network 40 GB/s, 400 TFLOP/s; "
+        "overlap, the cluster's hardware figures `Cluster.figures()`: the default H800 at "
+        "DeepSeek's kernel shares, NVLink 160 GB/s, network 40 GB/s, 1187 TFLOP/s FP8 or 593 BF16; "
         "model shape guessed from the trace, DeepSeek-V3's for Kimi-K2); means over layers. The "
         "optimizer runs with its default objective (time). Synthetic traces: `placement trace "
         "synth` presets with two windows (the topic mix drifts between them).",
@@ -436,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     # 5. speed
     print("speed", flush=True)
     cluster = Cluster(4, 8, 9)
-    names = [n for n in traces if n.startswith("prefill")][:7]
+    prefills = [n for n in traces if n.startswith("prefill")][:7]  # not `names`: the companions
     from placement.solver import solve
     from placement.solver.problem import ProblemData
 
-    problem = ProblemData.from_traces([traces[n] for n in names], cluster)
+    problem = ProblemData.from_traces([traces[n] for n in prefills], cluster)
     solve_speed = {}
     for m in METHODS:
         t0 = time.perf_counter()

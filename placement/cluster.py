@@ -8,6 +8,7 @@ each MoE layer has ``P = G * slots_per_gpu`` physical slots and slot ``p`` lives
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -17,7 +18,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from placement.errors import ClusterError, InputError
-from placement.hardware import GPU, GPU_PRESETS, gpu_preset
+from placement.hardware import (
+    DEFAULT_GPU,
+    GPU,
+    GPU_PRESETS,
+    SET_BY_CLUSTER,
+    Efficiency,
+    HardwareFigures,
+    effective_figures,
+    gpu_preset,
+)
 
 if TYPE_CHECKING:
     from placement.models import ModelShape
@@ -190,23 +200,30 @@ class Cluster:
         gpus_per_node: GPUs per node, joined by NVLink.
         slots_per_gpu: routed-expert slots per GPU in every MoE layer.
         memory: optional memory model; when given, ``slots_per_gpu`` must fit in it.
-        nvlink_gbps: per-GPU NVLink bandwidth, GB/s, one direction (cost model).
-        network_gbps: per-GPU inter-node bandwidth, GB/s, one direction (cost model).
-        gpu_tflops: dense throughput of one GPU for the expert GEMMs, TFLOP/s (cost model).
-        usd_per_gpu_hour: price of one GPU for one hour (cost model).
+        nvlink_gbps: achieved per-GPU NVLink all-to-all bandwidth, GB/s, one direction; None:
+            the GPU's (:meth:`figures`).
+        network_gbps: achieved per-GPU inter-node bandwidth, GB/s, one direction; None: the
+            GPU's.
+        gpu_tflops: achieved throughput of one GPU for the expert GEMMs, TFLOP/s, whatever the
+            precision; None: the GPU's peak at the model's precision x the GEMM share.
+        usd_per_gpu_hour: price of one GPU for one hour; None: the GPU's.
         name: a label for reports.
-        gpu: the GPU, a :data:`placement.hardware.GPU_PRESETS` name, or "" (unknown); the cost
-            model's full step takes memory, bandwidth and TFLOP/s from it.
+        gpu: the GPU, a :data:`placement.hardware.GPU_PRESETS` name, or "" (then
+            :data:`placement.hardware.DEFAULT_GPU` where figures are needed).
+
+    The four hardware settings are None unless the user set them (flags, TOML, an old plan
+    file); :meth:`figures` fills the others from the GPU, so the solver's predicted time and the
+    cost model use the same numbers for the same cluster.
     """
 
     num_nodes: int
     gpus_per_node: int
     slots_per_gpu: int
     memory: MemoryModel | None = None
-    nvlink_gbps: float = 160.0
-    network_gbps: float = 40.0
-    gpu_tflops: float = 400.0
-    usd_per_gpu_hour: float = 2.0
+    nvlink_gbps: float | None = None
+    network_gbps: float | None = None
+    gpu_tflops: float | None = None
+    usd_per_gpu_hour: float | None = None
     name: str = ""
     gpu: str = ""
 
@@ -221,12 +238,16 @@ class Cluster:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ClusterError(f"Expected {name} >= 1 (an integer), got {value!r}.")
             object.__setattr__(self, name, int(value))
-        for name in ("nvlink_gbps", "network_gbps", "gpu_tflops"):
+        for name in ("nvlink_gbps", "network_gbps", "gpu_tflops", "usd_per_gpu_hour"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ClusterError(f"Expected {name} > 0, got {value!r}.")
-        if not (math.isfinite(self.usd_per_gpu_hour) and self.usd_per_gpu_hour >= 0):
-            raise ClusterError(f"Expected usd_per_gpu_hour >= 0, got {self.usd_per_gpu_hour!r}.")
+            if value is None:
+                continue
+            low = name == "usd_per_gpu_hour"
+            if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                               and math.isfinite(value)
+                                               and (value >= 0 if low else value > 0)):
+                raise ClusterError(f"Expected {name} {'>=' if low else '>'} 0, got {value!r}.")
+            object.__setattr__(self, name, float(value))
         if self.memory is not None:
             fit = self.memory.max_slots_per_gpu()
             if fit < 1:
@@ -287,18 +308,44 @@ class Cluster:
         """A copy with another number of slots per GPU."""
         return dataclasses.replace(self, slots_per_gpu=slots_per_gpu)
 
+    # -- hardware ----------------------------------------------------------------------------
+    def figures(self, precision: str = "fp8", efficiency: Efficiency | None = None,
+                gpu: GPU | str | None = None) -> HardwareFigures:
+        """The hardware figures of this cluster's predicted times: the settings the user gave
+        (``gpu_tflops``, ``nvlink_gbps``, ``network_gbps``, ``usd_per_gpu_hour``), the others
+        from ``gpu`` (default: :attr:`gpu`, else :data:`~placement.hardware.DEFAULT_GPU`)
+        through :func:`~placement.hardware.effective_figures` at ``precision`` and
+        ``efficiency`` (default :class:`~placement.hardware.Efficiency`).
+
+        The solver's time objective, the cost model, the frontier, the sweep and the report all
+        call this, so one cluster means one set of numbers everywhere.
+        """
+        return _figures(self, precision, efficiency or _DEFAULT_EFFICIENCY,
+                        gpu if gpu is not None else (self.gpu or DEFAULT_GPU))
+
+    def price(self, gpu: GPU | str | None = None) -> float:
+        """$ per GPU-hour: :attr:`usd_per_gpu_hour` when set, else the GPU's."""
+        if self.usd_per_gpu_hour is not None:
+            return self.usd_per_gpu_hour
+        g = gpu if gpu is not None else (self.gpu or DEFAULT_GPU)
+        try:
+            return (g if isinstance(g, GPU) else gpu_preset(g)).usd_per_gpu_hour
+        except InputError as exc:
+            raise ClusterError(str(exc)) from None
+
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-ready dict; :meth:`from_dict` reads it back."""
+        """A JSON/TOML-ready dict; :meth:`from_dict` reads it back. The hardware settings are
+        written only where set (the others come from the GPU when read)."""
         out: dict[str, Any] = {
             "num_nodes": self.num_nodes,
             "gpus_per_node": self.gpus_per_node,
             "slots_per_gpu": self.slots_per_gpu,
-            "nvlink_gbps": self.nvlink_gbps,
-            "network_gbps": self.network_gbps,
-            "gpu_tflops": self.gpu_tflops,
-            "usd_per_gpu_hour": self.usd_per_gpu_hour,
         }
+        for k in _HARDWARE:
+            v = getattr(self, k)
+            if v is not None:
+                out[k] = v
         if self.name:
             out["name"] = self.name
         if self.gpu:
@@ -375,20 +422,29 @@ class Cluster:
 
     @classmethod
     def for_gpu(cls, gpu: GPU | str, num_nodes: int, gpus_per_node: int, slots_per_gpu: int,
-                *, name: str = "", memory: MemoryModel | None = None) -> Cluster:
-        """A cluster of ``gpu``: links at the shares DeepEP reaches on H800 (0.8 of NVLink and
-        of the NIC: 160 and 40 GB/s there), the routed-expert GEMM figure of the MoE-part bound
-        scaled from the H800 default (400 TFLOP/s) by FP8 peak, and the GPU's price. A GPU that
-        is not a preset leaves ``gpu`` empty (pass it to the cost model yourself)."""
+                *, name: str = "", memory: MemoryModel | None = None, precision: str = "fp8",
+                efficiency: Efficiency | None = None) -> Cluster:
+        """A cluster of ``gpu``. A preset GPU at the default shares is named only (its figures
+        come from :meth:`figures`); a GPU that is not a preset, or other ``efficiency`` shares,
+        set the four hardware settings from
+        :func:`~placement.hardware.effective_figures` at ``precision`` (and ``gpu`` is left
+        empty for a GPU that is not a preset: pass it to the cost model yourself)."""
         try:
             g = gpu if isinstance(gpu, GPU) else gpu_preset(gpu)
         except InputError as exc:
             raise ClusterError(str(exc)) from None
+        preset = GPU_PRESETS.get(g.name) == g
+        if preset and efficiency is None:
+            return cls(num_nodes, gpus_per_node, slots_per_gpu, memory=memory, name=name,
+                       gpu=g.name)
+        try:
+            f = effective_figures(g, precision, efficiency)
+        except InputError as exc:
+            raise ClusterError(str(exc)) from None
         return cls(num_nodes, gpus_per_node, slots_per_gpu, memory=memory,
-                   nvlink_gbps=0.8 * g.nvlink_gbps, network_gbps=0.8 * g.network_gbps,
-                   gpu_tflops=400.0 * g.fp8_tflops / 1979.0,
-                   usd_per_gpu_hour=g.usd_per_gpu_hour, name=name,
-                   gpu=g.name if GPU_PRESETS.get(g.name) == g else "")
+                   nvlink_gbps=f.nvlink_gbps, network_gbps=f.network_gbps, gpu_tflops=f.tflops,
+                   usd_per_gpu_hour=f.usd_per_gpu_hour, name=name,
+                   gpu=g.name if preset else "")
 
     def summary(self) -> str:
         """One line for people."""
@@ -399,25 +455,57 @@ class Cluster:
         )
 
 
-# H800: NVLink ~160 GB/s per GPU effective, 50 GB/s (400 Gb/s) IB per GPU, ~40 GB/s usable.
-_H800 = dict(nvlink_gbps=160.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=2.0)
-_H100 = dict(nvlink_gbps=300.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=2.5)
-_H200 = dict(nvlink_gbps=300.0, network_gbps=40.0, gpu_tflops=400.0, usd_per_gpu_hour=3.0)
-_GB200 = dict(nvlink_gbps=900.0, network_gbps=50.0, gpu_tflops=1000.0, usd_per_gpu_hour=4.0)
+_HARDWARE = ("nvlink_gbps", "network_gbps", "gpu_tflops", "usd_per_gpu_hour")
+"""The hardware settings of a cluster (None: from the GPU)."""
+
+_DEFAULT_EFFICIENCY = Efficiency()
+
+
+@functools.lru_cache(maxsize=256)
+def _figures(cluster: Cluster, precision: str, efficiency: Efficiency,
+             gpu: GPU | str) -> HardwareFigures:
+    """:meth:`Cluster.figures` (cached: the solver asks for every candidate it scores)."""
+    try:
+        g = gpu if isinstance(gpu, GPU) else gpu_preset(gpu)
+    except InputError as exc:
+        raise ClusterError(str(exc)) from None
+    if cluster.gpu_tflops is not None:
+        # the user's figure stands for every precision: the GPU's peak is not needed
+        tflops = cluster.gpu_tflops
+        base = effective_figures(g, _any_precision(g), efficiency)
+    else:
+        base = effective_figures(g, precision, efficiency)
+        tflops = base.tflops
+    values = {"tflops": tflops, "nvlink_gbps": cluster.nvlink_gbps,
+              "network_gbps": cluster.network_gbps, "usd_per_gpu_hour": cluster.usd_per_gpu_hour}
+    sources = dict(base.sources)
+    out = {}
+    for k in ("tflops", "nvlink_gbps", "network_gbps", "usd_per_gpu_hour"):
+        mine = values[k] if k != "tflops" else cluster.gpu_tflops
+        if mine is not None:
+            out[k] = float(mine)
+            sources[k] = SET_BY_CLUSTER
+        else:
+            out[k] = float(getattr(base, k))
+    return HardwareFigures(gpu=g.name, precision=precision, hbm_tbps=base.hbm_tbps,
+                           sources=tuple(sources.items()), **out)
+
+
+def _any_precision(g: GPU) -> str:
+    return "fp8" if g.fp8_tflops > 0 else "bf16"
+
 
 PRESETS: dict[str, Cluster] = {
-    "deepseek-prefill": Cluster(4, 8, 9, name="deepseek-prefill", gpu="h800",
-                                **_H800),  # type: ignore[arg-type]
-    "deepseek-decode": Cluster(18, 8, 2, name="deepseek-decode", gpu="h800",
-                               **_H800),  # type: ignore[arg-type]
-    "gb200-nvl72": Cluster(1, 72, 4, name="gb200-nvl72", gpu="gb200",
-                           **_GB200),  # type: ignore[arg-type]
-    "h100-2x8": Cluster(2, 8, 18, name="h100-2x8", gpu="h100", **_H100),  # type: ignore[arg-type]
-    "h200-2x8": Cluster(2, 8, 18, name="h200-2x8", gpu="h200", **_H200),  # type: ignore[arg-type]
+    "deepseek-prefill": Cluster(4, 8, 9, name="deepseek-prefill", gpu="h800"),
+    "deepseek-decode": Cluster(18, 8, 2, name="deepseek-decode", gpu="h800"),
+    "gb200-nvl72": Cluster(1, 72, 4, name="gb200-nvl72", gpu="gb200"),
+    "h100-2x8": Cluster(2, 8, 18, name="h100-2x8", gpu="h100"),
+    "h200-2x8": Cluster(2, 8, 18, name="h200-2x8", gpu="h200"),
 }
 """Deployments users run. DeepSeek's prefill (EP32, 9 slots) and decode (EP144, 2 slots) as
 published; a GB200 NVL72 domain with 4 slots per GPU (288 slots); 2 nodes of 8 H100/H200 with 18
-slots per GPU (288 slots)."""
+slots per GPU (288 slots). Each names its GPU only: its links, TFLOP/s and price are the GPU's
+(:meth:`Cluster.figures`)."""
 
 
 _FLAGS = {"num_nodes": "--nodes", "gpus_per_node": "--gpus-per-node",

@@ -5,8 +5,9 @@ planning traces with the optimizer at several settings (``balance``; ``traffic``
 ``balance_tolerance``; the default ``time``), makes the baselines (EPLB, EPLB's global policy,
 the engines' contiguous default) from the same input, replays every plan on the held-out traces
 (:func:`placement.validation.replay`, the engines' static rule) and returns their cross-node
-sends per token, imbalance and predicted MoE layer time (:func:`placement.moe_time.layer_times`)
-side by side. :func:`frontier_figure` draws sends against imbalance.
+sends per token, imbalance and predicted MoE layer time (:func:`placement.moe_time.layer_times`,
+at the cluster's hardware figures: :meth:`placement.cluster.Cluster.figures`) side by side.
+:func:`frontier_figure` draws sends against imbalance.
 
     from placement import Cluster, load_trace
     from placement.frontier import format_frontier, frontier, frontier_figure
@@ -28,9 +29,11 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import InputError
+from placement.hardware import HardwareFigures
 from placement.models import ModelShape
 from placement.moe_time import layer_times
 from placement.plan import Plan
+from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
 from placement.solver import BASELINES, SolveOptions, baseline_plan, solve
 from placement.solver.problem import ProblemData, resolve_model
@@ -114,12 +117,19 @@ class Frontier:
         """A readable table (:func:`format_frontier`)."""
         return format_frontier(self)
 
+    @property
+    def figures(self) -> HardwareFigures:
+        """The hardware figures of the predicted times (the cluster's at the model's
+        precision: the solver's and the cost model's numbers)."""
+        return self.cluster.figures(self.model.matmul_precision)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready figures (no plans)."""
         return {
             "cluster": self.cluster.shape,
             "model": self.model.name,
             "overlap": self.overlap,
+            "hardware": self.figures.to_dict(),
             "heldout_tokens": self.heldout_tokens,
             "points": [
                 {"label": p.label, "method": p.method, "objective": p.objective,
@@ -132,15 +142,16 @@ class Frontier:
         }
 
 
-def _judge(plan: Plan, heldout: Sequence[Trace], model: ModelShape,
+def _judge(plan: Plan, heldout: Sequence[Trace | ShardedTrace], model: ModelShape,
            overlap: str) -> tuple[float, float, float, float]:
     """``(imbalance, sends, copies, predicted time)`` of ``plan`` on the held-out traces:
-    every trace replayed, the figures weighted by its tokens."""
+    every trace replayed (a sharded one shard by shard), the figures weighted by its tokens."""
     from placement.validation import replay
+    from placement.validation.sharded import replay_sharded
 
     imb, sends, copies, times, weights = [], [], [], [], []
     for t in heldout:
-        res = replay(plan, t)
+        res = replay_sharded(plan, t) if isinstance(t, ShardedTrace) else replay(plan, t)
         traffic = res.per_gpu_traffic()
         s = res.mean_cross_node_sends_per_token
         cp = res.mean_cross_node_copies_per_token
@@ -160,7 +171,7 @@ def _judge(plan: Plan, heldout: Sequence[Trace], model: ModelShape,
 
 def frontier(
     plan_from: Trace | Sequence[Trace],
-    heldout: Trace | Sequence[Trace],
+    heldout: Trace | ShardedTrace | Sequence[Trace | ShardedTrace],
     cluster: Cluster,
     *,
     tolerances: Sequence[float] = DEFAULT_TOLERANCES,
@@ -172,7 +183,8 @@ def frontier(
 
     Args:
         plan_from: the token-level traces the plans are made from.
-        heldout: token-level traces of other windows (never the planning ones).
+        heldout: token-level traces of other windows (never the planning ones); a sharded
+            trace is replayed shard by shard.
         cluster: the cluster.
         tolerances: ``balance_tolerance`` of the ``traffic`` points (``balance`` and the
             default ``time`` are always solved).
@@ -183,7 +195,8 @@ def frontier(
         A :class:`Frontier`.
     """
     plan_traces = [plan_from] if isinstance(plan_from, Trace) else list(plan_from)
-    held = [heldout] if isinstance(heldout, Trace) else list(heldout)
+    held: list[Trace | ShardedTrace] = (
+        [heldout] if isinstance(heldout, (Trace, ShardedTrace)) else list(heldout))
     if not held or not all(t.is_token_level for t in held + plan_traces):
         raise InputError("the frontier needs token-level planning and held-out traces.")
     for tol in tolerances:

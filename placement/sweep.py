@@ -363,7 +363,9 @@ def _point(traces: Sequence[Trace], heldout: Sequence[Trace], model: ModelShape,
             f"{P} slots do not divide over {G} GPUs"), **base)
     slots = P // G
     g = options.gpu_spec
-    cluster = Cluster.for_gpu(g, nodes, gpn, slots, name=f"{nodes}x{gpn}")
+    # the solver's predicted time and the cost below use the same figures of this GPU
+    cluster = Cluster.for_gpu(g, nodes, gpn, slots, name=f"{nodes}x{gpn}",
+                              precision=model.matmul_precision, efficiency=options.efficiency)
     weights = (model.non_routed_weight_bytes + slots * model.num_moe_layers * model.expert_bytes)
     usable = (g.memory_gb - options.workload.reserve_gb(g)) * 1e9
     if weights > usable:

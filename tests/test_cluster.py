@@ -73,6 +73,10 @@ def test_toml_round_trip_and_errors(tmp_path: Path) -> None:
     assert c.slots_per_gpu == c.memory.max_slots_per_gpu() if c.memory else False
     assert c.network_gbps == 25.0
     assert Cluster.from_dict(c.to_dict()) == c
+    # the one figure set stands; the others are the default GPU's (h800)
+    f = c.figures("fp8")
+    assert (f.network_gbps, f.nvlink_gbps, f.explicit) == (25.0, 160.0, ("network_gbps",))
+    assert "network_gbps" in c.to_dict() and "nvlink_gbps" not in c.to_dict()
     bad = tmp_path / "bad.toml"
     bad.write_text("num_nodes = 2\ngpus_per_node = 8\nslots_per_gpu = 2\nwarp = 9\n")
     with pytest.raises(ClusterError, match=r"bad.toml: Unknown cluster setting\(s\): warp"):
@@ -150,9 +154,13 @@ def test_memory_breakdown_is_checked_and_round_trips() -> None:
 def test_clusters_know_their_gpu() -> None:
     assert PRESETS["deepseek-prefill"].gpu == "h800" and PRESETS["gb200-nvl72"].gpu == "gb200"
     c = Cluster.for_gpu("h200", 2, 8, 18)
-    assert (c.gpu, c.nvlink_gbps, c.network_gbps, c.usd_per_gpu_hour) == ("h200", 360.0, 40.0, 3.0)
-    assert c.gpu_tflops == pytest.approx(400.0)
-    assert Cluster.for_gpu("h800", 4, 8, 9).nvlink_gbps == 160.0  # as DeepEP measures
+    # a preset GPU is named only: its figures come from the GPU at DeepSeek's kernel shares
+    assert (c.gpu, c.nvlink_gbps, c.network_gbps, c.gpu_tflops, c.usd_per_gpu_hour) == (
+        "h200", None, None, None, None)
+    f = c.figures("fp8")
+    assert (f.gpu, f.nvlink_gbps, f.network_gbps, f.usd_per_gpu_hour) == ("h200", 360.0, 40.0, 3.0)
+    assert f.tflops == pytest.approx(1979 * 0.6) and c.price() == 3.0
+    assert Cluster.for_gpu("h800", 4, 8, 9).figures().nvlink_gbps == 160.0  # as DeepEP measures
     assert Cluster(1, 8, 2, gpu="H100").gpu == "h100"
     with pytest.raises(ClusterError, match="Unknown GPU 'tpu'; choose one of: h800"):
         Cluster(1, 8, 2, gpu="tpu")

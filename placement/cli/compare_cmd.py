@@ -31,7 +31,10 @@ from placement.report.comparison import BASELINES
 from placement.validation import DEVICES, RULES
 
 if TYPE_CHECKING:
+    from placement.cluster import Cluster
+    from placement.frontier import Frontier
     from placement.plan import Plan
+    from placement.routing_traces.sharded import ShardedTrace
     from placement.routing_traces.trace import Trace
 
 __all__ = ["baseline_sources", "compare_cmd", "is_plan_file"]
@@ -67,6 +70,28 @@ def baseline_sources(
     return recorded
 
 
+def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], cluster: Cluster,
+              *, model_name: str | None, overlap: str) -> Frontier | None:
+    """``--frontier``: :func:`placement.frontier.frontier` on the planning traces (the
+    baselines' data) judged on the held-out ones; None, with one line said, when the inputs
+    cannot give one."""
+    from placement.frontier import frontier
+    from placement.solver import SolveOptions
+
+    if not plan_from:
+        click.echo("no frontier: it solves the traces the plans were made from; give "
+                   "--baseline-from TRACE")
+        return None
+    if not all(t.is_token_level for t in (*plan_from, *heldout)):
+        click.echo("no frontier: the balance/traffic trade-off needs token-level traces "
+                   "(planning and held-out); these hold aggregated counts")
+        return None
+    with progress_bar("frontier", "plans") as progress:
+        return frontier(plan_from, heldout, cluster,
+                        options=SolveOptions(model=model_name, overlap=overlap),
+                        progress=progress)
+
+
 @main.command("compare", short_help="Compare plans with baselines on held-out traces.")
 @click.argument("inputs", nargs=-1, required=True, metavar="TRACE... PLAN...")
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(BASELINES),
@@ -82,15 +107,21 @@ def baseline_sources(
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="Compute/communication overlap in the cost model.")
 @click.option("--efficiency", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
-              show_default=True, help="Share of the cluster's TFLOP/s the expert GEMMs reach.")
+              show_default=True,
+              help="A further share of the cluster's GEMM TFLOP/s (already the GPU's peak x "
+                   "DeepGEMM's 0.6, as in the solver's predicted time) in the cost model.")
 @click.option("--price", type=click.FloatRange(min=0), default=None,
-              help="$ per GPU-hour [default: the cluster's].")
+              help="$ per GPU-hour [default: the cluster's, else its GPU's].")
 @click.option("--layer", type=int, default=None,
               help="Decoder layer of the traffic-matrix figure [default: the busiest].")
 @click.option("--dispatch", type=click.Choice(RULES), default="static", show_default=True,
               help="Dispatch rule of the replays.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the replays run.")
+@click.option("--frontier", "with_frontier", is_flag=True,
+              help="Also solve the planning traces at several balance/traffic trade-offs and "
+                   "judge every plan held out beside EPLB, EPLB-global and contiguous: "
+                   "frontier.png, frontier.json and a report section (token-level traces).")
 @click.option("--allow-overlap", is_flag=True,
               help="Accept held-out traces that share windows with the data the plans were "
                    "made from (in-sample figures, for diagnosis).")
@@ -101,7 +132,8 @@ def baseline_sources(
 def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
                 baseline_from: tuple[str, ...], model_name: str | None, overlap: str,
                 efficiency: float, price: float | None, layer: int | None, dispatch: str,
-                device: str, allow_overlap: bool, out_dir: str, **cluster_kwargs: Any) -> None:
+                device: str, with_frontier: bool, allow_overlap: bool, out_dir: str,
+                **cluster_kwargs: Any) -> None:
     """Replay PLANs and baselines on held-out TRACEs and write a report.
 
     Arguments are held-out traces and plan files in any order (a plan file is JSON with
@@ -150,8 +182,8 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
              for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
     traces: list[Trace | ShardedTrace] = [h.trace for h in held]
     needs_data = any(b != "contiguous" for b in chosen)
-    sources = baseline_sources(baseline_from, plans, plan_files, trace_files) if needs_data \
-        else []
+    sources = baseline_sources(baseline_from, plans, plan_files, trace_files) \
+        if (needs_data or with_frontier) else []
     if needs_data and not sources:
         raise InputError(
             "the EPLB baseline needs the traces the plans were made from: give --baseline-from "
@@ -187,7 +219,9 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
         import dataclasses
 
         cmp = dataclasses.replace(cmp, messages=(*cmp.messages, *notes))
-    paths = write_report(cmp, out_dir, layer=layer)
+    fr = _frontier(base_inputs, traces, cmp.cluster, model_name=model.name if model else None,
+                   overlap=overlap) if with_frontier else None
+    paths = write_report(cmp, out_dir, layer=layer, frontier=fr)
     if model is None:
         echo_err("note: model shape unknown, so no bytes, tokens/s or $: give --model NAME.")
     elif model_name is None:

@@ -18,11 +18,12 @@ __all__ = ["demo"]
                    "directory, never inside a repository checkout].")
 @click.option("--trace", "source", default="bundled:deepseek-v3-workloads", show_default=True,
               help="Trace with 2+ windows: plan on the first half, judge on the rest.")
-@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=20.0,
-              show_default=True, help="Seconds for the solve.")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds for the solve, a safety net (the search is bounded by work) "
+                   "[default: solve's, 600].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
-def demo(out_dir: Path | None, source: str, time_limit: float, seed: int,
+def demo(out_dir: Path | None, source: str, time_limit: float | None, seed: int,
          **kwargs: object) -> None:
     """Solve, validate, export and compare on a bundled trace (default cluster: DeepSeek's
     prefill deployment, 4 nodes x 8 GPUs x 9 slots)."""
@@ -36,6 +37,7 @@ def demo(out_dir: Path | None, source: str, time_limit: float, seed: int,
     click.echo(f"cluster: {cluster.summary()}")
     with progress_bar("solving layers") as progress:
         result = run_demo(out_dir, source=source, cluster=cluster,
-                          options=SolveOptions(time_limit=time_limit, seed=seed),
+                          options=(SolveOptions(seed=seed) if time_limit is None
+                                   else SolveOptions(time_limit=time_limit, seed=seed)),
                           step=click.echo, progress=progress)
     click.echo(format_demo(result))

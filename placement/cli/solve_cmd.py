@@ -106,6 +106,7 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
         "objective_ratio": result.objective_ratio(),
         "fell_back_layers": result.fell_back,
         "time_limit_layers": result.cut_layers,
+        "hardware": s.get("hardware"),
         "bound_of": s.get("bound_of"),
         "bounded_layers": len(rows),
         "lower_bound": None if not rows or p.lower_bound is None

@@ -9,10 +9,12 @@ replay's measured imbalance and traffic in the MoE layers.
 The routed-expert part:
 
 For every replayed layer, from the GPU loads and the all-to-all traffic a replay measured
-(:class:`~placement.validation.ValidationResult`), the cluster's link bandwidths and GPU
-throughput (:class:`~placement.cluster.Cluster`) and the model's shape (:class:`ModelShape`)::
+(:class:`~placement.validation.ValidationResult`), the cluster's hardware figures
+(:meth:`~placement.cluster.Cluster.figures` at the model's precision and the full step's kernel
+shares: the numbers the solver's predicted time uses) and the model's shape
+(:class:`ModelShape`)::
 
-    compute  = max_g load[g] * 6 * hidden * moe_intermediate / (gpu_tflops * 1e12 * efficiency)
+    compute  = max_g load[g] * 6 * hidden * moe_intermediate / (tflops * 1e12 * efficiency)
     dispatch = max_g max(intra_send[g] * hidden * b_dispatch / (nvlink_gbps * 1e9),
                          net_send[g]   * hidden * b_dispatch / (network_gbps * 1e9))
     combine  = max_g max(intra_recv[g] * hidden * b_combine / (nvlink_gbps * 1e9),
@@ -50,7 +52,7 @@ from placement._util import format_si
 from placement.cluster import Cluster
 from placement.cost.step import Efficiency, MoeLoad, StepEstimate, Workload, estimate_step
 from placement.errors import InputError
-from placement.hardware import gpu_preset
+from placement.hardware import HardwareFigures, gpu_preset
 from placement.models import ModelShape
 from placement.moe_time import OVERLAPS, layer_times
 from placement.validation import ValidationResult
@@ -69,15 +71,17 @@ class CostOptions:
 
     Args:
         overlap: ``"two-batch"`` (default: DeepSeek's dual micro-batch overlap) or ``"none"``.
-        efficiency: share of ``cluster.gpu_tflops`` the expert GEMMs reach, in (0, 1] (the
-            routed-expert part only).
+        efficiency: a further share of the cluster's GEMM TFLOP/s (already the GPU's peak x
+            the GEMM share of ``step_efficiency``), in (0, 1] (the routed-expert part only;
+            1: the figures as they are).
         usd_per_gpu_hour: price per GPU-hour (default: the cluster's, or the GPU's for the full
             step).
         workload: cost the full serving step of this phase and context instead of the
             routed-expert part (its ``overlap`` is used then); None: the routed-expert part.
         gpu: GPU preset name for the full step (default: ``cluster.gpu``).
-        step_efficiency: kernel efficiencies of the full step (default
-            :class:`~placement.cost.step.Efficiency`).
+        step_efficiency: kernel efficiencies (default
+            :class:`~placement.hardware.Efficiency`): of the full step, and the shares of the
+            hardware figures of the routed-expert part.
     """
 
     overlap: str = "two-batch"
@@ -127,6 +131,12 @@ class CostEstimate:
     combine_s: np.ndarray | None
     layer_s: np.ndarray
     step: StepEstimate | None = None
+
+    @property
+    def figures(self) -> HardwareFigures:
+        """The hardware figures of the routed-expert part (the solver's, for this cluster)."""
+        return self.cluster.figures(self.model.matmul_precision, self.options.step_efficiency,
+                                    gpu=self.options.gpu)
 
     @property
     def compute_only(self) -> bool:
@@ -199,11 +209,13 @@ def estimate_cost(
         tokens = np.asarray(result.tokens, dtype=np.float64)
     else:
         tokens = loads.sum(axis=1) / model.top_k
+    figures = c.figures(model.matmul_precision, options.step_efficiency, gpu=options.gpu)
     compute, dispatch, combine, layer = layer_times(
         loads, c, model, traffic=result.per_gpu_traffic(), overlap=options.overlap,
-        efficiency=options.efficiency,
+        efficiency=options.efficiency, figures=figures,
     )
-    price = c.usd_per_gpu_hour if options.usd_per_gpu_hour is None else options.usd_per_gpu_hour
+    price = c.price(options.gpu) if options.usd_per_gpu_hour is None \
+        else options.usd_per_gpu_hour
     step = None
     if options.workload is not None:
         step = estimate_step(
@@ -226,11 +238,13 @@ def format_cost(est: CostEstimate) -> str:
         from placement.cost.step import format_step
 
         return format_step(est.step)
+    f = est.figures
     lines = [
         f"model {est.model.name} on {est.cluster.summary()}",
+        f"hardware: {f.summary()}",
         f"overlap {est.options.overlap}, GEMM efficiency {est.options.efficiency:g} of "
-        f"{est.cluster.gpu_tflops:g} TFLOP/s, NVLink {est.cluster.nvlink_gbps:g} GB/s, network "
-        f"{est.cluster.network_gbps:g} GB/s per GPU",
+        f"{f.tflops:.0f} TFLOP/s, NVLink {f.nvlink_gbps:g} GB/s, network "
+        f"{f.network_gbps:g} GB/s per GPU",
         f"estimated tokens/s (MoE part only, upper bound): {format_si(est.tokens_per_s)} for the "
         f"cluster, {format_si(est.tokens_per_s_per_node)} per node",
         f"estimated $ per million tokens: {est.usd_per_million_tokens:.4f} at "

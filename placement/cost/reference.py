@@ -140,7 +140,7 @@ class ReferencePoint:
 
 
 def _moe_only(cluster: Cluster, model: ModelShape, imbalance: float,
-              options: CostOptions) -> CostEstimate:
+              options: CostOptions, efficiency: Efficiency | None = None) -> CostEstimate:
     G = cluster.num_gpus
     T = 1000.0 * G  # any batch: every figure is linear in it
     loads = np.full((1, G), T * model.top_k / G)
@@ -149,8 +149,9 @@ def _moe_only(cluster: Cluster, model: ModelShape, imbalance: float,
     compute, dispatch, combine, layer = layer_times(
         loads, cluster, model, traffic=traffic, overlap=options.overlap,
         efficiency=options.efficiency,
+        figures=cluster.figures(model.matmul_precision, efficiency),
     )
-    price = cluster.usd_per_gpu_hour if options.usd_per_gpu_hour is None \
+    price = cluster.price() if options.usd_per_gpu_hour is None \
         else options.usd_per_gpu_hour
     return CostEstimate(
         model=model, cluster=cluster, options=options, usd_per_gpu_hour=float(price),
@@ -198,7 +199,7 @@ def deepseek_reference_comparison(
         moe = MoeLoad.uniform(c, model.top_k, imb[phase])
         step = estimate_step(model, c, w, gpu=c.gpu or "h800", efficiency=efficiency, moe=moe,
                              usd_per_gpu_hour=options.usd_per_gpu_hour)
-        bound = _moe_only(c, model, imb[phase], options)
+        bound = _moe_only(c, model, imb[phase], options, efficiency)
         full = CostEstimate(
             model=model, cluster=c, options=options, usd_per_gpu_hour=step.usd_per_gpu_hour,
             layer_ids=bound.layer_ids, tokens=bound.tokens, compute_s=bound.compute_s,

@@ -47,7 +47,7 @@ import numpy as np
 from placement._util import format_si
 from placement.cluster import Cluster
 from placement.errors import InputError
-from placement.hardware import GPU, gpu_preset
+from placement.hardware import GPU, Efficiency, HardwareFigures, gpu_preset
 from placement.models import ModelShape
 
 __all__ = [
@@ -73,67 +73,6 @@ DEFAULT_PREFILL_TOKENS = 16384
 prefill profile (``deepseek-ai/profile-data``: EP32, 4K prompts, 16K tokens per GPU)."""
 
 GB = 1e9
-
-
-def _check_share(name: str, v: float) -> None:
-    if isinstance(v, bool) or not (isinstance(v, (int, float)) and math.isfinite(v) and 0 < v <= 1):
-        raise InputError(f"Expected efficiency.{name} in (0, 1], got {v!r}.")
-
-
-@dataclass(frozen=True)
-class Efficiency:
-    """Shares of a GPU's peaks that the kernels of a serving step reach.
-
-    The defaults are DeepSeek's own kernels on H800, as their READMEs publish them (and are
-    applied to every GPU: an assumption):
-
-    Args:
-        gemm: compute-bound GEMMs, share of dense FP8/BF16 peak. DeepGEMM (Feb 2025 README):
-            1,093-1,297 TFLOPS for the prefill MoE grouped GEMMs and 990-1,358 for dense
-            GEMMs with M=4096, of 1,979: 0.6.
-        attention: core attention, share of BF16 peak. FlashMLA: 580 of 989 TFLOPS: 0.59.
-        memory: memory-bound GEMMs (weights read), share of HBM bandwidth. DeepGEMM with
-            M=64-128 (decode shapes): 1.5-2.7 TB/s, median about 2.3, of 3.35: 0.7.
-        kv_read: KV cache read by core attention. FlashMLA: 3,000 of 3,350 GB/s: 0.9.
-        network: inter-node all-to-all, share of the NIC. DeepEP low-latency kernels at EP128-256:
-            39-40 GB/s of a 400 Gb/s (50 GB/s) NIC; normal kernels 43-58 GB/s: 0.8.
-        nvlink: intra-node all-to-all, share of NVLink. DeepEP intranode: 153-158 GB/s on
-            H800 (~200 GB/s per direction): 0.8.
-        comm_sms: SMs the prefill all-to-all kernels hold while the two micro-batches overlap
-            (DeepSeek's prefill profile: 24 of 132; decode's low-latency kernels hold none).
-    """
-
-    gemm: float = 0.6
-    attention: float = 0.59
-    memory: float = 0.7
-    kv_read: float = 0.9
-    network: float = 0.8
-    nvlink: float = 0.8
-    comm_sms: int = 24
-
-    def __post_init__(self) -> None:
-        for name in ("gemm", "attention", "memory", "kv_read", "network", "nvlink"):
-            _check_share(name, getattr(self, name))
-        if isinstance(self.comm_sms, bool) or not isinstance(self.comm_sms, int) \
-                or self.comm_sms < 0:
-            raise InputError(f"Expected efficiency.comm_sms >= 0 (an integer), got "
-                             f"{self.comm_sms!r}.")
-
-    def lines(self) -> list[str]:
-        """The shares, one assumption per line."""
-        return [
-            f"compute-bound GEMMs at {self.gemm:g} of dense peak (DeepGEMM on H800: "
-            "1.1-1.3 of 1.98 PFLOPS FP8)",
-            f"core attention at {self.attention:g} of BF16 peak (FlashMLA on H800: 580 of "
-            "989 TFLOPS)",
-            f"memory-bound GEMMs at {self.memory:g} of HBM bandwidth (DeepGEMM, M=64-128: "
-            "1.5-2.7 of 3.35 TB/s)",
-            f"KV cache reads at {self.kv_read:g} of HBM bandwidth (FlashMLA: 3.0 of 3.35 TB/s)",
-            f"all-to-all at {self.network:g} of the NIC and {self.nvlink:g} of NVLink (DeepEP: "
-            "39-58 GB/s of 50; 153-158 of ~200 GB/s)",
-            f"prefill all-to-all holds {self.comm_sms} SMs (DeepSeek's prefill profile: 24 of "
-            "132)",
-        ]
 
 
 @dataclass(frozen=True)
@@ -359,6 +298,8 @@ class StepEstimate:
             ``LM head``, ``dispatch``, ``combine``).
         memory: GB per GPU: ``gpu``, ``non-routed weights``, ``routed experts``, ``runtime
             reserve``, ``KV cache``; and ``kv_tokens`` (tokens the KV cache holds).
+        figures: the hardware figures of the GEMMs and the all-to-all
+            (:meth:`~placement.cluster.Cluster.figures`: the solver's numbers for this cluster).
     """
 
     model: ModelShape
@@ -376,6 +317,7 @@ class StepEstimate:
     step_s: float
     parts: dict[str, float] = field(default_factory=dict)
     memory: dict[str, float] = field(default_factory=dict)
+    figures: HardwareFigures | None = None
 
     @property
     def computed_tokens_per_s_per_gpu(self) -> float:
@@ -447,11 +389,15 @@ class _Roofline:
     def __init__(self, model: ModelShape, gpu: GPU, cluster: Cluster, workload: Workload,
                  eff: Efficiency, moe: MoeLoad) -> None:
         self.m, self.g, self.c, self.w, self.e, self.moe = model, gpu, cluster, workload, eff, moe
+        # the GEMMs and the all-to-all: the cluster's figures, as the solver's predicted time
+        f = cluster.figures(model.matmul_precision, eff, gpu=gpu)
+        self.figures = f
         self.hbm = gpu.hbm_tbps * 1e12
-        self.peak = gpu.tflops(model.matmul_precision) * 1e12
+        self.gemm_flops = f.tflops * 1e12  # achieved: peak x e.gemm, or the user's figure
+        self.hbm_gemm = f.hbm_tbps * 1e12  # achieved: HBM x e.memory
         self.bf16 = gpu.tflops("bf16") * 1e12
-        self.net = gpu.network_gbps * 1e9 * eff.network
-        self.nvl = gpu.nvlink_gbps * 1e9 * eff.nvlink
+        self.net = f.network_gbps * 1e9
+        self.nvl = f.nvlink_gbps * 1e9
         two = workload.overlap == "two-batch"
         self.sm_share = 1.0 - eff.comm_sms / gpu.num_sms \
             if (two and workload.phase == "prefill") else 1.0
@@ -463,11 +409,10 @@ class _Roofline:
         self.pre_params = model.attention_params - self.o_params
 
     def gemm(self, params: float, tokens: float, *, share: float, bytes_per: float | None = None,
-             peak: float | None = None) -> float:
+             flops: float | None = None) -> float:
         b = self.m.weight_bytes_per_param if bytes_per is None else bytes_per
-        p = self.peak if peak is None else peak
-        return max(2.0 * params * tokens / (p * self.e.gemm * share),
-                   params * b / (self.hbm * self.e.memory))
+        p = self.gemm_flops if flops is None else flops
+        return max(2.0 * params * tokens / (p * share), params * b / self.hbm_gemm)
 
     def pieces(self, t: float, seqs: float, share: float) -> dict[str, np.ndarray | float]:
         """Seconds of every piece for a micro-batch of ``t`` tokens (``seqs`` sequences)."""
@@ -480,7 +425,7 @@ class _Roofline:
             # cached prefix tokens need their keys and values up-projected again (kv_b)
             cached = t * w.cache_hit_rate / (1.0 - w.cache_hit_rate)
             kv_b = m.kv_lora_rank * m.num_attention_heads * (m.qk_nope_head_dim + m.v_head_dim)
-            a0 += 2.0 * kv_b * cached / (self.peak * e.gemm * share)
+            a0 += 2.0 * kv_b * cached / (self.gemm_flops * share)
         core_flops = t * m.attention_flops(ctx, absorbed=decode) / (self.bf16 * e.attention * share)
         if decode:
             kv_read = seqs * w.context * kv_layer
@@ -492,8 +437,8 @@ class _Roofline:
             else 0.0
         moe = self.moe
         exp_flops = 2.0 * m.expert_params * t * m.top_k * moe.imbalance / \
-            (self.peak * e.gemm * share)
-        exp_read = self.c.slots_per_gpu * m.expert_bytes / (self.hbm * e.memory)
+            (self.gemm_flops * share)
+        exp_read = self.c.slots_per_gpu * m.expert_bytes / self.hbm_gemm
         experts = np.maximum(exp_flops, exp_read)
         h = m.hidden_size
         cross = moe.copies if decode else moe.sends
@@ -511,7 +456,7 @@ class _Roofline:
                    + self.gemm(self.o_params, t, share=1.0))
         head_tokens = t if decode else seqs
         head = self.gemm(m.vocab_size * h, head_tokens, share=1.0,
-                         bytes_per=m.embedding_bytes_per_param, peak=self.bf16)
+                         bytes_per=m.embedding_bytes_per_param, flops=self.bf16 * e.gemm)
         return dict(a0=a0, a1=a1, core=core, shared=shared, experts=experts, disp=disp,
                     comb=comb, dense=dense, a_dense=a_dense, core_dense=core_dense, head=head)
 
@@ -575,7 +520,13 @@ def estimate_step(
         gpu: a :class:`~placement.hardware.GPU` or preset name (default: ``cluster.gpu``).
         efficiency: shares of the peaks (default :class:`Efficiency`).
         moe: per-layer imbalance and traffic (default: uniform routing, imbalance 1).
-        usd_per_gpu_hour: price (default: the GPU's).
+        usd_per_gpu_hour: price (default: the cluster's ``usd_per_gpu_hour`` when set, else the
+            GPU's).
+
+    The routed-expert GEMMs, the memory-bound GEMMs and the all-to-all take their numbers from
+    ``cluster.figures(model.matmul_precision, efficiency, gpu)``, the figures of the solver's
+    predicted time: a cluster's ``gpu_tflops``, ``nvlink_gbps`` and ``network_gbps``, when set,
+    override the GPU's (attention and the KV cache always use the GPU's peaks).
     """
     # 1. inputs
     workload = workload or Workload()
@@ -584,7 +535,7 @@ def estimate_step(
     g = _resolve_gpu(gpu, cluster)
     cluster.check_fits(model.num_experts)
     moe = moe or MoeLoad.uniform(cluster, model.top_k)
-    price = g.usd_per_gpu_hour if usd_per_gpu_hour is None else float(usd_per_gpu_hour)
+    price = cluster.price(g) if usd_per_gpu_hour is None else float(usd_per_gpu_hour)
     if not (math.isfinite(price) and price >= 0):
         raise InputError(f"Expected usd_per_gpu_hour >= 0, got {price!r}.")
     roof = _Roofline(model, g, cluster, workload, efficiency, moe)
@@ -605,7 +556,8 @@ def estimate_step(
         cap = int(kv_tokens * (1.0 - workload.cache_hit_rate))
     common: dict[str, Any] = dict(model=model, gpu=g, cluster=cluster, workload=workload,
                                   efficiency=efficiency, moe=moe, usd_per_gpu_hour=price,
-                                  max_batch_memory=max(cap, 0), memory=memory)
+                                  max_batch_memory=max(cap, 0), memory=memory,
+                                  figures=roof.figures)
     unit = "sequence" if workload.phase == "decode" else "prompt token"
     if cap < 1:
         need = (model.kv_bytes_per_token * (workload.context if workload.phase == "decode"
@@ -694,5 +646,7 @@ def format_step(est: StepEstimate) -> str:
                  f"{format_si(est.tokens_per_s_per_node)} per node")
     lines.append(f"$ per million {which.split()[0]} tokens: {est.usd_per_million_tokens:.4f} at "
                  f"${est.usd_per_gpu_hour:g} per GPU-hour")
+    if est.figures is not None:
+        lines.append(f"hardware of the GEMMs and the all-to-all: {est.figures.summary()}")
     lines.append("assumed: " + "; ".join(est.efficiency.lines()))
     return "\n".join(lines)

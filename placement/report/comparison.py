@@ -14,17 +14,20 @@ from placement._util import Progress
 from placement.cluster import Cluster
 from placement.cost import CostEstimate, CostOptions, ModelShape, estimate_cost
 from placement.errors import InputError
+from placement.hardware import HardwareFigures
 from placement.parallel import Backend
 from placement.plan import Plan
 from placement.routing_traces.sharded import ShardedTrace
 from placement.routing_traces.trace import Trace
+from placement.solver.registry import BASELINES as _REGISTRY_BASELINES
 from placement.validation import RULES, ValidationResult, replay
 
 __all__ = ["BASELINES", "Comparison", "SummaryRow", "compare", "moe_part_only"]
 
-BASELINES: tuple[str, ...] = ("eplb", "eplb-global", "contiguous")
-"""Baselines :func:`compare` can make: DeepSeek's EPLB (hierarchical when it applies, or
-global) and the engines' contiguous default (needs no data)."""
+BASELINES: tuple[str, ...] = _REGISTRY_BASELINES
+"""Baselines :func:`compare` can make: the solver registry's
+(:data:`placement.solver.registry.BASELINES`: DeepSeek's EPLB, hierarchical when it applies, or
+global, and the engines' contiguous default, which needs no data)."""
 
 
 
@@ -97,6 +100,14 @@ class Comparison:
     def cluster(self) -> Cluster:
         """The cluster of the plans."""
         return self.plans[0].cluster
+
+    @property
+    def figures(self) -> HardwareFigures:
+        """The hardware figures of the predicted times and tokens/s (the cluster's, at the
+        model's precision and the cost options' kernel shares: the solver's numbers)."""
+        o = self.cost_options
+        precision = self.model.matmul_precision if self.model is not None else "fp8"
+        return self.cluster.figures(precision, o.step_efficiency, gpu=o.gpu)
 
     @property
     def layer_ids(self) -> np.ndarray:

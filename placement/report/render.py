@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from placement._io import atomic_write_bytes, atomic_write_text
 from placement.cost import deepseek_reference_comparison, format_reference_comparison
@@ -13,14 +16,71 @@ from placement.report.comparison import Comparison
 from placement.report.figures import Figure, make_figures
 from placement.report.tables import format_summary_table, summary_cells, summary_header, verdict
 
-__all__ = ["render_html", "render_markdown", "write_report"]
+if TYPE_CHECKING:
+    from placement.frontier import Frontier
+
+__all__ = ["FRONTIER_FILES", "frontier_table", "render_html", "render_markdown", "write_report"]
+
+FRONTIER_FILES: tuple[str, ...] = ("frontier.png", "frontier.json")
+"""What :func:`write_report` adds to the report directory when given a frontier."""
+
+_FRONTIER_TITLE = "Balance against traffic: the frontier (held out)"
+
+
+def frontier_table(fr: Frontier) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the frontier section: every plan's held-out figures, and its
+    sends and predicted MoE layer time as ratios to EPLB's."""
+    from placement.solver.result import format_seconds
+
+    ref = next((p for p in fr.points if p.label == "eplb"), None)
+    header = ["plan", "imbalance (static)", "sends/token", "copies/token", "MoE layer time"]
+    if ref is not None:
+        header += ["sends/eplb", "time/eplb"]
+    rows = []
+    for p in fr.points:
+        row = [p.label, f"{p.imbalance:.4f}", f"{p.sends:.4f}", f"{p.copies:.4f}",
+               format_seconds(p.predicted_time)]
+        if ref is not None:
+            row += [f"{p.sends / ref.sends:.3f}" if ref.sends else "n/a",
+                    f"{p.predicted_time / ref.predicted_time:.3f}" if ref.predicted_time
+                    else "n/a"]
+        rows.append(row)
+    return header, rows
+
+
+def _frontier_caption(fr: Frontier) -> str:
+    return (f"The planning traces solved at several trade-offs (balance only; cross-node "
+            f"sends at balance tolerances; the predicted MoE layer time) beside the baselines, "
+            f"every plan judged on the held-out traces ({fr.heldout_tokens} tokens, static "
+            f"dispatch). MoE layer time: {fr.overlap} overlap, model {fr.model.name}, hardware "
+            f"{fr.figures.summary()}.")
+
+
+def _frontier_markdown(fr: Frontier) -> list[str]:
+    header, rows = frontier_table(fr)
+    lines = [f"## {_FRONTIER_TITLE}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", f"![frontier]({FRONTIER_FILES[0]})", "", _frontier_caption(fr), ""]
+    return lines
+
+
+def _frontier_png(fr: Frontier) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from placement.frontier import frontier_figure
+
+    fig = frontier_figure(fr)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _context_lines(cmp: Comparison) -> list[str]:
     c = cmp.cluster
     lines = [
-        f"- Cluster: {c.summary()}; NVLink {c.nvlink_gbps:g} GB/s, network {c.network_gbps:g} "
-        f"GB/s, {c.gpu_tflops:g} TFLOP/s per GPU.",
+        f"- Cluster: {c.summary()}; hardware {cmp.figures.summary()}.",
         "- Held-out traces: " + ", ".join(
             f"{n} ({'token-level' if tl else 'aggregated counts'})"
             for n, tl in zip(cmp.trace_names, cmp.traces_token_level, strict=True)) + ".",
@@ -47,8 +107,10 @@ def _context_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
-def render_markdown(cmp: Comparison, figures: Sequence[Figure]) -> str:
-    """``report.md``: context, summary table, verdict, figures (linked PNGs), reference."""
+def render_markdown(cmp: Comparison, figures: Sequence[Figure], *,
+                    frontier: Frontier | None = None) -> str:
+    """``report.md``: context, summary table, verdict, figures (linked PNGs), the frontier
+    (when given: a table and ``frontier.png``), reference."""
     ref = cmp.labels[cmp.reference] if cmp.reference is not None else None
     parts = ["# Expert placement: held-out comparison", ""]
     parts += _context_lines(cmp)
@@ -63,6 +125,8 @@ def render_markdown(cmp: Comparison, figures: Sequence[Figure]) -> str:
     parts.append("")
     for f in figures:
         parts += [f"## {f.title}", "", f"![{f.title}]({f.name})", "", f.caption, ""]
+    if frontier is not None:
+        parts += _frontier_markdown(frontier)
     parts += ["## DeepSeek's published figures vs this cost model", ""]
     parts.append(format_reference_comparison(deepseek_reference_comparison(
         options=cmp.cost_options)))
@@ -95,7 +159,8 @@ def _md_table_to_html(md: str) -> tuple[str, str]:
     return table, "".join(f"<p>{html.escape(p)}</p>" for p in rest)
 
 
-def render_html(cmp: Comparison, figures: Sequence[Figure]) -> str:
+def render_html(cmp: Comparison, figures: Sequence[Figure], *,
+                frontier: Frontier | None = None, frontier_png: bytes | None = None) -> str:
     """``report.html``: the same content, self-contained (figures as base64 PNG data URIs)."""
     ref = cmp.labels[cmp.reference] if cmp.reference is not None else None
     body = ["<h1>Expert placement: held-out comparison</h1>", "<ul>"]
@@ -112,6 +177,14 @@ def render_html(cmp: Comparison, figures: Sequence[Figure]) -> str:
         body += [f"<h2>{html.escape(f.title)}</h2>", "<figure>",
                  f'<img alt="{html.escape(f.title)}" src="data:image/png;base64,{data}">',
                  f"<figcaption>{html.escape(f.caption)}</figcaption>", "</figure>"]
+    if frontier is not None:
+        header, rows = frontier_table(frontier)
+        body += [f"<h2>{html.escape(_FRONTIER_TITLE)}</h2>", _html_table(header, rows)]
+        if frontier_png is not None:
+            data = base64.b64encode(frontier_png).decode("ascii")
+            body += ["<figure>", f'<img alt="frontier" src="data:image/png;base64,{data}">',
+                     f"<figcaption>{html.escape(_frontier_caption(frontier))}</figcaption>",
+                     "</figure>"]
     body.append("<h2>DeepSeek's published figures vs this cost model</h2>")
     table, text = _md_table_to_html(format_reference_comparison(
         deepseek_reference_comparison(options=cmp.cost_options)))
@@ -124,11 +197,14 @@ def render_html(cmp: Comparison, figures: Sequence[Figure]) -> str:
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(cmp: Comparison, out_dir: str | Path, *, layer: int | None = None) -> list[Path]:
+def write_report(cmp: Comparison, out_dir: str | Path, *, layer: int | None = None,
+                 frontier: Frontier | None = None) -> list[Path]:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``.
 
     ``layer``: decoder-layer id of the traffic matrix figure (default: the busiest layer of the
-    best plan). Every file is written atomically. Returns the paths written.
+    best plan). ``frontier`` (:func:`placement.frontier.frontier`): also ``frontier.png``,
+    ``frontier.json`` and a section in both documents. Every file is written atomically.
+    Returns the paths written.
     """
     out = Path(out_dir)
     figures = make_figures(cmp, layer=layer)
@@ -136,6 +212,14 @@ def write_report(cmp: Comparison, out_dir: str | Path, *, layer: int | None = No
     for f in figures:
         atomic_write_bytes(out / f.name, f.png)
         paths.append(out / f.name)
-    atomic_write_text(out / "report.md", render_markdown(cmp, figures))
-    atomic_write_text(out / "report.html", render_html(cmp, figures))
+    png: bytes | None = None
+    if frontier is not None:
+        png = _frontier_png(frontier)
+        atomic_write_bytes(out / FRONTIER_FILES[0], png)
+        atomic_write_text(out / FRONTIER_FILES[1],
+                          json.dumps(frontier.to_dict(), indent=2) + "\n")
+        paths += [out / n for n in FRONTIER_FILES]
+    atomic_write_text(out / "report.md", render_markdown(cmp, figures, frontier=frontier))
+    atomic_write_text(out / "report.html", render_html(cmp, figures, frontier=frontier,
+                                                       frontier_png=png))
     return [*paths, out / "report.md", out / "report.html"]

@@ -10,7 +10,9 @@ The figures carry the names of ``/work/shared/docs/definitions.md`` and the figu
 * token-level only: ``imbalance_static`` (the engines' static rule, all tokens pooled),
   ``cross_node_sends_per_token``, ``cross_node_copies_per_token``;
 * ``predicted_moe_layer_time``: seconds of :func:`placement.moe_time.layer_times` for the
-  pooled tokens (static loads and traffic; compute only for aggregated counts).
+  pooled tokens (static loads and traffic; compute only for aggregated counts), at the
+  cluster's hardware figures (:meth:`placement.cluster.Cluster.figures`, recorded in the plan's
+  ``settings["hardware"]``).
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def make_plan(
                                   overlap=options.overlap)
     settings = dict(settings or {})
     settings.setdefault("bound_of", robust_key(options.robust))
+    # the numbers of predicted_moe_layer_time (and of the time objective): the cluster's
+    settings.setdefault("hardware", c.figures(model.matmul_precision).to_dict())
     settings.setdefault("scenarios", problem.num_scenarios)
     return Plan(
         cluster=c,

@@ -21,6 +21,7 @@ __all__ = [
     "bounded_layers",
     "format_seconds",
     "format_solve_result",
+    "hardware_line",
     "solve_figures",
     "summary_figures",
 ]
@@ -151,6 +152,17 @@ def summary_figures(result: SolveResult) -> list[str]:
     return keys
 
 
+def hardware_line(plan: Plan) -> str | None:
+    """``hardware of the predicted time: h800 1187 TFLOP/s fp8, NVLink 160 GB/s, network 40
+    GB/s (where from)``, from the plan's ``settings["hardware"]``; None when the plan has no
+    predicted time."""
+    hw = plan.settings.get("hardware")
+    if "predicted_moe_layer_time" not in plan.objectives or not isinstance(hw, dict):
+        return None
+    summary = hw.get("summary")
+    return f"hardware of the predicted time: {summary}" if isinstance(summary, str) else None
+
+
 def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
     """Text summary: method, objective, status, time; the in-sample figures next to EPLB's;
     fallbacks, time-limit cuts, and the bound where it means something."""
@@ -172,6 +184,9 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
             line += f"; balance tolerance {float(s['balance_tolerance']):g}"
         lines.append(line)
     lines.append(f"status {p.status}, wall time {p.wall_time:.2f} s")
+    hw = hardware_line(p)
+    if hw is not None:
+        lines.append(hw)
     keys = summary_figures(result)
     ref = result.reference
     if keys:

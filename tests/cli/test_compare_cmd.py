@@ -130,3 +130,55 @@ def test_plan_detection(setup: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "counts.json").write_text(json.dumps({"logical_count": [[1, 2]]}))
     assert not is_plan_file(str(tmp_path / "counts.json"))
     assert not is_plan_file(str(tmp_path / "missing.json"))
+
+
+def test_frontier_writes_its_files_and_section(run, setup: dict[str, str]) -> None:
+    r = run("compare", setup["mine"], setup["held"], "--frontier", "--model", "mixtral-8x7b",
+            "--baseline", "eplb", "--baseline", "contiguous", "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    out = Path(setup["out"])
+    assert r.stdout.splitlines()[-1] == (
+        f"wrote 8 files to {setup['out']}: imbalance.png, cross_node_sends.png, "
+        "tokens_per_gpu.png, traffic_matrix.png, frontier.png, frontier.json, report.md, "
+        "report.html")
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    fr = json.loads((out / "frontier.json").read_text())
+    labels = [p["label"] for p in fr["points"]]
+    assert labels[0] == "optimizer (balance)" and "optimizer (time)" in labels
+    assert labels[-3:] == ["eplb", "eplb-global", "contiguous"]  # the registry's baselines
+    # the frontier's times are the solver's and the cost model's: the cluster's figures
+    assert fr["hardware"]["summary"] == Cluster(2, 2, 3).figures("bf16").summary()
+    # planned from the same data and judged on the same trace, EPLB is the same plan as the
+    # comparison's EPLB baseline: the same held-out imbalance
+    eplb = next(p for p in fr["points"] if p["label"] == "eplb")
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith("eplb "))
+    assert f"{eplb['imbalance_static']:.4f}" == row.split()[1]
+    md = (out / "report.md").read_text()
+    assert "## Balance against traffic: the frontier (held out)" in md
+    assert "| optimizer (time) | " in md and "![frontier](frontier.png)" in md
+    html = (out / "report.html").read_text()
+    assert "the frontier (held out)</h2>" in html and html.count("data:image/png;base64") == 5
+
+
+def test_frontier_on_counts_is_one_line_and_the_report_goes_on(
+        run, setup: dict[str, str], tmp_path: Path) -> None:
+    held = _trace(2)
+    counts = Trace(num_experts=E, counts=held.window_counts(), layer_ids=held.layer_ids,
+                   model="toy")
+    write_native(counts, tmp_path / "counts.npz")
+    r = run("compare", setup["mine"], str(tmp_path / "counts.npz"), "--frontier",
+            "--model", "mixtral-8x7b", "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    said = [ln for ln in r.stdout.splitlines() if ln.startswith("no frontier: ")]
+    assert said == ["no frontier: the balance/traffic trade-off needs token-level traces "
+                    "(planning and held-out); these hold aggregated counts"]
+    assert (Path(setup["out"]) / "report.md").exists()
+    assert not (Path(setup["out"]) / "frontier.png").exists()
+
+
+def test_frontier_without_planning_data_is_one_line(run, setup: dict[str, str]) -> None:
+    r = run("compare", setup["held"], setup["bare"], "--baseline", "contiguous", "--frontier",
+            "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    assert "no frontier: it solves the traces the plans were made from; give --baseline-from " \
+           "TRACE" in r.stdout.splitlines()

@@ -61,12 +61,16 @@ def test_solve_prints_the_summary_and_saves_the_plan(counts_file: Path, tmp_path
     assert lines[1] == ("objective time (predicted MoE layer time); model mixtral-8x7b "
                         "(guessed), two-batch overlap")
     assert lines[2].startswith("status OPTIMAL, wall time ")
-    assert lines[3] == f"{'in-sample, mean over layers':<34}{'plan':>12}{'eplb':>12}{'ratio':>8}"
-    assert lines[4].startswith("predicted MoE layer time (two-batch) ")
-    assert lines[5].startswith("imbalance (even) ")
-    assert lines[6].startswith("worst-window imbalance (even) ")
-    assert lines[7].startswith("objective (predicted compute time of the worst window): ")
-    assert lines[7].endswith(" x EPLB's, no layer worse")
+    # no GPU given: the default (H800) at the model's precision (Mixtral: BF16, 989 x 0.6)
+    assert lines[3] == ("hardware of the predicted time: h800 593 TFLOP/s bf16, NVLink 160 GB/s, "
+                        "network 40 GB/s (h800 peaks x DeepSeek's kernel shares: GEMM 0.6, "
+                        "NVLink 0.8, NIC 0.8)")
+    assert lines[4] == f"{'in-sample, mean over layers':<34}{'plan':>12}{'eplb':>12}{'ratio':>8}"
+    assert lines[5].startswith("predicted MoE layer time (two-batch) ")
+    assert lines[6].startswith("imbalance (even) ")
+    assert lines[7].startswith("worst-window imbalance (even) ")
+    assert lines[8].startswith("objective (predicted compute time of the worst window): ")
+    assert lines[8].endswith(" x EPLB's, no layer worse")
     assert "fell back to EPLB's placement: 0 of 2 layer(s)" in lines
     gap = [ln for ln in lines if ln.startswith("lower bound of worst-window imbalance (even): ")]
     assert len(gap) == 1 and gap[0].endswith("on 2 of 2 layer(s); gap mean 0.00 %, max 0.00 %")
@@ -97,6 +101,12 @@ def test_solve_json_and_per_layer(counts_file: Path, tmp_path: Path) -> None:
     assert data["fell_back_layers"] == [] and data["time_limit_layers"] == []
     assert set(data["plan"]) >= {"imbalance_even", "worst_window_imbalance_even",
                                  "predicted_moe_layer_time"}
+    hw = data["hardware"]
+    assert (hw["gpu"], hw["precision"], hw["nvlink_gbps"], hw["network_gbps"]) == (
+        "h800", "bf16", 160.0, 40.0)
+    assert hw["tflops"] == pytest.approx(989 * 0.6)
+    assert hw["sources"]["tflops"] == "h800 BF16 peak 989 x GEMM 0.6"
+    assert Plan.load(out).settings["hardware"] == hw  # the plan records what it was made for
     r = _run("solve", str(counts_file), "--nodes", "1", "--gpus-per-node", "4",
              "--slots-per-gpu", "3", "--per-layer", "-o", str(out))
     assert r.exit_code == 0, r.output

