@@ -79,29 +79,49 @@ _LAZY: dict[str, str] = {
     "SweepOptions": "placement.sweep",
     "SweepResult": "placement.sweep",
     "Frontier": "placement.frontier",
+    "Backend": "placement.parallel",
+    "Local": "placement.parallel",
+    "Processes": "placement.parallel",
+    "Ray": "placement.parallel",
+    "ShardedTrace": "placement.routing_traces.sharded",
+    "open_sharded": "placement.routing_traces.sharded",
+    "write_sharded": "placement.routing_traces.sharded",
+    "open_trace_source": "placement.routing_traces.sharded",
+    "convert_trace": "placement.routing_traces.convert",
+    "TraceStatistics": "placement.routing_traces.statistics",
+    "gather_statistics": "placement.routing_traces.statistics",
+    "DEFAULT_SAMPLE_TOKENS": "placement.routing_traces.statistics",
+    "Efficiency": "placement.hardware",
+    "HardwareFigures": "placement.hardware",
+    "effective_figures": "placement.hardware",
     "ValidationResult": "placement.validation",
     "replay": "placement.validation",
 }
 
 __all__ = [
     "BASELINES",
+    "DEFAULT_SAMPLE_TOKENS",
     "GPU",
     "GPU_PRESETS",
     "METHODS",
     "MODEL_PRESETS",
     "OBJECTIVES",
     "PRESETS",
+    "Backend",
     "CapabilityError",
     "Cluster",
     "ClusterError",
     "Comparison",
     "CostEstimate",
     "CostOptions",
+    "Efficiency",
     "EngineFormatError",
     "ExportResult",
     "Frontier",
+    "HardwareFigures",
     "ImportResult",
     "InputError",
+    "Local",
     "MemoryModel",
     "ModelShape",
     "PlacementError",
@@ -111,8 +131,11 @@ __all__ = [
     "PlanSource",
     "PlanView",
     "ProblemData",
+    "Processes",
+    "Ray",
     "ReplanOptions",
     "ReplanResult",
+    "ShardedTrace",
     "SimulateOptions",
     "SimulationResult",
     "SolveOptions",
@@ -123,20 +146,26 @@ __all__ = [
     "SweepResult",
     "Trace",
     "TraceFormatError",
+    "TraceStatistics",
     "ValidationResult",
     "WorkerError",
     "__version__",
     "compare",
+    "convert_trace",
     "describe_plan",
     "diff_plans",
+    "effective_figures",
     "estimate_cost",
     "export_plan",
+    "gather_statistics",
     "gpu_preset",
     "import_plan",
     "inspect_trace",
     "load_cluster",
     "load_trace",
     "model_preset",
+    "open_sharded",
+    "open_trace_source",
     "read_native",
     "read_plan",
     "replan",
@@ -146,6 +175,7 @@ __all__ = [
     "synthesize",
     "write_native",
     "write_report",
+    "write_sharded",
 ]
 
 
@@ -179,8 +209,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         WorkerError,
     )
     from placement.frontier import Frontier
-    from placement.hardware import GPU, GPU_PRESETS, gpu_preset
+    from placement.hardware import (
+        GPU,
+        GPU_PRESETS,
+        Efficiency,
+        HardwareFigures,
+        effective_figures,
+        gpu_preset,
+    )
     from placement.models import MODEL_PRESETS
+    from placement.parallel import Backend, Local, Processes, Ray
     from placement.plan import Plan, static_dispatch
     from placement.plan_diff import PlanDiff, diff_plans
     from placement.plan_show import PlanView, describe_plan
@@ -193,6 +231,18 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         read_native,
         synthesize,
         write_native,
+    )
+    from placement.routing_traces.convert import convert_trace
+    from placement.routing_traces.sharded import (
+        ShardedTrace,
+        open_sharded,
+        open_trace_source,
+        write_sharded,
+    )
+    from placement.routing_traces.statistics import (
+        DEFAULT_SAMPLE_TOKENS,
+        TraceStatistics,
+        gather_statistics,
     )
     from placement.simulate import SimulateOptions, SimulationResult
     from placement.solver import (

@@ -24,6 +24,10 @@ PUBLIC = {
     "describe_plan", "PlanSource", "read_plan", "SimulateOptions", "SimulationResult",
     "SweepOptions", "SweepResult", "Frontier",
     "WorkerError",
+    # where work runs; big traces; one set of hardware figures
+    "Backend", "Local", "Processes", "Ray", "ShardedTrace", "open_sharded", "write_sharded",
+    "open_trace_source", "convert_trace", "TraceStatistics", "gather_statistics",
+    "DEFAULT_SAMPLE_TOKENS", "Efficiency", "HardwareFigures", "effective_figures",
 }
 
 
