@@ -229,3 +229,13 @@ def test_convert_sglang_bad_record_is_one_line(run, error, tmp_path: Path) -> No
     error(r, f"error: {f}: records[1].topk_ids_of_layer holds physical id {P}, outside "
              f"[-1, {P}).")
     assert [p.name for p in tmp_path.iterdir() if p.name != "dumps"] == []
+
+
+def test_eplb_baseline_from_sharded(run, held: dict[str, str], tmp_path: Path) -> None:
+    cl = ("--nodes", 2, "--gpus-per-node", 2, "--slots-per-gpu", 3)
+    a = run("compare", held["npz"] + "#2", *cl, "--baseline-from", held["npz"] + "#0-1",
+            "--baseline", "eplb", "-o", tmp_path / "a")
+    b = run("compare", held["dir"] + "#2", *cl, "--baseline-from", held["dir"] + "#0-1",
+            "--baseline", "eplb", "-o", tmp_path / "b")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert a.stdout.splitlines()[:-1] == b.stdout.splitlines()[:-1]
