@@ -222,27 +222,60 @@ def stream_native(path: Path) -> Stream | None:
 # -------------------------------------------------------------------------------------------
 # SGLang per_token directories, one rank file at a time
 # -------------------------------------------------------------------------------------------
+def _records(path: Path, order: Sequence[int] | None = None) -> Iterator[tuple[int, Any]] | None:
+    """One rank file's records one at a time, each checked as
+    :func:`~placement.routing_traces.sglang.parse_sglang_pt` checks a whole file (an
+    :class:`SglangRankDump` of that record alone); a record is let go once it is out. None
+    when the file is no ``per_pass`` / ``per_token`` dump (read it whole: that says what it
+    is)."""
+    from placement.routing_traces.sglang import _rank_dump, torch_load_safe
+
+    obj = torch_load_safe(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("records"), list) \
+            or "last_physical_to_logical_map" not in obj:
+        return None
+    records: list[Any] = obj["records"]
+    p2l = obj["last_physical_to_logical_map"]
+    del obj
+
+    def gen() -> Iterator[tuple[int, Any]]:
+        for i in (range(len(records)) if order is None else order):
+            rec, records[i] = records[i], None
+            try:
+                yield i, _rank_dump({"records": [rec], "last_physical_to_logical_map": p2l},
+                                    path)
+            except TraceFormatError as exc:
+                raise TraceFormatError(exc.reason.replace("records[0]", f"records[{i}]"),
+                                       path) from None
+            del rec
+
+    return gen()
+
+
 def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
     """``(chunks, None, tokens)`` of an SGLang ``per_token`` run, one rank file in memory at a
-    time (see the module docstring); None for ``per_pass`` dumps (counts: read whole)."""
-    from placement.routing_traces.sglang import SglangRankDump, parse_sglang_pt
-
-    # 1. first pass: one model and mode, the MoE layers, top-k, tokens
-    first: SglangRankDump | None = None
+    time and one record of it converted at a time (see the module docstring); None for
+    ``per_pass`` dumps (counts: read whole)."""
+    # 1. first pass: one model and mode, the MoE layers, top-k, tokens, each file's order
+    first: _RunInfo | None = None
     moe: np.ndarray | None = None
     cols: np.ndarray | None = None
     total = 0
+    orders: list[list[int]] = []
     for p in files:
-        d = parse_sglang_pt(p)
-        if not isinstance(d, SglangRankDump):
+        recs = _records(p)
+        if recs is None:
             return None
-        if d.topk_ids is None:
-            return None  # per_pass: counts
-        if first is None:
-            first = d
-        else:
-            _same_run(first, d)
-        for t in d.topk_ids:
+        keys: list[tuple[int, int, int]] = []
+        for i, d in recs:
+            if d.topk_ids is None:
+                return None  # per_pass: counts (read whole)
+            if first is None:
+                first = _RunInfo(d.path, d.physical_to_logical_map.shape, d.num_logical,
+                                 d.mode, d.num_layers)
+            else:
+                _same_run(first, d)
+            t = d.topk_ids[0]
             valid = t >= 0  # [layers, tokens, k]
             has_layer = np.asarray(valid.any(axis=(1, 2)))
             has_col = np.asarray(valid.any(axis=(0, 1)))
@@ -255,8 +288,10 @@ def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
             else:
                 cols[: has_col.shape[0]] |= has_col
             total += t.shape[1]
-        del d
-    assert first is not None
+            keys.append((int(d.forward_pass_id[0]), int(d.rank[0]), i))
+        orders.append([i for _f, _r, i in sorted(keys)])  # records by (pass, rank)
+    if first is None:
+        return None
     where = first.path.parent if len(files) > 1 else first.path
     if total == 0:
         raise TraceFormatError("the per_token dumps hold no tokens.", where)
@@ -268,30 +303,24 @@ def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
     layers = first.num_layers
     chunk = max(1, _CHUNK_ASSIGNMENTS // max(len(lids) * k, 1))
 
-    # 2. second pass: logical ids, file by file, records by (pass, rank); a record's arrays
-    #    are let go as soon as its tokens are out, and chunks are cut from a few records
+    # 2. second pass: logical ids, file by file, records by (pass, rank); chunks are cut from
+    #    a few records at a time
     def chunks() -> Iterator[Trace]:
         rows = np.arange(len(lids))[:, None, None]
         small = np.int16 if E < 2**15 else np.int32
-        for p in files:
-            d = parse_sglang_pt(p)
-            assert isinstance(d, SglangRankDump) and d.topk_ids is not None
-            order = np.lexsort((d.rank, d.forward_pass_id)).tolist()
-            recs: list[np.ndarray | None] = list(d.topk_ids)
-            moe_map = d.physical_to_logical_map[lids]  # [L, P]
-            fpid, rank = d.forward_pass_id, d.rank
-            del d
+        for p, order in zip(files, orders, strict=True):
+            recs = _records(p, order)
+            assert recs is not None
             parts: list[np.ndarray] = []
             fp: list[np.ndarray] = []
             rk: list[np.ndarray] = []
             held = 0
-            for j, r in enumerate(order):
-                phys = recs[r]
-                recs[r] = None
-                assert phys is not None
+            for j, (_i, d) in enumerate(recs):
+                phys = d.topk_ids[0]
                 n = phys.shape[1]
                 if n:
                     sub = phys[lids]  # [L, n, 8] physical ids of the MoE layers
+                    moe_map = d.physical_to_logical_map[lids]  # [L, P]
                     logical = np.where(sub >= 0, moe_map[rows, np.maximum(sub, 0)], -1)
                     if logical.shape[2] >= k:
                         logical = logical[:, :, :k]
@@ -299,10 +328,10 @@ def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
                         pad = np.full((len(lids), n, k - logical.shape[2]), -1)
                         logical = np.concatenate([logical, pad], axis=2)
                     parts.append(logical.transpose(1, 0, 2).astype(small))
-                    fp.append(np.full(n, fpid[r], dtype=np.int64))
-                    rk.append(np.full(n, rank[r], dtype=np.int64))
+                    fp.append(np.full(n, d.forward_pass_id[0], dtype=np.int64))
+                    rk.append(np.full(n, d.rank[0], dtype=np.int64))
                     held += n
-                del phys
+                del d, phys
                 if parts and (held >= chunk or j == len(order) - 1):
                     yield Trace(num_experts=E, topk_ids=np.concatenate(parts),
                                 layer_ids=lids, source_rank=np.concatenate(rk),
@@ -312,14 +341,24 @@ def stream_sglang_per_token(files: Sequence[Path]) -> Stream | None:
     return chunks(), None, total
 
 
-def _same_run(first: Any, d: Any) -> None:
+@dataclass(frozen=True)
+class _RunInfo:
+    """What the first rank file says about the run (the file itself is let go)."""
+
+    path: Path
+    map_shape: tuple[int, ...]
+    num_logical: int
+    mode: str
+    num_layers: int
+
+
+def _same_run(first: _RunInfo, d: Any) -> None:
     """The checks of :func:`~placement.routing_traces.sglang.trace_from_rank_dumps`: one
     model, one mode per directory."""
-    if d.physical_to_logical_map.shape != first.physical_to_logical_map.shape:
+    if d.physical_to_logical_map.shape != first.map_shape:
         raise TraceFormatError(
             f"last_physical_to_logical_map has shape {d.physical_to_logical_map.shape} but "
-            f"{first.path.name} has {first.physical_to_logical_map.shape} (one model per "
-            "directory).", d.path,
+            f"{first.path.name} has {first.map_shape} (one model per directory).", d.path,
         )
     if d.num_logical != first.num_logical:
         raise TraceFormatError(

@@ -816,7 +816,8 @@ def open_sharded(path: str | Path, *, verify: bool = False) -> ShardedTrace:
     root = Path(path)
     mp = root / MANIFEST
     if not root.is_dir():
-        raise TraceFormatError("no such directory.", root)
+        raise TraceFormatError("not a directory." if root.exists() else "no such directory.",
+                               root)
     if not mp.is_file():
         raise TraceFormatError(f"no {MANIFEST}: not a sharded trace directory.", root)
     try:

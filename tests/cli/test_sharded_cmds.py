@@ -217,3 +217,25 @@ def test_solve_samples_a_large_sharded_trace(held: dict[str, str]) -> None:
     t, note = load_solve_input(held["dir"], max_tokens=100)
     assert t.num_tokens == 100
     assert note == f"{held['dir']}: 300 tokens; planning on a sample of 100 (one token in 3)."
+
+
+def test_convert_sglang_bad_record_is_one_line(run, error, tmp_path: Path) -> None:
+    d = _per_token_dir(tmp_path)
+    f = d / "expert_distribution_recorder_1700000000.0_0.pt"
+    obj = torch.load(f, weights_only=True)
+    obj["records"][1]["topk_ids_of_layer"][2, 0, 0] = P  # one past the last physical slot
+    torch.save(obj, f)
+    r = run("trace", "convert", d, "-o", tmp_path / "sh", "--sharded")
+    error(r, f"error: {f}: records[1].topk_ids_of_layer holds physical id {P}, outside "
+             f"[-1, {P}).")
+    assert [p.name for p in tmp_path.iterdir() if p.name != "dumps"] == []
+
+
+def test_eplb_baseline_from_sharded(run, held: dict[str, str], tmp_path: Path) -> None:
+    cl = ("--nodes", 2, "--gpus-per-node", 2, "--slots-per-gpu", 3)
+    a = run("compare", held["npz"] + "#2", *cl, "--baseline-from", held["npz"] + "#0-1",
+            "--baseline", "eplb", "-o", tmp_path / "a")
+    b = run("compare", held["dir"] + "#2", *cl, "--baseline-from", held["dir"] + "#0-1",
+            "--baseline", "eplb", "-o", tmp_path / "b")
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    assert a.stdout.splitlines()[:-1] == b.stdout.splitlines()[:-1]
