@@ -58,6 +58,10 @@ COMPANIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], bool]] = {
                   ("bench_over_time.py",), ("--quick",), True),
     "sweep": ("Choosing a deployment: redundant experts x cluster shapes (DeepSeek-V3 counts)",
               ("bench_sweep.py",), ("--quick",), False),
+    "large": ("Large traces: sharded validate memory and throughput, streaming convert",
+              ("bench_large.py",), ("--quick",), True),
+    "ray": ("Ray: the same figures on 1 and 2 workers, and what they cost",
+            ("bench_ray.py",), ("--quick",), True),
 }
 """The companion benchmarks, in the order they run and appear."""
 
