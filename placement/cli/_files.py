@@ -25,12 +25,10 @@ if TYPE_CHECKING:
     from placement.routing_traces.trace import Trace
 
 __all__ = [
-    "SOLVE_SAMPLE_TOKENS",
     "TraceArg",
     "check_heldout",
     "kind_of",
     "load_plan_arg",
-    "load_solve_input",
     "load_trace_arg",
     "resolve_model",
 ]
@@ -38,9 +36,6 @@ __all__ = [
 BUNDLED = "bundled:"
 
 TraceT = TypeVar("TraceT")
-
-SOLVE_SAMPLE_TOKENS = 1 << 20
-"""Tokens ``placement solve`` reads from a larger sharded trace (a deterministic sample)."""
 
 
 def kind_of(text: str) -> FileKind | None:
@@ -131,27 +126,6 @@ def load_trace_arg(text: str, *, stream: bool = False) -> TraceArg[Any]:
     except InputError as exc:
         raise TraceFormatError(str(exc), base) from None
     return TraceArg(text, whole.select_windows(idx), _key(base), whole.window_names, tuple(idx))
-
-
-def load_solve_input(text: str, max_tokens: int = SOLVE_SAMPLE_TOKENS
-                     ) -> tuple[Trace, str | None]:
-    """What ``placement solve`` plans from: the trace read whole, except a sharded trace of
-    more than ``max_tokens`` tokens, read as a deterministic sample of every ``s``-th token in
-    one streaming pass; ``(trace, note)`` with a note saying so (None otherwise)."""
-    from placement.routing_traces.readers import load_trace
-    from placement.routing_traces.sharded import ShardedTrace, open_trace_source
-
-    base, _spec = split_spec(text)
-    if not Path(base).is_dir():
-        return load_trace(text), None
-    t = open_trace_source(text)
-    if not isinstance(t, ShardedTrace):
-        return t, None
-    if t.num_tokens <= max_tokens:
-        return t.to_trace(), None
-    sample = t.sample(max_tokens)
-    return sample, (f"{text}: {t.num_tokens:,} tokens; planning on a sample of "
-                    f"{sample.num_tokens:,} (one token in {-(-t.num_tokens // max_tokens)}).")
 
 
 def _windows(names: Sequence[str], idx: Sequence[int]) -> str:

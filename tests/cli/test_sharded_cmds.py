@@ -211,14 +211,6 @@ def test_solve_on_sharded(run, held: dict[str, str], tmp_path: Path) -> None:
     assert np.array_equal(pa.phy2log, pb.phy2log)  # small: read whole, the same plan
 
 
-def test_solve_samples_a_large_sharded_trace(held: dict[str, str]) -> None:
-    from placement.cli._files import load_solve_input
-
-    t, note = load_solve_input(held["dir"], max_tokens=100)
-    assert t.num_tokens == 100
-    assert note == f"{held['dir']}: 300 tokens; planning on a sample of 100 (one token in 3)."
-
-
 def test_convert_sglang_bad_record_is_one_line(run, error, tmp_path: Path) -> None:
     d = _per_token_dir(tmp_path)
     f = d / "expert_distribution_recorder_1700000000.0_0.pt"
