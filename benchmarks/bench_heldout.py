@@ -96,7 +96,7 @@ def run(quick: bool, tflops: tuple[float, ...], only: set[str] | None = None
                 row["time"][m] = bench_solver.heldout_time(plan, held, model, opts.overlap)
                 if m == "optimizer":
                     row["fell_back"] = int(sum(plan.settings.get("fell_back", [])))
-                    row["guard"] = int(sum(plan.settings.get("guard_fell_back", [])))
+                    row["guard"] = int(np.nansum(plan.settings.get("guard_fell_back", [0.0])))
                     row["layers"] = problem.num_layers
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
