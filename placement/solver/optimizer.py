@@ -38,7 +38,7 @@ import numpy as np
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.parallel import backend_for_jobs, ordered_map
-from placement.plan import Plan
+from placement.plan import Plan, static_dispatch
 from placement.solver.balance import count_bound, scaled_loads
 from placement.solver.layer import (
     BalanceResult,
@@ -218,6 +218,37 @@ def candidate_kinds(labels: list[str]) -> list[str]:
 _PLAIN = ("eplb", "eplb-spread", "balance", "eplb-global")
 
 
+VALIDATION_SUBBLOCKS = 8
+"""The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
+(:func:`_block_static`)."""
+
+
+def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
+                  tokens: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean over :data:`VALIDATION_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
+    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]``.
+
+    A block holds a few dozen sequences, so its mix of topics is off the whole's by about as
+    much as the next windows' is (drift): a plan that puts the experts of one topic on one
+    node or GPU, balanced only for the planning mix, shows it here.
+    """
+    G, spg = cluster.num_gpus, cluster.slots_per_gpu
+    ids = np.asarray(tokens[0], dtype=np.int64)
+    src = np.asarray(tokens[1], dtype=np.int64)
+    T = ids.shape[0]
+    B = max(1, min(VALIDATION_SUBBLOCKS, T // 64))
+    disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
+    dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
+    blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
+    valid = ids >= 0
+    loads = np.bincount((blk * G + dest)[valid], minlength=B * G).reshape(B, G)
+    mean = loads.mean(axis=1)
+    ok = mean > 0
+    if not ok.any():
+        return 1.0
+    return float((loads.max(axis=1)[ok] / mean[ok]).mean())
+
+
 def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
     """The validation guard: the whole search on the fitting half of the planning tokens, every
     candidate scored on the unfitted half; a candidate other than EPLB's layer is trusted only
@@ -244,7 +275,12 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
     ref_scores = [scorer.score(phy) for _, phy in refs]
     cands, _ = _search(sub, scaled_loads(v.plan_shares, G), td_f, scorer, refs, ref_scores,
                        traffic)
-    scores = [scorer.score(phy) for _, phy in cands] + ref_scores
+    # static imbalance: the mean over sub-blocks of the unfitted tokens (a block's mix of
+    # topics differs from the whole's, as the next tokens' does: see _block_static)
+    scores = [replace(sc, static=_block_static(phy, c, E, v.held))
+              for sc, (_, phy) in zip([scorer.score(phy) for _, phy in cands] + ref_scores,
+                                      cands + refs, strict=True)]
+    ref_scores = scores[len(cands):]
     labels = [lab for lab, _ in cands] + [lab for lab, _ in refs]
     kinds = candidate_kinds(labels)
     ref = ref_scores[-1]
