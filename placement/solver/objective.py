@@ -61,14 +61,15 @@ model is not more accurate than that)."""
 
 VALIDATION_MARGIN = 0.01
 """Validation guard (:func:`validated`): on the unfitted half of the planning tokens a candidate
-must be at least this fraction faster than EPLB's placement (predicted MoE layer time) and,
-unless it is clearly faster (:data:`CLEAR_GAIN`), balance at least this fraction better
-(static imbalance)."""
+must be at least this fraction faster than EPLB's placement (predicted MoE layer time) and
+balance at least this fraction better (static imbalance); a clearly faster one
+(:data:`CLEAR_GAIN`) may balance up to this fraction worse."""
 
 CLEAR_GAIN = 0.75
 """A candidate whose predicted time on the unfitted half is at most this fraction of EPLB's
-passes the validation guard whatever its static imbalance (the network, not the slowest GPU,
-sets the time)."""
+needs only to balance within :data:`VALIDATION_MARGIN` of EPLB's (the network, not the
+slowest GPU, sets its time)."""
+
 
 DEFAULT_TOLERANCE = 0.05
 """``balance_tolerance`` of the ``"traffic"`` objective when none is given."""
@@ -305,11 +306,13 @@ def validated(score: LayerScore, ref: LayerScore) -> bool:
     other) beats ``ref`` (EPLB's placement of the same half, scored alike) clearly enough to be
     trusted on the next tokens: time at most ``1 - VALIDATION_MARGIN`` of ``ref``'s and static
     imbalance at most ``1 - VALIDATION_MARGIN`` of ``ref``'s, or time at most ``CLEAR_GAIN`` of
-    ``ref``'s."""
+    ``ref``'s and static imbalance at most ``1 + VALIDATION_MARGIN`` of ``ref``'s."""
     if score.time > (1.0 - VALIDATION_MARGIN) * ref.time + 1e-15:
         return False
-    return bool(score.static <= (1.0 - VALIDATION_MARGIN) * ref.static + _EPS
-                or score.time <= CLEAR_GAIN * ref.time)
+    if score.static <= (1.0 - VALIDATION_MARGIN) * ref.static + _EPS:
+        return True
+    return bool(score.time <= CLEAR_GAIN * ref.time
+                and score.static <= (1.0 + VALIDATION_MARGIN) * ref.static + _EPS)
 
 
 def admissible(scores: Sequence[LayerScore], objective: str, *, balance: int,

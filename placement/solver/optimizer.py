@@ -222,6 +222,10 @@ VALIDATION_SUBBLOCKS = 8
 """The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
 (:func:`_block_static`)."""
 
+MIN_BLOCK_TOKENS = 256
+"""A sub-block of :func:`_block_static` holds at least this many tokens (fewer: the max over
+GPUs of a block is mostly sampling noise)."""
+
 
 def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
                   tokens: tuple[np.ndarray, np.ndarray]) -> float:
@@ -236,7 +240,7 @@ def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
     ids = np.asarray(tokens[0], dtype=np.int64)
     src = np.asarray(tokens[1], dtype=np.int64)
     T = ids.shape[0]
-    B = max(1, min(VALIDATION_SUBBLOCKS, T // 64))
+    B = max(1, min(VALIDATION_SUBBLOCKS, T // MIN_BLOCK_TOKENS))
     disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
     dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
     blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
@@ -456,10 +460,10 @@ def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
     """Per scenario, ``[T_s]`` whether each planning token is in the fitting half of the
     validation guard, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
 
-    With two or more scenarios (windows) that route tokens, alternate scenarios fit (the
-    first, third, ...) and the others are held out: the next tokens a plan meets come from
-    other windows, with another mix of topics. With one, alternating contiguous blocks of its
-    tokens (:data:`VALIDATION_BLOCKS`; a block holds whole sequences).
+    With two or more scenarios (windows) that route tokens, the first half of them fit and the
+    later ones are held out: a plan meets the windows after those it was made from, with
+    another mix of topics. With one, alternating contiguous blocks of its tokens
+    (:data:`VALIDATION_BLOCKS`; a block holds whole sequences).
     """
     if problem.token_traces is None:
         return None
@@ -468,7 +472,7 @@ def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
         return None
     used = [i for i, n in enumerate(sizes) if n > 0]
     if len(used) >= 2:
-        fit = set(used[0::2])
+        fit = set(used[:(len(used) + 1) // 2])
         return [np.full(n, i in fit) for i, n in enumerate(sizes)]
     out = []
     for n in sizes:
