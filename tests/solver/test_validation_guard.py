@@ -69,6 +69,9 @@ def test_a_partition_that_only_wins_in_sample_falls_back() -> None:
     assert st["guard_fell_back"] == [1.0]
     assert st["choice"][0] in PLAIN
     assert st["validation_time_ratio"][0] > 1.0 - VALIDATION_MARGIN  # no gain held out
+    assert res.guard_fell_back == [0]
+    assert ("validation guard: 1 of 1 layer(s) kept a plain plan (0): no traffic-aware plan "
+            "beat EPLB's on the planning tokens it was not fitted to") in res.summary()
 
 
 def test_strong_co_activation_keeps_the_traffic_plan() -> None:
@@ -79,6 +82,8 @@ def test_strong_co_activation_keeps_the_traffic_plan() -> None:
     assert st["guard_fell_back"] == [0.0]
     assert st["choice"][0].startswith("partition")
     assert st["validation_time_ratio"][0] <= CLEAR_GAIN
+    assert res.guard_fell_back == []
+    assert "validation guard: 0 of 1 layer(s) kept a plain plan\n" in res.summary()
     sends = res.plan.objectives["cross_node_sends_per_token"][0]
     assert sends == pytest.approx(0.5, abs=0.05)  # a token crosses only to reach a replica
     bal = solve(trace, SLOW, dataclasses.replace(OPTS, objective="balance")).plan
