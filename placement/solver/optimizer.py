@@ -21,6 +21,12 @@ does not depend on how many):
    wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
    never worse than EPLB's on the objective: when the search does not beat it, the layer IS
    EPLB's ("fell back").
+5. The validation guard (objective ``time``, token-level traces, several nodes, no explicit
+   tolerance; :func:`_validate`): steps 2-4 also run on a fitting half of the planning tokens
+   (:func:`validation_split`), every candidate is judged on the unfitted half against EPLB's
+   placement of the fitting half (:func:`~placement.solver.objective.validated`), and only
+   the kind of plan that wins there (:func:`candidate_kinds`), re-fitted on all planning
+   tokens, competes with EPLB's layer in step 4.
 
 The search is bounded by work (:class:`~placement.solver.layer.Effort`: rounds, moves,
 V-cycles, CP-SAT deterministic limits), so the plan depends on the input and seed only.
