@@ -392,6 +392,12 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     kinds = candidate_kinds([lab for lab, _ in cands])
     if kind is not None and eplb_index is not None:
         allowed = [i for i, k in enumerate(kinds) if k == kind and i != eplb_index]
+        if not allowed and kind not in _PLAIN:
+            # the re-fit has other node caps (the objective's room moved): the same family's
+            # plans of the same replication stage
+            fam, stage = kind.split(" ", 1)[0], kind.rsplit(" #", 1)[-1]
+            allowed = [i for i, k in enumerate(kinds) if k not in _PLAIN
+                       and k.split(" ", 1)[0] == fam and k.rsplit(" #", 1)[-1] == stage]
         allowed.append(eplb_index)
         sub = [scores[i] for i in allowed]
         j = pick(sub, task.objective, balance=0, eplb=len(sub) - 1, tokens=True)
