@@ -60,6 +60,7 @@ from placement.solver.layer import (
 )
 from placement.solver.objective import (
     TIME_TIE,
+    VALIDATION_MARGIN,
     LayerScore,
     LayerScorer,
     admissible,
@@ -234,9 +235,10 @@ GPUs of a block is mostly sampling noise)."""
 
 
 def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
-                  tokens: tuple[np.ndarray, np.ndarray]) -> float:
+                  tokens: tuple[np.ndarray, np.ndarray], *, per_node: bool = False) -> float:
     """Mean over :data:`VALIDATION_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
-    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]``.
+    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]`` (``per_node``: of the nodes'
+    loads).
 
     A block holds a few dozen sequences, so its mix of topics is off the whole's by about as
     much as the next windows' is (drift): a plan that puts the experts of one topic on one
@@ -252,6 +254,8 @@ def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
     blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
     valid = ids >= 0
     loads = np.bincount((blk * G + dest)[valid], minlength=B * G).reshape(B, G)
+    if per_node:
+        loads = loads.reshape(B, cluster.num_nodes, cluster.gpus_per_node).sum(axis=2)
     mean = loads.mean(axis=1)
     ok = mean > 0
     if not ok.any():
@@ -294,7 +298,10 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
     labels = [lab for lab, _ in cands] + [lab for lab, _ in refs]
     kinds = candidate_kinds(labels)
     ref = ref_scores[-1]
-    ok = [i for i, k in enumerate(kinds) if k == "eplb" or validated(scores[i], ref)]
+    # node loads too: a node that homes one topic's experts drifts with that topic
+    node = [_block_static(phy, c, E, v.held, per_node=True) for _, phy in cands + refs]
+    ok = [i for i, k in enumerate(kinds) if k == "eplb" or (
+        validated(scores[i], ref) and node[i] <= (1.0 + VALIDATION_MARGIN) * node[-1] + 1e-9)]
     # the objective's pick among the trusted candidates, EPLB's layer the reference
     best = min(scores[i].time for i in ok)
     limit = min(best * (1.0 + TIME_TIE), ref.time)
