@@ -32,6 +32,7 @@ __all__ = [
     "Effort",
     "LayerSolution",
     "LayerTask",
+    "Validation",
     "balance_layer",
     "canonical",
     "exact_model_applies",
@@ -71,6 +72,31 @@ class Effort:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """One layer's planning tokens split in two for the validation guard
+    (:func:`placement.solver.optimizer.solve_layer`): the search is run on the fitting half and
+    its candidates judged on the unfitted half.
+
+    Attributes:
+        shares: ``[S_f, E]`` every fitting scenario's share of its tokens per expert.
+        plan_shares: ``[S_f, E]`` the same shrunk toward the pool (what the search plans on).
+        pooled: ``[E]`` the fitting half's counts.
+        tokens: per fitting scenario ``(topk_ids [T, k], src_gpu [T])``.
+        held: ``(topk_ids [T', k], src_gpu [T'])`` the unfitted tokens, pooled.
+        eplb: ``[P]`` EPLB's placement of the fitting half, or None.
+        warm: ``[P]`` EPLB's global placement of the fitting half, or None.
+    """
+
+    shares: np.ndarray
+    plan_shares: np.ndarray
+    pooled: np.ndarray
+    tokens: tuple[tuple[np.ndarray, np.ndarray], ...]
+    held: tuple[np.ndarray, np.ndarray]
+    eplb: np.ndarray | None
+    warm: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class LayerTask:
     """One layer to place (picklable: sent to worker processes).
 
@@ -95,6 +121,7 @@ class LayerTask:
         model: the model shape of the predicted time.
         overlap: how communication and compute overlap in the predicted time.
         pooled: ``[E]`` the layer's counts, all scenarios together.
+        validation: the planning tokens split for the validation guard, or None (no guard).
     """
 
     index: int
@@ -115,6 +142,7 @@ class LayerTask:
     num_groups: int = 1
     plan_shares: np.ndarray | None = None
     overlap: str = "two-batch"
+    validation: Validation | None = None
 
     @property
     def num_nodes(self) -> int:

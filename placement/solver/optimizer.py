@@ -21,6 +21,12 @@ does not depend on how many):
    wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
    never worse than EPLB's on the objective: when the search does not beat it, the layer IS
    EPLB's ("fell back").
+5. The validation guard (objective ``time``, token-level traces, several nodes, no explicit
+   tolerance; :func:`_validate`): steps 2-4 also run on a fitting half of the planning tokens
+   (:func:`validation_split`), every candidate is judged on the unfitted half against EPLB's
+   placement of the fitting half (:func:`~placement.solver.objective.validated`), and only
+   the kind of plan that wins there (:func:`candidate_kinds`), re-fitted on all planning
+   tokens, competes with EPLB's layer in step 4.
 
 The search is bounded by work (:class:`~placement.solver.layer.Effort`: rounds, moves,
 V-cycles, CP-SAT deterministic limits), so the plan depends on the input and seed only.
@@ -31,28 +37,42 @@ V-cycles, CP-SAT deterministic limits), so the plan depends on the input and see
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import InputError
 from placement.parallel import Backend, backend_for_jobs, ordered_map
-from placement.plan import Plan
+from placement.plan import Plan, static_dispatch
 from placement.solver.balance import count_bound, scaled_loads
 from placement.solver.layer import (
+    BalanceResult,
     Effort,
     LayerSolution,
     LayerTask,
+    Validation,
     balance_layer,
     canonical,
     exact_model_applies,
     identical_gpus,
     spread_colocated,
 )
-from placement.solver.objective import LayerScore, LayerScorer, admissible, guard, pick
+from placement.solver.objective import (
+    TIME_TIE,
+    VALIDATION_MARGIN,
+    LayerScore,
+    LayerScorer,
+    admissible,
+    guard,
+    pick,
+    validated,
+)
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.registry import Progress
 from placement.solver.traffic import (
+    NODE_CAPS,
+    TokenData,
     build_token_data,
     node_limited_candidates,
     nodes_per_token,
@@ -61,11 +81,13 @@ from placement.solver.traffic import (
 
 __all__ = [
     "SHRINK_PER_EXPERT",
+    "candidate_kinds",
     "optimize",
     "shrunk_shares",
     "solve_layer",
     "solve_optimizer",
     "split_tokens",
+    "validation_split",
 ]
 
 
@@ -122,8 +144,182 @@ def _colocated(phy: np.ndarray) -> bool:
     return bool((srt[:, 1:] == srt[:, :-1]).any())
 
 
+def _eplb_refs(task: LayerTask, eplb: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
+    """EPLB's placement of the layer (and, when it co-locates replicas, the same spread over
+    GPUs): the candidates no layer may be worse than."""
+    c = task.cluster
+    G, spg = c.num_gpus, c.slots_per_gpu
+    E = task.shares.shape[1]
+    refs: list[tuple[str, np.ndarray]] = []
+    if eplb is not None and (not task.node_limited
+                             or _groups_whole(eplb, c, E, task.num_groups)):
+        row = np.asarray(eplb).reshape(G, spg)
+        spread = spread_colocated(row.reshape(-1), G, spg)
+        if task.node_limited and spread.size and not _groups_whole(spread, c, E,
+                                                                   task.num_groups):
+            spread = spread[:0]
+        if spread.size and not np.array_equal(np.sort(spread, axis=1), np.sort(row, axis=1)):
+            refs.append(("eplb, co-located replicas spread", spread))
+        refs.append(("eplb", row))
+    return refs
+
+
+def _search(task: LayerTask, wp: np.ndarray, td_fit: TokenData | None, scorer: LayerScorer,
+            refs: list[tuple[str, np.ndarray]], ref_scores: list[LayerScore], traffic: bool
+            ) -> tuple[list[tuple[str, np.ndarray]], BalanceResult]:
+    """The balance-only plan (first), the traffic-aware plans fitted to ``td_fit`` (when
+    ``traffic``) and EPLB's global placement (``task.warm``); not node-limited routing."""
+    c = task.cluster
+    G, spg = c.num_gpus, c.slots_per_gpu
+    bal = balance_layer(task, wp)
+    cands: list[tuple[str, np.ndarray]] = [("balance", bal.phy)]
+    if traffic and td_fit is not None:
+        # node caps up to what the objective lets a plan give up of balance
+        bal_score = scorer.score(bal.phy)
+        cap_r, cap_s = guard(task.objective, task.balance_tolerance, bal_score,
+                             ref_scores[-1] if ref_scores else None)
+        room = min(cap_r / max(bal_score.robust_even, 1e-12),
+                   cap_s / max(bal_score.expected, 1e-12)) - 1.0
+        room = max(0.0, room)
+        cands += traffic_candidates(task, wp, td_fit, max_cap=min(room, MAX_NODE_CAP))
+    if task.warm is not None:  # EPLB's global policy, co-located replicas spread
+        glob = spread_colocated(np.asarray(task.warm), G, spg)
+        if glob.size:
+            cands.append(("eplb-global", glob))
+    return cands, bal
+
+
+def candidate_kinds(labels: list[str]) -> list[str]:
+    """What every candidate is, independent of the tokens it was fitted to: ``"eplb"`` (EPLB's
+    layer), ``"eplb-spread"`` (its co-located replicas spread), ``"balance"``,
+    ``"eplb-global"``, or a traffic-aware plan's homes and replication stage (``"partition,
+    cap 0.03 #1"``: the label without its count of everywhere experts, and the how-many-th
+    plan of those homes; the loosest node cap, which follows the objective's room, is
+    ``"cap room"``; group packings are numbered in order)."""
+    out: list[str] = []
+    seen: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    for lab in labels:
+        if lab == "eplb":
+            out.append("eplb")
+        elif lab.startswith("eplb,"):
+            out.append("eplb-spread")
+        elif lab in ("balance", "eplb-global"):
+            out.append(lab)
+        else:
+            prefix = lab.rsplit(", ", 1)[0]
+            j = seen.get(prefix, 0)
+            seen[prefix] = j + 1
+            if prefix.startswith("partition, cap "):
+                try:
+                    cap = float(prefix.removeprefix("partition, cap "))
+                except ValueError:
+                    cap = -1.0
+                name = prefix if cap in NODE_CAPS else "partition, cap room"
+            else:
+                name = f"groups {groups.setdefault(prefix, len(groups))}"
+            out.append(f"{name} #{j}")
+    return out
+
+
+_PLAIN = ("eplb", "eplb-spread", "balance", "eplb-global")
+
+
+VALIDATION_SUBBLOCKS = 8
+"""The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
+(:func:`_block_static`)."""
+
+MIN_BLOCK_TOKENS = 256
+"""A sub-block of :func:`_block_static` holds at least this many tokens (fewer: the max over
+GPUs of a block is mostly sampling noise)."""
+
+
+def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
+                  tokens: tuple[np.ndarray, np.ndarray], *, per_node: bool = False) -> float:
+    """Mean over :data:`VALIDATION_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
+    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]`` (``per_node``: of the nodes'
+    loads).
+
+    A block holds a few dozen sequences, so its mix of topics is off the whole's by about as
+    much as the next windows' is (drift): a plan that puts the experts of one topic on one
+    node or GPU, balanced only for the planning mix, shows it here.
+    """
+    G, spg = cluster.num_gpus, cluster.slots_per_gpu
+    ids = np.asarray(tokens[0], dtype=np.int64)
+    src = np.asarray(tokens[1], dtype=np.int64)
+    T = ids.shape[0]
+    B = max(1, min(VALIDATION_SUBBLOCKS, T // MIN_BLOCK_TOKENS))
+    disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
+    dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
+    blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
+    valid = ids >= 0
+    loads = np.bincount((blk * G + dest)[valid], minlength=B * G).reshape(B, G)
+    if per_node:
+        loads = loads.reshape(B, cluster.num_nodes, cluster.gpus_per_node).sum(axis=2)
+    mean = loads.mean(axis=1)
+    ok = mean > 0
+    if not ok.any():
+        return 1.0
+    return float((loads.max(axis=1)[ok] / mean[ok]).mean())
+
+
+def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
+    """The validation guard: the whole search on the fitting half of the planning tokens, every
+    candidate scored on the unfitted half; a candidate other than EPLB's layer is trusted only
+    when it passes :func:`~placement.solver.objective.validated` against EPLB's placement of
+    the same half. Returns the kind (:func:`candidate_kinds`) the objective picks among those
+    and EPLB's on the unfitted half, and figures for the plan's settings; None without a
+    split or without EPLB's layer."""
+    v = task.validation
+    if v is None or v.eplb is None:
+        return None
+    c = task.cluster
+    G, gpn = c.num_gpus, c.gpus_per_node
+    E = task.shares.shape[1]
+    sub = replace(task, shares=v.shares, plan_shares=v.plan_shares, pooled=v.pooled,
+                  tokens=v.tokens, eplb=v.eplb, warm=v.warm, validation=None)
+    td_f = build_token_data(v.tokens, E, G, gpn, max_tokens=task.effort.max_tokens,
+                            seed=task.seed)
+    if td_f.num_tokens == 0 or v.held[0].shape[0] == 0:
+        return None
+    w_f = scaled_loads(v.shares, G)
+    scorer = LayerScorer(w_f, c, task.model, task.robust, tokens=v.held, rate_tokens=v.held,
+                         pooled=v.pooled, overlap=task.overlap)
+    refs = _eplb_refs(sub, v.eplb)
+    ref_scores = [scorer.score(phy) for _, phy in refs]
+    cands, _ = _search(sub, scaled_loads(v.plan_shares, G), td_f, scorer, refs, ref_scores,
+                       traffic)
+    # static imbalance: the mean over sub-blocks of the unfitted tokens (a block's mix of
+    # topics differs from the whole's, as the next tokens' does: see _block_static)
+    scores = [replace(sc, static=_block_static(phy, c, E, v.held))
+              for sc, (_, phy) in zip([scorer.score(phy) for _, phy in cands] + ref_scores,
+                                      cands + refs, strict=True)]
+    ref_scores = scores[len(cands):]
+    labels = [lab for lab, _ in cands] + [lab for lab, _ in refs]
+    kinds = candidate_kinds(labels)
+    ref = ref_scores[-1]
+    # node loads too: a node that homes one topic's experts drifts with that topic
+    node = [_block_static(phy, c, E, v.held, per_node=True) for _, phy in cands + refs]
+    ok = [i for i, k in enumerate(kinds) if k == "eplb" or (
+        validated(scores[i], ref) and node[i] <= (1.0 + VALIDATION_MARGIN) * node[-1] + 1e-9)]
+    # the objective's pick among the trusted candidates, EPLB's layer the reference
+    best = min(scores[i].time for i in ok)
+    limit = min(best * (1.0 + TIME_TIE), ref.time)
+    near = [i for i in ok if scores[i].time <= limit]
+    # ties (the same placement found twice) go to a traffic-aware kind: its re-fit on all
+    # planning tokens looks for that structure again, a balance-only one does not
+    win = min(near, key=lambda i: (scores[i].sends, scores[i].time, kinds[i] in _PLAIN, i))
+    trf = [i for i, k in enumerate(kinds) if k not in _PLAIN]
+    info = {"guard_fell_back": float(kinds[win] in _PLAIN and bool(trf))}
+    if trf:
+        t = min(trf, key=lambda i: (scores[i].time, i))
+        info["validation_time_ratio"] = scores[t].time / max(ref.time, 1e-30)
+        info["validation_imbalance_ratio"] = scores[t].static / max(ref.static, 1e-30)
+    return kinds[win], info
+
+
 def solve_layer(task: LayerTask) -> LayerSolution:
-    """Place one layer (steps 1-4 of the module docstring)."""
+    """Place one layer (steps 1-5 of the module docstring)."""
     c = task.cluster
     G, spg, gpn = c.num_gpus, c.slots_per_gpu, c.gpus_per_node
     P = G * spg
@@ -145,12 +341,20 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         if td.num_tokens == 0:
             td = None
     max_count = gpn if task.node_limited else G
-    # the traffic-aware candidates are fitted to some planning tokens and scored on the others
     traffic = td is not None and c.num_nodes > 1 and not task.node_limited \
         and task.objective != "balance"
+    # 2. the validation guard (objective time): which kind of candidate the unfitted half trusts
+    kind: str | None = None
+    vinfo: dict[str, float] = {}
+    if traffic and task.objective == "time" and task.balance_tolerance is None:
+        got = _validate(task, traffic)
+        if got is not None:
+            kind, vinfo = got
+    # the traffic-aware candidates are fitted to all planning tokens when the guard judged
+    # them, else to some and scored on the others
     td_fit = td
     scored_tokens = None if td is None else (td.ids, td.src)
-    if traffic and td is not None:
+    if traffic and td is not None and kind is None:
         fit, scored_tokens = split_tokens(td.ids, td.src)
         if fit is not None:
             td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
@@ -161,29 +365,23 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         pooled=task.pooled, overlap=task.overlap,
     )
 
-    # 2. EPLB's layer: a candidate, and what no layer may be worse than
-    refs: list[tuple[str, np.ndarray]] = []
-    if task.eplb is not None and (not task.node_limited
-                                  or _groups_whole(task.eplb, c, E, task.num_groups)):
-        row = np.asarray(task.eplb).reshape(G, spg)
-        spread = spread_colocated(row.reshape(-1), G, spg)
-        if task.node_limited and spread.size and not _groups_whole(spread, c, E,
-                                                                   task.num_groups):
-            spread = spread[:0]
-        if spread.size and not np.array_equal(np.sort(spread, axis=1), np.sort(row, axis=1)):
-            refs.append(("eplb, co-located replicas spread", spread))
-        refs.append(("eplb", row))
+    # 3. EPLB's layer: a candidate, and what no layer may be worse than
+    refs = _eplb_refs(task, task.eplb)
     ref_scores = [scorer.score(phy) for _, phy in refs]
 
-    # 3. the balance-only plan first (the reference of the tolerances), then traffic-aware ones
+    # 4. the balance-only plan first (the reference of the tolerances), then traffic-aware ones
     cands: list[tuple[str, np.ndarray]] = []
     if task.node_limited:
         cands, bound = node_limited_candidates(task, wp, td, bound_loads=w)
         bound = max(bound, count_bound(w, P, max_count, task.robust))
         bound_source = "groups" if bound > 1.0 else "counts"
+        if task.warm is not None:  # EPLB's global policy, co-located replicas spread
+            glob = spread_colocated(np.asarray(task.warm), G, spg)
+            if glob.size and _groups_whole(glob, c, E, task.num_groups):
+                cands.append(("eplb-global", glob))
     else:
-        bal = balance_layer(task, wp)
-        cands.append(("balance", bal.phy))
+        want_traffic = traffic and (kind is None or kind not in _PLAIN)
+        cands, bal = _search(task, wp, td_fit, scorer, refs, ref_scores, want_traffic)
         if task.plan_shares is None:
             bound, bound_source = bal.bound, bal.bound_source
         else:
@@ -192,28 +390,28 @@ def solve_layer(task: LayerTask) -> LayerSolution:
                 plain = balance_layer(task, w)  # small layer: its exact bound holds for w
                 if plain.bound > bound:
                     bound, bound_source = plain.bound, plain.bound_source
-        if traffic and td_fit is not None:
-            # node caps up to what the objective lets a plan give up of balance
-            bal_score = scorer.score(bal.phy)
-            cap_r, cap_s = guard(task.objective, task.balance_tolerance, bal_score,
-                                 ref_scores[-1] if ref_scores else None)
-            room = min(cap_r / max(bal_score.robust_even, 1e-12),
-                       cap_s / max(bal_score.expected, 1e-12)) - 1.0
-            room = max(0.0, room)
-            cands += traffic_candidates(task, wp, td_fit, max_cap=min(room, MAX_NODE_CAP))
 
-    if task.warm is not None:  # EPLB's global policy, co-located replicas spread
-        glob = spread_colocated(np.asarray(task.warm), G, spg)
-        if glob.size and (not task.node_limited or _groups_whole(glob, c, E, task.num_groups)):
-            cands.append(("eplb-global", glob))
-
-    # 4. score and pick
+    # 5. score and pick (with the guard: the trusted kind, re-fitted, or EPLB's layer)
     scores = [scorer.score(phy) for _, phy in cands] + ref_scores
     eplb_rows = set(range(len(cands), len(cands) + len(refs)))
     eplb_index = len(cands) + len(refs) - 1 if refs else None
     cands += refs
-    best = pick(scores, task.objective, balance=0, eplb=eplb_index,
-                tolerance=task.balance_tolerance, tokens=td is not None)
+    kinds = candidate_kinds([lab for lab, _ in cands])
+    if kind is not None and eplb_index is not None:
+        allowed = [i for i, k in enumerate(kinds) if k == kind and i != eplb_index]
+        if not allowed and kind not in _PLAIN:
+            # the re-fit has other node caps (the objective's room moved): the same family's
+            # plans of the same replication stage
+            fam, stage = kind.split(" ", 1)[0], kind.rsplit(" #", 1)[-1]
+            allowed = [i for i, k in enumerate(kinds) if k not in _PLAIN
+                       and k.split(" ", 1)[0] == fam and k.rsplit(" #", 1)[-1] == stage]
+        allowed.append(eplb_index)
+        sub = [scores[i] for i in allowed]
+        j = pick(sub, task.objective, balance=0, eplb=len(sub) - 1, tokens=True)
+        best = allowed[j]
+    else:
+        best = pick(scores, task.objective, balance=0, eplb=eplb_index,
+                    tolerance=task.balance_tolerance, tokens=td is not None)
     label, phy = cands[best]
     s = scores[best]
     fell_back = best in eplb_rows
@@ -232,6 +430,7 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         "expected_imbalance": s.expected,
         "balance_only_expected_imbalance": scores[0].expected,
         "predicted_time_in_sample": s.time,
+        **vinfo,
     }
     if eplb_index is not None:
         info["eplb_objective_value"] = _objective_value(scores[eplb_index], task.objective)
@@ -274,6 +473,83 @@ def split_tokens(ids: np.ndarray, src: np.ndarray) -> tuple[
     block = (np.arange(T) * VALIDATION_BLOCKS) // T
     fit = block % 2 == 0
     return (ids[fit], src[fit]), (ids[~fit], src[~fit])
+
+
+def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
+    """Per scenario, ``[T_s]`` whether each planning token is in the fitting half of the
+    validation guard, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
+
+    With two or more scenarios (windows) that route tokens, the first half of them fit and the
+    later ones are held out: a plan meets the windows after those it was made from, with
+    another mix of topics. With one, alternating contiguous blocks of its tokens
+    (:data:`VALIDATION_BLOCKS`; a block holds whole sequences).
+    """
+    if problem.token_traces is None:
+        return None
+    sizes = [int(t.topk_ids.shape[0]) for t in problem.token_traces]
+    if sum(sizes) < MIN_SPLIT_TOKENS:
+        return None
+    used = [i for i, n in enumerate(sizes) if n > 0]
+    if len(used) >= 2:
+        fit = set(used[:(len(used) + 1) // 2])
+        return [np.full(n, i in fit) for i, n in enumerate(sizes)]
+    out = []
+    for n in sizes:
+        block = (np.arange(n) * VALIDATION_BLOCKS) // max(n, 1)
+        out.append(block % 2 == 0)
+    return out
+
+
+def _validations(problem: ProblemData, options: SolveOptions,
+                 masks: list[np.ndarray]) -> list[Validation] | None:
+    """Every layer's :class:`~placement.solver.layer.Validation` for the split ``masks``
+    (:func:`validation_split`): the fitting half's shares, tokens and EPLB placements, and the
+    unfitted tokens; None when EPLB cannot plan the fitting half."""
+    from placement.solver.baselines import eplb_phy2log
+
+    assert problem.token_traces is not None
+    L, E = problem.num_layers, problem.num_experts
+    srcs = problem.token_sources()
+    fit_counts, fit_tok, held_tok = [], [], []
+    for t, src, m in zip(problem.token_traces, srcs, masks, strict=True):
+        ids = np.asarray(t.topk_ids, dtype=np.int64)  # [T, L, k]
+        if m.any():
+            f = ids[m]
+            valid = f >= 0
+            lay = np.broadcast_to(np.arange(L)[None, :, None], f.shape)
+            cnt = np.bincount((lay * E + np.maximum(f, 0))[valid], minlength=L * E)
+            fit_counts.append(cnt.reshape(L, E).astype(np.float64))
+            fit_tok.append((f, np.asarray(src)[m]))
+        if (~m).any():
+            held_tok.append((ids[~m], np.asarray(src)[~m]))
+    if not fit_counts or not held_tok:
+        return None
+    counts = np.stack(fit_counts)  # [S_f, L, E]
+    if not (counts.sum(axis=-1) > 0).any():
+        return None
+    fit_problem = replace(problem, scenario_counts=counts,
+                          scenario_names=tuple(f"fit {i}" for i in range(len(fit_counts))),
+                          token_traces=None, source_gpus=None)
+    try:
+        eplb = eplb_phy2log(fit_problem, options, global_policy=False)
+    except InputError:
+        return None
+    try:
+        warm: np.ndarray | None = eplb_phy2log(fit_problem, options, global_policy=True)
+    except InputError:
+        warm = None
+    shares = fit_problem.scenario_shares()
+    plan = shrunk_shares(counts, SHRINK_PER_EXPERT)
+    held_ids = np.concatenate([h[0] for h in held_tok])
+    held_src = np.concatenate([h[1] for h in held_tok])
+    return [
+        Validation(shares=shares[:, i, :], plan_shares=plan[:, i, :],
+                   pooled=counts[:, i, :].sum(axis=0),
+                   tokens=tuple((f[:, i, :], fs) for f, fs in fit_tok),
+                   held=(held_ids[:, i, :], held_src),
+                   eplb=eplb[i], warm=None if warm is None else warm[i])
+        for i in range(L)
+    ]
 
 
 def _token_data(problem: ProblemData, layer: int) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
@@ -341,6 +617,14 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         eplb = eplb_phy2log(problem, options, global_policy=False)
     except InputError:
         eplb = None
+    # the validation guard (objective time, no explicit tolerance, several nodes): the search
+    # is also run on half of the planning tokens and judged on the other half
+    vals = None
+    if (problem.is_token_level and c.num_nodes > 1 and not node_limited
+            and options.objective == "time" and options.balance_tolerance is None):
+        masks = validation_split(problem)
+        if masks is not None:
+            vals = _validations(problem, options, masks)
     tasks = [
         LayerTask(
             index=i,
@@ -361,6 +645,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
             max_nodes_per_token=options.max_nodes_per_token,
             num_groups=groups,
             overlap=options.overlap,
+            validation=None if vals is None else vals[i],
         )
         for i in range(L)
     ]

@@ -69,6 +69,14 @@ class SolveResult:
         return [int(lid) for lid, f in zip(self.plan.layer_ids.tolist(), flags, strict=False) if f]
 
     @property
+    def guard_fell_back(self) -> list[int]:
+        """Layer ids where the validation guard kept a plain plan (EPLB's, the balance-only
+        plan): no traffic-aware plan beat EPLB's on the planning tokens it was not fitted to."""
+        flags = self.plan.settings.get("guard_fell_back") or []
+        return [int(lid) for lid, f in zip(self.plan.layer_ids.tolist(), flags, strict=False)
+                if f == 1.0]
+
+    @property
     def cut_layers(self) -> list[int]:
         """Layer ids the time limit cut."""
         st = self.plan.settings.get("layer_status") or []
@@ -225,6 +233,12 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
     if "fell_back" in s:
         lines.append(f"fell back to EPLB's placement: {len(fb)} of {p.num_layers} layer(s)"
                      + (f" ({_span(fb)}): the search did not beat it" if fb else ""))
+    if "guard_fell_back" in s:
+        judged = sum(1 for f in s["guard_fell_back"] if f == f)  # not NaN
+        gb = result.guard_fell_back
+        lines.append(f"validation guard: {len(gb)} of {judged} layer(s) kept a plain plan"
+                     + (f" ({_span(gb)}): no traffic-aware plan beat EPLB's on the planning "
+                        "tokens it was not fitted to" if gb else ""))
     rows = bounded_layers(p)
     if rows and p.lower_bound is not None:
         key, gaps = _gaps(p, rows)
