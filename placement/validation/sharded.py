@@ -185,6 +185,14 @@ def replay_tasks(plan: Plan, trace: ShardedTrace, *, rule: str, table: np.ndarra
     ]
 
 
+def _writable(a: np.ndarray) -> torch.Tensor:
+    """A tensor over ``a``, copied when ``a`` is read-only (a result that came back from a Ray
+    worker is a read-only view of its object store)."""
+    import torch
+
+    return torch.from_numpy(np.require(a, requirements=["W"]))
+
+
 def finish_replay(total: ReplayPartial, task: ReplayTask
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(gpu_loads [L, G], matrix [L, G, G], node_sends [L, G, N], tokens [L])`` from the
@@ -195,12 +203,12 @@ def finish_replay(total: ReplayPartial, task: ReplayTask
 
     kern = _kernel(task, 1, torch.device("cpu"))
     assert isinstance(kern, TokenStream)
-    kern.lse = torch.from_numpy(total.lse)
-    kern.valid = torch.from_numpy(total.valid)
+    kern.lse = _writable(total.lse)
+    kern.valid = _writable(total.valid)
     if total.phist is not None:
-        kern.phist = torch.from_numpy(total.phist)
+        kern.phist = _writable(total.phist)
     if total.node_acc is not None:
-        kern.node_acc = torch.from_numpy(total.node_acc)
+        kern.node_acc = _writable(total.node_acc)
     return kern.finish(task.table, task.phy2log)
 
 

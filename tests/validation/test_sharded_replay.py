@@ -109,3 +109,15 @@ def test_out_of_range_id_is_one_line(tmp_path: Path) -> None:
     np.save(f, a)
     with pytest.raises(TraceFormatError, match=r"shard 1 holds expert id 10, outside \[-1, 10\)"):
         replay(plan, st, device="cpu")
+
+
+def test_read_only_partials_are_copied_before_torch_sees_them() -> None:
+    # partials that come back from a Ray worker are read-only views of its object store: torch
+    # warns on those (and may write to them), so the finish copies them, and only them
+    from placement.validation.sharded import _writable
+
+    ro = np.arange(6, dtype=np.int64)
+    ro.setflags(write=False)
+    assert not np.shares_memory(_writable(ro).numpy(), ro)
+    rw = np.arange(6, dtype=np.int64)
+    assert np.shares_memory(_writable(rw).numpy(), rw)
