@@ -105,6 +105,7 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
         "predicted_time_ratio": result.time_ratio(),
         "objective_ratio": result.objective_ratio(),
         "fell_back_layers": result.fell_back,
+        "guard_fell_back_layers": result.guard_fell_back,
         "time_limit_layers": result.cut_layers,
         "hardware": s.get("hardware"),
         "bound_of": s.get("bound_of"),

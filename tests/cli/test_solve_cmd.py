@@ -99,6 +99,7 @@ def test_solve_json_and_per_layer(counts_file: Path, tmp_path: Path) -> None:
     assert data["predicted_time_ratio"] > 0
     assert 0 < data["objective_ratio"] <= 1.0
     assert data["fell_back_layers"] == [] and data["time_limit_layers"] == []
+    assert data["guard_fell_back_layers"] == []  # counts: the validation guard does not run
     assert set(data["plan"]) >= {"imbalance_even", "worst_window_imbalance_even",
                                  "predicted_moe_layer_time"}
     hw = data["hardware"]
