@@ -29,13 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_solver  # noqa: E402
+from run import token_cases  # noqa: E402
 
-from placement import Cluster  # noqa: E402
-from placement.routing_traces import read_native, synthesize  # noqa: E402
 from placement.solver import SolveOptions, baseline_plan, solve  # noqa: E402
 from placement.solver.problem import ProblemData, resolve_model  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "traces"
 IMBALANCE_TARGET = 1.01
 SENDS_TARGET = {"synth deepseek-v3": 0.92}
 SENDS_TARGET_DEFAULT = 0.85
@@ -43,39 +41,11 @@ TIME_TARGET = 0.90
 TFLOPS = (400.0, 1187.0)
 
 
-def _require(path: Path) -> Path:
-    if not path.exists():
-        raise SystemExit(f"error: shared data missing: {path}")
-    return path
-
-
-def cases(quick: bool) -> list[tuple[str, Any, Cluster]]:
-    """``(name, trace, cluster)``: the token-level cases of ``benchmarks/run.py``."""
-    n = 4096 if quick else 16384
-    layers = 2 if quick else 8
-    out: list[tuple[str, Any, Cluster]] = [
-        ("flame-moe-290m", read_native(_require(SHARED / "flame_moe_290m_tokens.npz")),
-         Cluster(4, 2, 10)),
-        ("mixtral-8x7b", read_native(_require(SHARED / "mixtral_8x7b_decode_tokens.npz")),
-         Cluster(2, 2, 3)),
-        ("synth deepseek-v3", synthesize("deepseek-v3", num_tokens=n, num_windows=2,
-                                         num_source_ranks=32, num_layers=layers, seed=11),
-         Cluster(4, 8, 9)),
-        ("synth qwen3-235b", synthesize("qwen3-235b", num_tokens=n, num_windows=2,
-                                        num_source_ranks=16, num_layers=layers, seed=12),
-         Cluster(2, 8, 9)),
-        ("synth kimi-k2", synthesize("kimi-k2", num_tokens=n, num_windows=2,
-                                     num_source_ranks=32, num_layers=layers, seed=13),
-         Cluster(4, 8, 13)),
-    ]
-    return out[:3] if quick else out
-
-
 def run(quick: bool, tflops: tuple[float, ...], only: set[str] | None = None
         ) -> list[dict[str, Any]]:
     """One row per (case, GPU speed): held-out figures of EPLB and the optimizer."""
     rows: list[dict[str, Any]] = []
-    base = cases(quick)
+    base = token_cases(quick)  # the token-level cases of benchmarks/run.py
     if only:
         base = [c for c in base if c[0] in only]
     for tf in tflops:

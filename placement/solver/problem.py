@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -129,6 +129,21 @@ class SolveOptions:
         return 8 if num_experts % 8 == 0 else 1
 
 
+def _same_model(items: Sequence[Any], cluster: Cluster) -> Any:
+    """The first of ``items`` (traces, or their statistics), after checking that all trace the
+    same experts and layers and that ``cluster`` holds the experts."""
+    first = items[0]
+    for i, t in enumerate(items[1:], start=1):
+        if t.num_experts != first.num_experts:
+            raise InputError(
+                f"trace {i} has {t.num_experts} experts, trace 0 has {first.num_experts}."
+            )
+        if not np.array_equal(t.layer_ids, first.layer_ids):
+            raise InputError(f"trace {i} traces other layers than trace 0.")
+    cluster.check_fits(first.num_experts)
+    return first
+
+
 @dataclass(frozen=True)
 class ProblemData:
     """What a solve plans from: the cluster and the traffic scenarios.
@@ -220,15 +235,7 @@ class ProblemData:
         tr = [traces] if isinstance(traces, Trace) else list(traces)
         if not tr:
             raise InputError("Expected at least one trace to plan from.")
-        first = tr[0]
-        for i, t in enumerate(tr[1:], start=1):
-            if t.num_experts != first.num_experts:
-                raise InputError(
-                    f"trace {i} has {t.num_experts} experts, trace 0 has {first.num_experts}."
-                )
-            if not np.array_equal(t.layer_ids, first.layer_ids):
-                raise InputError(f"trace {i} traces other layers than trace 0.")
-        cluster.check_fits(first.num_experts)
+        first = _same_model(tr, cluster)
         from placement.metrics import source_gpus
 
         counts: list[np.ndarray] = []
@@ -281,15 +288,7 @@ class ProblemData:
         st = [statistics] if not isinstance(statistics, Sequence) else list(statistics)
         if not st:
             raise InputError("Expected at least one trace's statistics to plan from.")
-        first = st[0]
-        for i, s in enumerate(st[1:], start=1):
-            if s.num_experts != first.num_experts:
-                raise InputError(
-                    f"trace {i} has {s.num_experts} experts, trace 0 has {first.num_experts}."
-                )
-            if not np.array_equal(s.layer_ids, first.layer_ids):
-                raise InputError(f"trace {i} traces other layers than trace 0.")
-        cluster.check_fits(first.num_experts)
+        first = _same_model(st, cluster)
         G = cluster.num_gpus
         token_level = all(s.is_token_level for s in st)
         counts: list[np.ndarray] = []
