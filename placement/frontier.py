@@ -147,11 +147,10 @@ def _judge(plan: Plan, heldout: Sequence[Trace | ShardedTrace], model: ModelShap
     """``(imbalance, sends, copies, predicted time)`` of ``plan`` on the held-out traces:
     every trace replayed (a sharded one shard by shard), the figures weighted by its tokens."""
     from placement.validation import replay
-    from placement.validation.sharded import replay_sharded
 
     imb, sends, copies, times, weights = [], [], [], [], []
     for t in heldout:
-        res = replay_sharded(plan, t) if isinstance(t, ShardedTrace) else replay(plan, t)
+        res = replay(plan, t)  # a sharded trace shard by shard
         traffic = res.per_gpu_traffic()
         s = res.mean_cross_node_sends_per_token
         cp = res.mean_cross_node_copies_per_token

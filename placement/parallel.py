@@ -126,7 +126,7 @@ _REMOTE: Any = None
 """The ``ray.remote`` wrapper of :func:`_ray_call`, made once per process."""
 
 
-def _import_ray() -> Any:
+def import_ray() -> Any:
     """``import ray``, or one line saying how to install it."""
     try:
         import ray
@@ -158,7 +158,7 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
     """The ``ray`` module, connected: to ``address``, else to the Ray already running in this
     process, else to a local Ray started now with ``workers`` CPUs (default: all cores)."""
     global _RAY_STARTED_HERE
-    ray = _import_ray()
+    ray = import_ray()
     if ray.is_initialized():
         return ray
     if address is not None:

@@ -209,7 +209,7 @@ def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | 
     """Pop the :func:`backend_options` from a command's kwargs: ``(backend, jobs)``, the backend
     a :class:`~placement.parallel.Ray` with ``--ray``/``--ray-address`` (the local Ray it starts
     is stopped when the command ends), else None (``jobs`` processes, the library's default)."""
-    from placement.parallel import Ray, _import_ray, shutdown_ray
+    from placement.parallel import Ray, import_ray, shutdown_ray
 
     jobs = kwargs.pop("jobs", None)
     use_ray = bool(kwargs.pop("use_ray", False))
@@ -224,7 +224,7 @@ def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | 
     if jobs is not None:
         raise click.UsageError("--jobs runs this machine's processes, --ray runs Ray tasks: "
                                "give one (--workers sets Ray's)", ctx)
-    _import_ray()  # a missing Ray is one line now, whether or not the command has Ray work
+    import_ray()  # a missing Ray is one line now, whether or not the command has Ray work
     if ctx is not None:
         ctx.call_on_close(shutdown_ray)
     return Ray(address=address, workers=workers), None

@@ -228,7 +228,7 @@ def _records(path: Path, order: Sequence[int] | None = None) -> Iterator[tuple[i
     :class:`SglangRankDump` of that record alone); a record is let go once it is out. None
     when the file is no ``per_pass`` / ``per_token`` dump (read it whole: that says what it
     is)."""
-    from placement.routing_traces.sglang import _rank_dump, torch_load_safe
+    from placement.routing_traces.sglang import rank_dump, torch_load_safe
 
     obj = torch_load_safe(path)
     if not isinstance(obj, dict) or not isinstance(obj.get("records"), list) \
@@ -242,7 +242,7 @@ def _records(path: Path, order: Sequence[int] | None = None) -> Iterator[tuple[i
         for i in (range(len(records)) if order is None else order):
             rec, records[i] = records[i], None
             try:
-                yield i, _rank_dump({"records": [rec], "last_physical_to_logical_map": p2l},
+                yield i, rank_dump({"records": [rec], "last_physical_to_logical_map": p2l},
                                     path)
             except TraceFormatError as exc:
                 raise TraceFormatError(exc.reason.replace("records[0]", f"records[{i}]"),

@@ -294,7 +294,7 @@ class SglangRankDump:
         return "per_pass" if self.topk_ids is None else "per_token"
 
 
-def _rank_dump(obj: dict[str, Any], path: Path) -> SglangRankDump:
+def rank_dump(obj: dict[str, Any], path: Path) -> SglangRankDump:
     records = obj["records"]
     if not isinstance(records, list):
         raise TraceFormatError(f"Expected records to be a list, got {type(records).__name__}.",
@@ -375,7 +375,7 @@ def parse_sglang_pt(path: str | Path) -> Trace | SglangRankDump:
         a = _to_numpy(obj["logical_count"], "logical_count", path)
         return trace_from_logical_count(a, path, drop_empty_steps=a.ndim == 3)
     if "records" in obj:
-        return _rank_dump(obj, path)
+        return rank_dump(obj, path)
     if "physical_to_logical_map" in obj:
         raise TraceFormatError(
             "an SGLang placement file (physical_to_logical_map), not a routing trace.", path

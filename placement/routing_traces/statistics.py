@@ -131,11 +131,11 @@ def _bottom_k(**fields: object) -> StatisticsPart:
 
 def _coactivation(ids: np.ndarray, E: int) -> np.ndarray:
     """``ids [t, L, k]`` -> ``[L, E, E]`` int64 co-activation counts of these tokens (the pair
-    counts of :func:`placement.routing_traces.stats._pair_counts`, both ways)."""
-    from placement.routing_traces.stats import _pair_counts
+    counts of :func:`placement.routing_traces.stats.pair_counts`, both ways)."""
+    from placement.routing_traces.stats import pair_counts
 
     L = ids.shape[1]
-    pairs, single = _pair_counts(np.asarray(ids), E)  # [L, E*E] i < j, [L, E]
+    pairs, single = pair_counts(np.asarray(ids), E)  # [L, E*E] i < j, [L, E]
     m = pairs.reshape(L, E, E)
     out = m + m.transpose(0, 2, 1)
     idx = np.arange(E)

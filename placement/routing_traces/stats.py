@@ -166,7 +166,7 @@ def _top_share(values: np.ndarray, n: int) -> float:
     return float(-np.partition(-values, n - 1)[:n].sum() / total)
 
 
-def _pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+def pair_counts(ids: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
     """``ids [T, L, k]`` (-1 = none) -> per layer, ``[L, E * E]`` tokens routed to both experts
     i < j (flat index ``i * E + j``, upper triangle only) and ``[L, E]`` tokens routed to each
     expert. A token listing an expert twice counts it once. Numpy only: one ``bincount`` of the
@@ -211,11 +211,11 @@ def _coactivation(trace: Trace | ShardedTrace, counts: tuple[np.ndarray, np.ndar
         pairs = np.zeros((trace.num_layers, E * E), dtype=np.int64)
         single = np.zeros((trace.num_layers, E), dtype=np.int64)
         for ids, _src in trace.iter_token_chunks(max(1, (1 << 20) // trace.num_layers)):
-            chunk_pairs, chunk_single = _pair_counts(np.asarray(ids), E)
+            chunk_pairs, chunk_single = pair_counts(np.asarray(ids), E)
             pairs += chunk_pairs
             single += chunk_single
     else:
-        pairs, single = _pair_counts(trace.topk_ids, E)
+        pairs, single = pair_counts(trace.topk_ids, E)
     upper = iu[0] * E + iu[1]
     for layer in range(trace.num_layers):
         obs = pairs[layer][upper].astype(np.float64)

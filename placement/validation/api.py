@@ -142,7 +142,7 @@ def prepare_replay(
     return ReplaySetup(phy2log, table, messages, common)
 
 
-def _auto_chunk(trace: Trace | ShardedTrace) -> int:
+def auto_chunk(trace: Trace | ShardedTrace) -> int:
     L, k = trace.num_layers, trace.top_k or 1
     return max(1, DEFAULT_CHUNK_ASSIGNMENTS // max(L * k, 1))
 
@@ -243,7 +243,7 @@ def replay(
     # 3. token-level: stream chunks through the kernel
     T = int(trace.num_tokens or 0)
     k = int(trace.top_k or 1)
-    chunk = chunk_tokens or _auto_chunk(trace)
+    chunk = chunk_tokens or auto_chunk(trace)
     chunk = max(1, min(chunk, max(T, 1)))
     if threads is not None and threads < 1:
         raise InputError(f"Expected threads >= 1, got {threads}.")

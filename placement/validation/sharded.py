@@ -231,7 +231,7 @@ def replay_sharded(
     """:func:`placement.validation.replay` of a sharded trace, shard by shard on ``backend``
     (default: this process). Same arguments; ``progress(tokens_done, tokens_total)`` after each
     shard. The result is the in-memory replay's (see the module docstring)."""
-    from placement.validation.api import _auto_chunk, prepare_replay, resolve_device
+    from placement.validation.api import auto_chunk, prepare_replay, resolve_device
 
     start = time.perf_counter()
     # 1. inputs, as in memory
@@ -244,7 +244,7 @@ def replay_sharded(
         raise InputError(f"Expected threads >= 1, got {threads}.")
     dev = resolve_device(device)
     T = trace.num_tokens
-    chunk = max(1, min(chunk_tokens or _auto_chunk(trace), max(T, 1)))
+    chunk = max(1, min(chunk_tokens or auto_chunk(trace), max(T, 1)))
     tasks = replay_tasks(plan, trace, rule=dispatch, table=setup.table, phy2log=setup.phy2log,
                          chunk_tokens=chunk, device=dev.type, threads=threads or 1)
     if not tasks:
