@@ -355,17 +355,6 @@ class _RunInfo:
 def _same_run(first: _RunInfo, d: Any) -> None:
     """The checks of :func:`~placement.routing_traces.sglang.trace_from_rank_dumps`: one
     model, one mode per directory."""
-    if d.physical_to_logical_map.shape != first.map_shape:
-        raise TraceFormatError(
-            f"last_physical_to_logical_map has shape {d.physical_to_logical_map.shape} but "
-            f"{first.path.name} has {first.map_shape} (one model per directory).", d.path,
-        )
-    if d.num_logical != first.num_logical:
-        raise TraceFormatError(
-            f"maps onto {d.num_logical} logical experts but {first.path.name} onto "
-            f"{first.num_logical} (one model per directory).", d.path,
-        )
-    if d.mode != first.mode:
-        raise TraceFormatError(
-            f"is a {d.mode} dump but {first.path.name} is a {first.mode} dump.", d.path
-        )
+    from placement.routing_traces.sglang import check_same_run
+
+    check_same_run(d, first.path, first.map_shape, first.num_logical, first.mode)

@@ -387,6 +387,27 @@ def parse_sglang_pt(path: str | Path) -> Trace | SglangRankDump:
     )
 
 
+def check_same_run(d: SglangRankDump, first_path: Path, map_shape: tuple[int, ...],
+                   num_logical: int, mode: str) -> None:
+    """Raise :class:`TraceFormatError` (naming ``d``'s file) unless rank dump ``d`` describes the
+    model and mode of the directory's first file (``first_path``, its map's shape, its logical
+    expert count and its mode)."""
+    if d.physical_to_logical_map.shape != map_shape:
+        raise TraceFormatError(
+            f"last_physical_to_logical_map has shape {d.physical_to_logical_map.shape} but "
+            f"{first_path.name} has {map_shape} (one model per directory).", d.path,
+        )
+    if d.num_logical != num_logical:
+        raise TraceFormatError(
+            f"maps onto {d.num_logical} logical experts but {first_path.name} onto "
+            f"{num_logical} (one model per directory).", d.path,
+        )
+    if d.mode != mode:
+        raise TraceFormatError(
+            f"is a {d.mode} dump but {first_path.name} is a {mode} dump.", d.path
+        )
+
+
 def trace_from_rank_dumps(dumps: Sequence[SglangRankDump]) -> Trace:
     """One :class:`Trace` from the per-rank ``per_pass`` / ``per_token`` dumps of one run.
 
@@ -401,21 +422,8 @@ def trace_from_rank_dumps(dumps: Sequence[SglangRankDump]) -> Trace:
     first = dumps[0]
     # 1. the dumps must describe one model and one mode
     for d in dumps[1:]:
-        if d.physical_to_logical_map.shape != first.physical_to_logical_map.shape:
-            raise TraceFormatError(
-                f"last_physical_to_logical_map has shape {d.physical_to_logical_map.shape} but "
-                f"{first.path.name} has {first.physical_to_logical_map.shape} (one model per "
-                "directory).", d.path,
-            )
-        if d.num_logical != first.num_logical:
-            raise TraceFormatError(
-                f"maps onto {d.num_logical} logical experts but {first.path.name} onto "
-                f"{first.num_logical} (one model per directory).", d.path,
-            )
-        if d.mode != first.mode:
-            raise TraceFormatError(
-                f"is a {d.mode} dump but {first.path.name} is a {first.mode} dump.", d.path
-            )
+        check_same_run(d, first.path, first.physical_to_logical_map.shape, first.num_logical,
+                       first.mode)
     E = first.num_logical
     layers = first.num_layers
     fpid = np.concatenate([d.forward_pass_id for d in dumps])
