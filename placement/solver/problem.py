@@ -129,9 +129,9 @@ class SolveOptions:
         return 8 if num_experts % 8 == 0 else 1
 
 
-def _same_model(items: Sequence[Any], cluster: Cluster) -> Any:
-    """The first of ``items`` (traces, or their statistics), after checking that all trace the
-    same experts and layers and that ``cluster`` holds the experts."""
+def _same_model(items: Sequence[Any], cluster: Cluster) -> None:
+    """Check that ``items`` (traces, or their statistics) all trace the experts and layers of
+    the first, and that ``cluster`` holds the experts."""
     first = items[0]
     for i, t in enumerate(items[1:], start=1):
         if t.num_experts != first.num_experts:
@@ -141,7 +141,6 @@ def _same_model(items: Sequence[Any], cluster: Cluster) -> Any:
         if not np.array_equal(t.layer_ids, first.layer_ids):
             raise InputError(f"trace {i} traces other layers than trace 0.")
     cluster.check_fits(first.num_experts)
-    return first
 
 
 @dataclass(frozen=True)
@@ -226,6 +225,32 @@ class ProblemData:
         )
 
     @classmethod
+    def _assemble(cls, cluster: Cluster, inputs: Sequence[Any], counts: list[np.ndarray],
+                  names: list[str], tokens: list[Trace] | None,
+                  sources: list[np.ndarray] | None) -> ProblemData:
+        """The problem of :meth:`from_traces` and :meth:`from_statistics`: ``inputs`` (the
+        traces, or their statistics; checked by :func:`_same_model`) give the model's shape,
+        ``counts``/``names`` one scenario each, ``tokens``/``sources`` their tokens (None for
+        aggregated inputs)."""
+        first = inputs[0]
+        sc = np.stack(counts)
+        if not (sc.sum(axis=-1) > 0).any():
+            raise InputError("The traces route no tokens.")
+        top_ks = {t.top_k for t in inputs if t.top_k is not None}
+        return cls(
+            cluster=cluster,
+            num_experts=first.num_experts,
+            layer_ids=np.asarray(first.layer_ids),
+            scenario_counts=sc,
+            scenario_names=tuple(names),
+            token_traces=tuple(tokens) if tokens is not None else None,
+            top_k=top_ks.pop() if len(top_ks) == 1 else None,
+            num_hidden_layers=first.num_hidden_layers,
+            model=first.model,
+            source_gpus=tuple(sources) if sources is not None else None,
+        )
+
+    @classmethod
     def from_traces(cls, traces: Trace | Sequence[Trace], cluster: Cluster) -> ProblemData:
         """Build the problem from one or several traces of the same model.
 
@@ -235,7 +260,7 @@ class ProblemData:
         tr = [traces] if isinstance(traces, Trace) else list(traces)
         if not tr:
             raise InputError("Expected at least one trace to plan from.")
-        first = _same_model(tr, cluster)
+        _same_model(tr, cluster)
         from placement.metrics import source_gpus
 
         counts: list[np.ndarray] = []
@@ -258,22 +283,8 @@ class ProblemData:
                     else:
                         tokens.append(t)
                         sources.append(src)
-        sc = np.stack(counts)
-        if not (sc.sum(axis=-1) > 0).any():
-            raise InputError("The traces route no tokens.")
-        top_ks = {t.top_k for t in tr if t.top_k is not None}
-        return cls(
-            cluster=cluster,
-            num_experts=first.num_experts,
-            layer_ids=np.asarray(first.layer_ids),
-            scenario_counts=sc,
-            scenario_names=tuple(names),
-            token_traces=tuple(tokens) if token_level else None,
-            top_k=top_ks.pop() if len(top_ks) == 1 else None,
-            num_hidden_layers=first.num_hidden_layers,
-            model=first.model,
-            source_gpus=tuple(sources) if token_level else None,
-        )
+        return cls._assemble(cluster, tr, counts, names, tokens if token_level else None,
+                             sources if token_level else None)
 
     @classmethod
     def from_statistics(cls, statistics: TraceStatistics | Sequence[TraceStatistics],
@@ -288,7 +299,7 @@ class ProblemData:
         st = [statistics] if not isinstance(statistics, Sequence) else list(statistics)
         if not st:
             raise InputError("Expected at least one trace's statistics to plan from.")
-        first = _same_model(st, cluster)
+        _same_model(st, cluster)
         G = cluster.num_gpus
         token_level = all(s.is_token_level for s in st)
         counts: list[np.ndarray] = []
@@ -307,22 +318,8 @@ class ProblemData:
                     src = (s.sample_source_rank[mask] if s.sample_source_rank is not None
                            else s.sample_index[mask])
                     sources.append(np.asarray(src, dtype=np.int64) % G)
-        sc = np.stack(counts)
-        if not (sc.sum(axis=-1) > 0).any():
-            raise InputError("The traces route no tokens.")
-        top_ks = {s.top_k for s in st if s.top_k is not None}
-        return cls(
-            cluster=cluster,
-            num_experts=first.num_experts,
-            layer_ids=np.asarray(first.layer_ids),
-            scenario_counts=sc,
-            scenario_names=tuple(names),
-            token_traces=tuple(tokens) if token_level else None,
-            top_k=top_ks.pop() if len(top_ks) == 1 else None,
-            num_hidden_layers=first.num_hidden_layers,
-            model=first.model,
-            source_gpus=tuple(sources) if token_level else None,
-        )
+        return cls._assemble(cluster, st, counts, names, tokens if token_level else None,
+                             sources if token_level else None)
 
 
 def resolve_model(options: SolveOptions, problem: ProblemData) -> tuple[ModelShape, str]:
