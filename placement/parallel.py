@@ -216,11 +216,19 @@ _TOKEN_SOURCES = ("RAY_AUTH_TOKEN (or a file: RAY_AUTH_TOKEN_PATH, ~/.ray/auth_t
 # The handshake, run in a child process: Ray's own GCS client, with the environment's Ray
 # settings (the token among them), one round trip to the cluster's GCS. A child because Ray's
 # client logs from C++ straight to stderr and retries for minutes against a server that is not
-# Ray; the child's stderr is captured and the child is killed at the deadline (and kills itself
-# by SIGALRM shortly after it, should this process die first).
+# Ray; the child's stderr is captured and the child is killed at the deadline (should this
+# process die first, the child dies with it on Linux, else by SIGALRM shortly after the
+# deadline).
 _HANDSHAKE = r"""
 import json, signal, sys
 signal.alarm(int(float(sys.argv[2])) + 2)
+try:  # Linux: die with the parent (PR_SET_PDEATHSIG), not only at the alarm
+    import ctypes, os
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != int(sys.argv[3]):  # the parent died before prctl
+        raise SystemExit(1)
+except (ImportError, OSError, AttributeError):
+    pass
 try:
     from ray._raylet import GcsClient
 except ImportError:
@@ -273,7 +281,7 @@ def check_ray_address(address: str, timeout: float | None = None) -> None:
     _probe(address)
     if "://" in address or address == "auto":
         return
-    cmd = [sys.executable, "-c", _HANDSHAKE, address, str(timeout)]
+    cmd = [sys.executable, "-c", _HANDSHAKE, address, str(timeout), str(os.getpid())]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL)
@@ -296,6 +304,10 @@ def check_ray_address(address: str, timeout: float | None = None) -> None:
                     "cluster's token in")
         elif "no authentication token was found" in message:
             what = "needs a token, and RAY_AUTH_MODE=token found none: put the cluster's token in"
+        elif "RAY_AUTH_TOKEN_PATH is set but" in message:
+            path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+            what = (f"needs a token, and RAY_AUTH_TOKEN_PATH={path} cannot be read or is empty "
+                    "(RAY_AUTH_MODE=token): put the cluster's token in")
         else:
             what = "refused this process's token (RAY_AUTH_MODE=token): put the cluster's token in"
         raise WorkerError(f"the Ray cluster at {address} {what} {_TOKEN_SOURCES}.")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +202,56 @@ def test_the_handshake_reads_a_refusal_of_the_token():
     assert _first_reason("", log + "\n/lib/x.so(+0x1) [0x2] frame", -6).startswith(
         "Failed to get cluster ID from GCS server: Unauthenticated")
     assert _first_reason("", "", -9) == "the handshake exited with status -9"
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_the_handshake_dies_with_its_parent(not_ray: str):
+    """Issue 22 item 5: SIGTERM to a command stuck on a server that is not Ray leaves no
+    handshake process behind (it dies with its parent, long before its own timeout)."""
+    import signal
+    import time
+
+    code = f"from placement.parallel import check_ray_address\ncheck_ray_address({not_ray!r}, 60)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        kids: list[int] = []
+        for _ in range(300):  # until the handshake child runs (bounded: 30 s)
+            kids = _children(parent.pid)
+            if kids:
+                break
+            time.sleep(0.1)
+        assert kids, "the handshake child never started"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=10) == -signal.SIGTERM
+        for _ in range(100):  # bounded: 10 s, far below the handshake's 60 s
+            if not any(_alive(k) for k in kids):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the handshake child {kids} outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -263,7 +263,9 @@ def test_a_missing_or_wrong_token_is_one_line(cluster: dict[str, Any], files: di
             cluster["address"]]
     a = placement_cmd(args, cluster["no_token"])
     b = placement_cmd(args, dict(cluster["env"], RAY_AUTH_TOKEN=secrets.token_hex(32)))
-    for code, out, err, _ in (a, b):
+    c = placement_cmd(args, dict(cluster["no_token"], RAY_AUTH_MODE="token",
+                                 RAY_AUTH_TOKEN_PATH=str(files["tmp"] / "no-such-token")))
+    for code, out, err, _ in (a, b, c):
         assert code == 1 and out == "", err
         assert len(err.splitlines()) == 1, err  # no C++ log stream
         assert err.startswith(f"error: the Ray cluster at {cluster['address']} "), err
@@ -271,3 +273,4 @@ def test_a_missing_or_wrong_token_is_one_line(cluster: dict[str, Any], files: di
         assert "`ray get-auth-token`" in err, err
     assert "needs Ray's authentication token" in a[2]
     assert "refused this process's token" in b[2]
+    assert f"RAY_AUTH_TOKEN_PATH={files['tmp'] / 'no-such-token'} cannot be read" in c[2]
