@@ -35,14 +35,17 @@ from placement._util import Progress
 from placement.errors import InputError, PlacementError, WorkerError
 
 __all__ = [
+    "RAY_CONNECT_TIMEOUT_S",
     "RAY_INSTALL_HINT",
     "Backend",
     "Local",
     "Processes",
     "Ray",
     "backend_for_jobs",
+    "check_ray_address",
     "ordered_map",
     "ray_init_args",
+    "ray_task_nodes",
     "shutdown_ray",
 ]
 
@@ -125,6 +128,12 @@ _RAY_STARTED_HERE = False
 _REMOTE: Any = None
 """The ``ray.remote`` wrapper of :func:`_ray_call`, made once per process."""
 
+_TASK_NODES: dict[str, int] = {}
+"""Node id -> Ray tasks that ran there, over this process's Ray maps (:func:`ray_task_nodes`)."""
+
+_ADDRESSES_OK: set[str] = set()
+"""Cluster addresses whose handshake succeeded in this process (checked once)."""
+
 
 def import_ray() -> Any:
     """``import ray``, or one line saying how to install it."""
@@ -162,17 +171,18 @@ def _ray_module(address: str | None, workers: int | None) -> Any:
     if ray.is_initialized():
         return ray
     if address is not None:
-        _probe(address)
+        check_ray_address(address)
     try:
         if address is None:
             ray.init(**ray_init_args(workers))
             _RAY_STARTED_HERE = True
         else:
-            # a cluster's workers import the placement installed on its nodes
+            # a cluster's workers import the placement installed on its nodes; its credentials
+            # are Ray's own settings (RAY_AUTH_MODE, RAY_AUTH_TOKEN, ...), read by ray.init
             args = ray_init_args(None)
             del args["num_cpus"], args["runtime_env"], args["address"]
             ray.init(address=address, **args)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WorkerError(f"could not start or reach {where}: {first}") from None
@@ -196,6 +206,135 @@ def _probe(address: str) -> None:
         raise WorkerError(f"could not reach the Ray cluster at {address}: {reason}") from None
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+"""How long :func:`check_ray_address` waits for a cluster's handshake (seconds)."""
+
+_TOKEN_SOURCES = ("RAY_AUTH_TOKEN (or a file: RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); "
+                  "`ray get-auth-token` on the head node prints it")
+"""Where Ray reads the token from, for the one line of a refused credential."""
+
+# The handshake, run in a child process: Ray's own GCS client, with the environment's Ray
+# settings (the token among them), one round trip to the cluster's GCS. A child because Ray's
+# client logs from C++ straight to stderr and retries for minutes against a server that is not
+# Ray; the child's stderr is captured and the child is killed at the deadline (should this
+# process die first, the child dies with it on Linux, else by SIGALRM shortly after the
+# deadline).
+_HANDSHAKE = r"""
+import json, signal, sys
+signal.alarm(int(float(sys.argv[2])) + 2)
+try:  # Linux: die with the parent (PR_SET_PDEATHSIG), not only at the alarm
+    import ctypes, os
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != int(sys.argv[3]):  # the parent died before prctl
+        raise SystemExit(1)
+except (ImportError, OSError, AttributeError):
+    pass
+try:
+    from ray._raylet import GcsClient
+except ImportError:
+    print(json.dumps({"ok": True, "skipped": True}), flush=True)
+    raise SystemExit(0)
+try:
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled)
+except ImportError:
+    ensure_token_if_auth_enabled = None
+try:
+    if ensure_token_if_auth_enabled is not None:  # what ray.init checks before connecting
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    client = GcsClient(address=sys.argv[1])
+    client.internal_kv_get(b"session_name", namespace=b"session", timeout=float(sys.argv[2]))
+    print(json.dumps({"ok": True}), flush=True)
+except Exception as exc:
+    print(json.dumps({"ok": False, "type": type(exc).__name__, "message": str(exc)}), flush=True)
+"""
+
+
+def _refused_credentials(kind: str, text: str) -> bool:
+    """Whether a handshake failed on the token (Ray's ``AuthenticationError`` or its gRPC
+    status ``Unauthenticated`` / ``InvalidAuthToken`` in the C++ log)."""
+    return kind == "AuthenticationError" or "Unauthenticated" in text or \
+        "InvalidAuthToken" in text or "no authentication token was found" in text
+
+
+def check_ray_address(address: str, timeout: float | None = None) -> None:
+    """Check that a Ray cluster answers at ``address`` and accepts this process's credentials,
+    within ``timeout`` seconds (default :data:`RAY_CONNECT_TIMEOUT_S`): a
+    :class:`~placement.errors.WorkerError` of one line otherwise.
+
+    1. ``host:port`` must accept a TCP connection (at once: a closed port is refused);
+    2. Ray's own GCS client, in a child process with this process's environment (Ray's token
+       settings: ``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+       ``~/.ray/auth_token``), makes one round trip to the GCS: a server that is not Ray
+       never answers it (the child is stopped at ``timeout``), a cluster that refuses the
+       token says so at once. Nothing of Ray's C++ log reaches this terminal.
+
+    ``ray://`` (Ray Client) addresses and ``auto`` get step 1 only (Ray checks the rest). An
+    address that passed is not checked again in this process.
+    """
+    import json
+    import subprocess
+
+    if address in _ADDRESSES_OK:
+        return
+    timeout = RAY_CONNECT_TIMEOUT_S if timeout is None else timeout
+    _probe(address)
+    if "://" in address or address == "auto":
+        return
+    cmd = [sys.executable, "-c", _HANDSHAKE, address, str(timeout), str(os.getpid())]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"no Ray cluster answered at {address} within {timeout:g} s (something "
+                          "listens there, but not a Ray head's GCS port: give the port of "
+                          "`ray start --head --port`)") from None
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if answer.get("ok"):
+        _ADDRESSES_OK.add(address)
+        return
+    kind, message = str(answer.get("type", "")), str(answer.get("message", ""))
+    if _refused_credentials(kind, message + done.stderr):
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            what = ("needs Ray's authentication token: set RAY_AUTH_MODE=token and the "
+                    "cluster's token in")
+        elif "no authentication token was found" in message:
+            what = "needs a token, and RAY_AUTH_MODE=token found none: put the cluster's token in"
+        elif "RAY_AUTH_TOKEN_PATH is set but" in message:
+            path = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+            what = (f"needs a token, and RAY_AUTH_TOKEN_PATH={path} cannot be read or is empty "
+                    "(RAY_AUTH_MODE=token): put the cluster's token in")
+        else:
+            what = "refused this process's token (RAY_AUTH_MODE=token): put the cluster's token in"
+        raise WorkerError(f"the Ray cluster at {address} {what} {_TOKEN_SOURCES}.")
+    raise WorkerError(f"could not reach the Ray cluster at {address}: "
+                      f"{_first_reason(message, done.stderr, done.returncode)}")
+
+
+def _first_reason(message: str, stderr: str, status: int) -> str:
+    """One line for a failed handshake: the exception's first line, else the first line of
+    Ray's log (``[date level pid] file.cc:line: what`` -> ``what``), else the exit status."""
+    import re
+
+    if message.strip():
+        return message.strip().splitlines()[0]
+    for line in stderr.splitlines():
+        m = re.match(r"^\[[^]]*\] (?:\S+:\d+: *)?(.+)$", line.strip())
+        if m:
+            return m.group(1)[:300]
+    return f"the handshake exited with status {status}"
+
+
+def ray_task_nodes() -> dict[str, int]:
+    """How many Ray tasks of this process's :class:`Ray` maps ran on each node: ``{node id
+    (hex): tasks}`` (empty before any Ray map). Where the work went, for a check or a log."""
+    return dict(_TASK_NODES)
+
+
 def shutdown_ray() -> None:
     """Stop the local Ray this process started (a no-op when none, or when Ray was started or
     connected by someone else, e.g. a test fixture)."""
@@ -209,13 +348,25 @@ def shutdown_ray() -> None:
     _REMOTE = None
 
 
-def _ray_call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any]:
-    """One Ray task: ``(True, fn(item))``, or ``(False, error)`` for a :class:`PlacementError`
-    (it travels back as a value, so it is raised again with its own type and message)."""
+def _ray_call(fn: Callable[[Any], Any], item: Any) -> tuple[bool, Any, str]:
+    """One Ray task: ``(True, fn(item), node id)``, or ``(False, error, node id)`` for a
+    :class:`PlacementError` (it travels back as a value, so it is raised again with its own
+    type and message)."""
+    node = _node_id()
     try:
-        return True, fn(item)
+        return True, fn(item), node
     except PlacementError as exc:
-        return False, exc
+        return False, exc, node
+
+
+def _node_id() -> str:
+    """The id of the Ray node this task runs on (``""`` outside a Ray worker)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return ""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -283,7 +434,8 @@ class Ray(Backend):
                     nxt += 1
                 ready, pending = ray.wait(pending, num_returns=1)
                 for ref in ready:
-                    ok, value = ray.get(ref)
+                    ok, value, node = ray.get(ref)
+                    _TASK_NODES[node] = _TASK_NODES.get(node, 0) + 1
                     if not ok:
                         raise value
                     out[index.pop(ref)] = value

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +147,111 @@ def test_an_unreachable_cluster_is_one_line_at_once():
     with pytest.raises(WorkerError, match=r"at ray://127\.0\.0\.1:1: "):
         _probe("ray://127.0.0.1:1")
     _probe("auto")  # left to Ray
+
+
+@pytest.fixture
+def not_ray() -> Iterator[str]:
+    """``127.0.0.1:PORT`` where a plain TCP server listens (accepts, reads, never answers)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(5)
+        for c in held:
+            c.close()
+        server.close()
+
+
+def test_a_server_that_is_not_ray_is_one_line_after_the_timeout(not_ray: str):
+    """Issue 22 item 5: the port is open, so the TCP check passes; the handshake (Ray's GCS
+    client, in a child process) gets no answer and is stopped at the timeout."""
+    from placement.parallel import check_ray_address
+
+    with pytest.raises(WorkerError, match=rf"^no Ray cluster answered at {not_ray} within 3 s "
+                                          r"\(something listens there, but not a Ray head's GCS "
+                                          r"port: give the port of `ray start --head --port`\)$"):
+        check_ray_address(not_ray, timeout=3)
+
+
+def test_the_handshake_reads_a_refusal_of_the_token():
+    from placement.parallel import _first_reason, _refused_credentials
+
+    log = ("[2026-12-08 00:20:37,355 W 9042 9042] gcs_client.cc:210: Failed to get cluster ID "
+           "from GCS server: Unauthenticated: RPC error: InvalidAuthToken: Authentication token "
+           "is missing or incorrect")
+    assert _refused_credentials("AuthenticationError", "")
+    assert _refused_credentials("", log)
+    assert not _refused_credentials("RuntimeError", "Failed to connect")
+    assert _first_reason("", log + "\n/lib/x.so(+0x1) [0x2] frame", -6).startswith(
+        "Failed to get cluster ID from GCS server: Unauthenticated")
+    assert _first_reason("", "", -9) == "the handshake exited with status -9"
+
+
+def _children(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc (Linux)")
+def test_the_handshake_dies_with_its_parent(not_ray: str):
+    """Issue 22 item 5: SIGTERM to a command stuck on a server that is not Ray leaves no
+    handshake process behind (it dies with its parent, long before its own timeout)."""
+    import signal
+    import time
+
+    code = f"from placement.parallel import check_ray_address\ncheck_ray_address({not_ray!r}, 60)"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        kids: list[int] = []
+        for _ in range(300):  # until the handshake child runs (bounded: 30 s)
+            kids = _children(parent.pid)
+            if kids:
+                break
+            time.sleep(0.1)
+        assert kids, "the handshake child never started"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=10) == -signal.SIGTERM
+        for _ in range(100):  # bounded: 10 s, far below the handshake's 60 s
+            if not any(_alive(k) for k in kids):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the handshake child {kids} outlived its parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -209,7 +209,7 @@ def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | 
     """Pop the :func:`backend_options` from a command's kwargs: ``(backend, jobs)``, the backend
     a :class:`~placement.parallel.Ray` with ``--ray``/``--ray-address`` (the local Ray it starts
     is stopped when the command ends), else None (``jobs`` processes, the library's default)."""
-    from placement.parallel import Ray, import_ray, shutdown_ray
+    from placement.parallel import Ray, check_ray_address, import_ray, shutdown_ray
 
     jobs = kwargs.pop("jobs", None)
     use_ray = bool(kwargs.pop("use_ray", False))
@@ -225,6 +225,8 @@ def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | 
         raise click.UsageError("--jobs runs this machine's processes, --ray runs Ray tasks: "
                                "give one (--workers sets Ray's)", ctx)
     import_ray()  # a missing Ray is one line now, whether or not the command has Ray work
+    if address is not None:
+        check_ray_address(address)  # so is a wrong address or a refused token
     if ctx is not None:
         ctx.call_on_close(shutdown_ray)
     return Ray(address=address, workers=workers), None

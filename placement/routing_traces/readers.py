@@ -27,7 +27,7 @@ import numpy as np
 from placement._util import format_ids
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import Probe, identify, mismatch, split_spec
-from placement.routing_traces import native, sglang, sharded, trtllm
+from placement.routing_traces import megatron, native, sglang, sharded, trtllm, vllm
 from placement.routing_traces.native import read_native
 from placement.routing_traces.registry import TraceReader, readers, register_reader
 from placement.routing_traces.sglang import parse_sglang_pt, read_sglang_json
@@ -51,6 +51,8 @@ register_reader(native.READER)
 register_reader(sglang.COUNTS_READER)
 register_reader(sglang.STAT_READER)
 register_reader(sglang.RANK_DUMP_READER)
+register_reader(vllm.READER)
+register_reader(megatron.READER)
 
 BUNDLED_PREFIX = "bundled:"
 TRACE_SUFFIXES = (".npz", ".json", ".pt", ".pth")

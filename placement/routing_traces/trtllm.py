@@ -10,6 +10,20 @@ TensorRT-LLM (``tensorrt_llm/_torch/expert_statistic.py``) records, for iteratio
 The trace holds counts ``[W = iterations, R = ranks, L = layers, E]``, ``top_k`` from the meta
 file. With TensorRT-LLM's online load balancer on, the recorder counts expert SLOTS (``E`` is
 then ``num_slots``): the trace describes slots, not logical experts.
+
+The recorder of TensorRT-LLM's co-occurrence placement
+(``examples/wide_ep/ep_load_balancer/generate_eplb_config_cooccurrence.py`` reads its output
+with ``load_expert_statistic``) writes two more files per rank beside ``rank{r}.safetensors``:
+
+* ``cooccurrence_rank{r}.safetensors``: ``"{iter}_{layer}"`` -> ``[E, E]`` int32, tokens that
+  chose both experts (the diagonal: tokens per expert);
+* ``token_selected_experts_rank{r}.safetensors``: ``"{iter}_{layer}"`` -> ``[tokens, k]`` the
+  expert ids every token of rank ``r`` chose (the rows of every layer are the same tokens).
+
+With the token files of every rank the trace is token-level: ``topk_ids [T, L, k]``, one window
+per iteration, ``source_rank`` the rank, tokens in rank order as the example concatenates them
+(its co-occurrence is then the trace's co-activation); their per-expert counts must equal the
+rank files'. The co-occurrence files alone add nothing to the counts and are not read.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from placement.routing_traces.trace import Trace
 __all__ = ["READER", "is_trtllm_dir", "read_trtllm_dir"]
 
 _RANK_FILE = re.compile(r"^rank(\d+)\.safetensors$")
+_TOKEN_FILE = re.compile(r"^token_selected_experts_rank(\d+)\.safetensors$")
 _KEY = re.compile(r"^(\d+)_(\d+)$")
 
 
@@ -124,6 +139,10 @@ def read_trtllm_dir(path: str | Path) -> Trace:
     for r, got in enumerate(per_rank):
         for (it, layer), a in got.items():
             counts[w_of[it], r, l_of[layer]] = a
+    # 5. the tokens themselves, where the co-occurrence recorder wrote them
+    token_files = {int(m.group(1)): f for f in path.iterdir() if (m := _TOKEN_FILE.match(f.name))}
+    if token_files:
+        return _token_trace(path, token_files, R, iters, layers, counts, k)
     try:
         return Trace(
             num_experts=E,
@@ -132,6 +151,79 @@ def read_trtllm_dir(path: str | Path) -> Trace:
             window_names=[str(it) for it in iters],
             top_k=k,
         )
+    except TraceFormatError as exc:
+        raise TraceFormatError(exc.reason, path) from None
+
+
+def _token_trace(path: Path, files: dict[int, Path], R: int, iters: list[int],
+                 layers: list[int], counts: np.ndarray, k: int) -> Trace:
+    """The token-level trace of ``token_selected_experts_rank{r}.safetensors`` (``counts
+    [W, R, L, E]``: the rank files', which the tokens must reproduce)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    missing = [r for r in range(R) if r not in files]
+    if missing or len(files) != R:
+        raise TraceFormatError(
+            f"token_selected_experts files for ranks {sorted(files)}, rank files for ranks "
+            f"0-{R - 1}: one of each per rank.", path)
+    L, E = len(layers), counts.shape[-1]
+    w_of = {it: n for n, it in enumerate(iters)}
+    l_of = {layer: n for n, layer in enumerate(layers)}
+    chunks: list[tuple[int, int, np.ndarray]] = []
+    for r in range(R):
+        f = files[r]
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise TraceFormatError(f"not a readable safetensors file ({exc}).", f) from None
+        # 1. [tokens, k] per (iteration, layer); one token count across a step's layers
+        per_iter: dict[int, dict[int, np.ndarray]] = {}
+        for key, value in tensors.items():
+            m = _KEY.match(key)
+            a = np.asarray(value)
+            if not m or int(m.group(1)) not in w_of or int(m.group(2)) not in l_of:
+                raise TraceFormatError(
+                    f"unexpected key {key!r} (expected '{{iter}}_{{layer}}' of the rank files).",
+                    f)
+            if a.ndim != 2 or a.shape[1] != k or not np.issubdtype(a.dtype, np.integer):
+                raise TraceFormatError(
+                    f"Expected {key} to be integer [tokens, {k}] (num_experts_per_token={k}), "
+                    f"got {a.dtype} {a.shape}.", f)
+            if a.size and (a.min() < 0 or a.max() >= E):
+                raise TraceFormatError(f"{key} holds expert ids outside [0, {E}).", f)
+            per_iter.setdefault(int(m.group(1)), {})[int(m.group(2))] = a.astype(np.int64)
+        counted = {iters[w] for w in np.flatnonzero(counts[:, r].sum(axis=(1, 2)))}
+        if counted - set(per_iter):
+            raise TraceFormatError(
+                f"no tokens for iteration {min(counted - set(per_iter))}, which "
+                f"rank{r}.safetensors counts.", f)
+        for it in sorted(per_iter):
+            got = per_iter[it]
+            sizes = {a.shape[0] for a in got.values()}
+            if len(got) != L or len(sizes) != 1:
+                raise TraceFormatError(
+                    f"iteration {it}: Expected the same tokens at all {L} layers, got "
+                    f"{len(got)} layers of {sorted(sizes)} tokens.", f)
+            ids = np.stack([got[layer] for layer in layers], axis=1)  # [n, L, k]
+            # 2. the tokens must give the counts the rank file holds
+            w = w_of[it]
+            seen = np.stack([np.bincount(ids[:, j].ravel(), minlength=E) for j in range(L)])
+            if not np.array_equal(seen, counts[w, r]):
+                raise TraceFormatError(
+                    f"iteration {it}: the tokens' expert counts differ from "
+                    f"rank{r}.safetensors.", f)
+            chunks.append((w, r, ids))
+    chunks.sort(key=lambda c: (c[0], c[1]))
+    if not chunks:
+        raise TraceFormatError("the token_selected_experts files hold no tokens.", path)
+    ids = np.concatenate([c[2] for c in chunks])
+    lengths = [c[2].shape[0] for c in chunks]
+    try:
+        return Trace(num_experts=E, topk_ids=ids, layer_ids=layers,
+                     source_rank=np.repeat([c[1] for c in chunks], lengths),
+                     window=np.repeat([c[0] for c in chunks], lengths),
+                     window_names=[str(it) for it in iters])
     except TraceFormatError as exc:
         raise TraceFormatError(exc.reason, path) from None
 

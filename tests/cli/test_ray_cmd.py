@@ -145,3 +145,25 @@ def test_replan_with_ray_is_the_same(run, ray_local, tmp_path: Path) -> None:
         outs.append((r.stdout.splitlines()[:-1], Plan.load(tmp_path / f"{name}.json").phy2log))
     assert outs[0][0] == outs[1][0]
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["validate", "compare"])
+def test_a_cluster_address_that_does_not_answer_is_an_error(run, error, files: dict[str, str],
+                                                            command: str) -> None:
+    """Issue 19: --ray-address is checked before the work, also where the work (an in-memory
+    trace's replay) runs in this process: nothing listening is one line, never ignored."""
+    port = _closed_port()
+    args = ([files["plan"], files["npz"], "--json"] if command == "validate" else
+            [files["plan"], files["npz"], "--baseline", "contiguous", "-o",
+             Path(files["tmp"]) / "r"])
+    r = run(command, *args, "--ray-address", f"127.0.0.1:{port}")
+    error(r, f"error: could not reach the Ray cluster at 127.0.0.1:{port}: Connection refused")
+    assert not (Path(files["tmp"]) / "r").exists()
