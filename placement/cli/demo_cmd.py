@@ -36,8 +36,10 @@ def demo(out_dir: Path | None, source: str, time_limit: float | None, seed: int,
     cluster = cluster_from_options(kwargs)
     click.echo(f"cluster: {cluster.summary()}")
     with progress_bar("solving layers") as progress:
+        # each step's line ends the bar first (it is up during the solve only)
         result = run_demo(out_dir, source=source, cluster=cluster,
                           options=(SolveOptions(seed=seed) if time_limit is None
                                    else SolveOptions(time_limit=time_limit, seed=seed)),
-                          step=click.echo, progress=progress)
+                          step=progress.echo if progress is not None else click.echo,
+                          progress=progress)
     click.echo(format_demo(result))
