@@ -113,7 +113,8 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
 @click.option("--price", type=click.FloatRange(min=0), default=None,
               help="$ per GPU-hour [default: the cluster's, else its GPU's].")
 @click.option("--layer", type=int, default=None,
-              help="Decoder layer of the traffic-matrix figure [default: the busiest].")
+              help="Decoder layer of the traffic-matrix figure [default: where the plan and "
+                   "EPLB differ most].")
 @click.option("--dispatch", type=click.Choice(RULES), default="static", show_default=True,
               help="Dispatch rule of the replays.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
