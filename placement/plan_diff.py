@@ -24,7 +24,7 @@ from placement.errors import InputError, PlanError
 from placement.models import ModelShape, guess_model
 from placement.moves import MoveCount, count_moves
 from placement.plan import Plan
-from placement.plan_eval import PlanFigures, plan_figures
+from placement.plan_eval import STEP_TOKENS_PER_GPU, PlanFigures, plan_figures
 from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -284,8 +284,17 @@ def figure_lines(old: PlanFigures, new: PlanFigures) -> list[str]:
     if old.mean_layer_time is not None and new.mean_layer_time is not None:
         what = "compute only" if old.compute_only else f"{old.overlap} overlap"
         ratio = new.mean_layer_time / old.mean_layer_time if old.mean_layer_time else float("nan")
-        lines.append(f"  predicted MoE layer time ({what}): {time_text(old.mean_layer_time)} -> "
-                     f"{time_text(new.mean_layer_time)} ({ratio:.3f}x)")
+        so, sn = old.mean_step_time, new.mean_step_time
+        if so is not None and sn is not None:
+            lines.append(f"  predicted MoE layer time ({what}), per step of "
+                         f"{STEP_TOKENS_PER_GPU:,} tokens per GPU: {time_text(so)} -> "
+                         f"{time_text(sn)} ({ratio:.3f}x)")
+        tokens = old.mean_tokens
+        whole = (f"all {tokens:,.0f} tokens of the trace" if tokens is not None
+                 else "all the trace's tokens")
+        lines.append(f"  predicted MoE layer time ({what}), {whole} (a total): "
+                     f"{time_text(old.mean_layer_time)} -> {time_text(new.mean_layer_time)} "
+                     f"({ratio:.3f}x)")
     return lines
 
 

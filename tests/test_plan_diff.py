@@ -11,7 +11,14 @@ from placement.errors import InputError, PlanError
 from placement.models import model_preset
 from placement.moves import count_moves
 from placement.plan import Plan
-from placement.plan_diff import default_bytes_per_param, diff_plans, expert_bytes, format_diff
+from placement.plan_diff import (
+    default_bytes_per_param,
+    diff_plans,
+    expert_bytes,
+    format_diff,
+    time_text,
+)
+from placement.plan_eval import STEP_TOKENS_PER_GPU
 from placement.routing_traces import Trace
 from placement.validation import replay
 
@@ -194,5 +201,14 @@ def test_diff_with_a_trace_replays_both_plans() -> None:
     assert out["trace"]["old"]["imbalance_static"] == pytest.approx(d.old_figures.mean_imbalance)
     assert "imbalance_static_old" in out["layers"][0]
     lines = format_diff(d).splitlines()
-    assert lines[-4].startswith("  imbalance (static): ")
-    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap): ")
+    assert lines[-5].startswith("  imbalance (static): ")
+    # per step of a stated batch, and the whole trace's total, labelled as such
+    fo = d.old_figures
+    assert fo is not None and fo.layer_time is not None and fo.tokens is not None
+    step = fo.layer_time * (STEP_TOKENS_PER_GPU * a.cluster.num_gpus) / fo.tokens
+    assert fo.mean_step_time == pytest.approx(float(np.mean(step)))
+    assert lines[-2].startswith("  predicted MoE layer time (two-batch overlap), per step of "
+                                "4,096 tokens per GPU: " + time_text(float(np.mean(step))))
+    assert lines[-1].startswith(f"  predicted MoE layer time (two-batch overlap), all "
+                                f"{trace.num_tokens:,} tokens of the trace (a total): "
+                                + time_text(float(np.mean(fo.layer_time))))

@@ -40,8 +40,8 @@ from placement.solver.result import bounded_layers
 if TYPE_CHECKING:
     from placement.routing_traces.sharded import ShardedTrace
 
-__all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd",
-           "solve_summary_dict"]
+__all__ = ["format_saved", "format_solve_summary", "format_step_time", "memory_cluster",
+           "solve_cmd", "solve_summary_dict"]
 
 
 def _load(path: str) -> Trace | ShardedTrace:
@@ -186,10 +186,39 @@ def format_saved(output: str) -> str:
     return f"saved plan to {output}"
 
 
+def format_step_time(result: SolveResult, tokens: np.ndarray | None) -> str | None:
+    """``predicted MoE layer time per step of 4,096 tokens per GPU: 3.07 ms, eplb 3.17 ms
+    (the table's is for all 24,576 planning tokens per layer, a total)``: the in-sample
+    predicted time, which is for the planning traces' ``tokens [L]`` (a whole workload for a
+    counts trace), restated for one step (:func:`placement.plan_eval.per_step_time`); None
+    without a predicted time or tokens."""
+    from placement.plan_eval import STEP_TOKENS_PER_GPU, per_step_time
+
+    key = "predicted_moe_layer_time"
+    mine = result.plan.objectives.get(key)
+    if mine is None or tokens is None or not np.any(tokens > 0):
+        return None
+    G = result.plan.cluster.num_gpus
+    from placement.plan_diff import time_text
+
+    text = (f"predicted MoE layer time per step of {STEP_TOKENS_PER_GPU:,} tokens per GPU: "
+            f"{time_text(float(np.mean(per_step_time(np.asarray(mine), tokens, G))))}")
+    theirs = result.reference.get(key)
+    if theirs is not None:
+        text += (f", {result.reference_method} "
+                 f"{time_text(float(np.mean(per_step_time(np.asarray(theirs), tokens, G))))}")
+    return (text + f" (the table's is for all {float(np.mean(tokens)):,.0f} planning tokens per "
+            "layer, a total)")
+
+
 def format_solve_summary(result: SolveResult, output: str | None = None, *,
-                         per_layer: bool = False) -> str:
-    """The text a user reads after ``placement solve``."""
+                         per_layer: bool = False, tokens: np.ndarray | None = None) -> str:
+    """The text a user reads after ``placement solve`` (``tokens [L]``: the planning tokens
+    per layer, for the per-step time, :func:`format_step_time`)."""
     text = format_solve_result(result, per_layer=per_layer)
+    step = format_step_time(result, tokens)
+    if step is not None:
+        text += "\n" + step
     if output is not None:
         text += "\n" + format_saved(output)
     return text
@@ -319,4 +348,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
                                  "explain": mem.explain()}
         click.echo(json.dumps(summary, separators=(",", ":")))
     else:
-        click.echo(format_solve_summary(result, output, per_layer=per_layer))
+        name = result.plan.settings.get("model")
+        k = problem.top_k or (MODEL_PRESETS[name].top_k if name in MODEL_PRESETS else None)
+        tokens = problem.scenario_counts.sum(axis=(0, 2)) / k if k else None
+        click.echo(format_solve_summary(result, output, per_layer=per_layer, tokens=tokens))

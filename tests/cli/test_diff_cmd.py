@@ -98,10 +98,13 @@ def test_with_a_trace(run, files: tuple[str, str], tmp_path: Path) -> None:
     r = run("diff", old, new, "--trace", str(tmp_path / "t.npz"))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[-5] == f"on {tmp_path / 't.npz'} ({old} -> {new}):"
-    assert lines[-4].startswith("  imbalance (static): ")
-    assert lines[-3].startswith("  cross-node sends per token: ")
-    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap): ")
+    assert lines[-6] == f"on {tmp_path / 't.npz'} ({old} -> {new}):"
+    assert lines[-5].startswith("  imbalance (static): ")
+    assert lines[-4].startswith("  cross-node sends per token: ")
+    assert lines[-2].startswith("  predicted MoE layer time (two-batch overlap), per step of "
+                                "4,096 tokens per GPU: ")
+    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap), all 40 tokens "
+                                "of the trace (a total): ")
     d = json.loads(run("diff", old, new, "--trace", str(tmp_path / "t.npz"), "--json").stdout)
     assert set(d["trace"]["old"]) >= {"imbalance_static", "cross_node_sends_per_token"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,10 @@ def test_budget_and_the_moves_it_buys(run, files: dict[str, str]) -> None:
            "3 x 4096 x 14336 x 2 B)" in lines
     i = lines.index(f"held-out, on {files['later']} (deployed -> re-planned):")
     assert lines[i + 1].startswith("  imbalance (even): ")
-    assert lines[i + 2].startswith("  predicted MoE layer time (compute only): ")
+    assert lines[i + 2].startswith("  predicted MoE layer time (compute only), per step of 4,096 "
+                                   "tokens per GPU: ")
+    assert re.match(r"  predicted MoE layer time \(compute only\), all [\d,]+ tokens of the "
+                    r"trace \(a total\): ", lines[i + 3])
     assert lines[-1] == f"saved plan to {out}"
     d = json.loads(run("diff", files["deployed"], out, "--json").stdout)
     assert d["moves"] == mc.total

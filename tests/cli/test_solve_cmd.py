@@ -71,6 +71,10 @@ def test_solve_prints_the_summary_and_saves_the_plan(counts_file: Path, tmp_path
     assert lines[7].startswith("worst-window imbalance (even) ")
     assert lines[8].startswith("objective (predicted compute time of the worst window): ")
     assert lines[8].endswith(" x EPLB's, no layer worse")
+    # the table's time is for all the planning tokens; the step's is stated beside it
+    step = [ln for ln in lines if ln.startswith("predicted MoE layer time per step of 4,096 "
+                                                 "tokens per GPU: ")]
+    assert len(step) == 1 and step[0].endswith(" planning tokens per layer, a total)"), lines
     assert "fell back to EPLB's placement: 0 of 2 layer(s)" in lines
     gap = [ln for ln in lines if ln.startswith("lower bound of worst-window imbalance (even): ")]
     assert len(gap) == 1 and gap[0].endswith("on 2 of 2 layer(s); gap mean 0.00 %, max 0.00 %")
