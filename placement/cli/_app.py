@@ -7,6 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -24,6 +25,7 @@ __all__ = [
     "backend_options",
     "cluster_from_options",
     "cluster_options",
+    "directory_output",
     "echo_err",
     "format_usage_error",
     "main",
@@ -149,6 +151,29 @@ def main() -> None:
     placement export plan.json --format sglang -o init_expert_location.json
     placement compare heldout.npz plan.json --baseline eplb -o report/
     """
+
+
+_FILE_ENDINGS = (".html", ".htm", ".md", ".json", ".png", ".pdf", ".txt", ".csv")
+
+
+def directory_output(writes: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback for an ``-o DIR`` option of a command that writes several files (``writes``:
+    ``"report.md, report.html and the figures"``): a name with a file's ending
+    (``-o report.html``) is refused in one line before any work, instead of becoming a
+    directory called ``report.html``."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        path = Path(value)
+        if path.suffix.lower() in _FILE_ENDINGS and not path.is_dir():
+            name = ctx.info_name or "this command"
+            raise click.UsageError(
+                f"-o {value} names a file, but {name} writes a directory ({writes}): give a "
+                f"directory, e.g. -o {path.with_suffix('')}", ctx)
+        return value
+
+    return check
 
 
 def cluster_options(func: F) -> F:

@@ -12,6 +12,7 @@ from placement.cli._app import (
     backend_options,
     cluster_from_options,
     cluster_options,
+    directory_output,
     echo_err,
     main,
     progress_bar,
@@ -129,7 +130,9 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
 @backend_options("Shards of sharded TRACEs replayed in parallel on this machine's processes "
                  "[default: 1; in-memory TRACEs are replayed in this process].")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Directory for report.md, report.html and the figures.")
+              callback=directory_output("report.md, report.html and the figures"),
+              help="Directory for report.md, report.html and the figures (-o report, not -o "
+                   "report.html).")
 def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
                 baseline_from: tuple[str, ...], model_name: str | None, overlap: str,
                 efficiency: float, price: float | None, layer: int | None, dispatch: str,

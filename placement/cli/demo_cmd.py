@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from placement.cli._app import cluster_from_options, cluster_options, main, progress_bar
+from placement.cli._app import (
+    cluster_from_options,
+    cluster_options,
+    directory_output,
+    main,
+    progress_bar,
+)
 
 __all__ = ["demo"]
 
@@ -14,6 +20,7 @@ __all__ = ["demo"]
 @main.command("demo", short_help="Run the whole pipeline on a bundled trace.")
 @click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path),
               default=None,
+              callback=directory_output("plan.json, init_expert_location.json and report/"),
               help="Where to write the files [default: placement-demo-USER in the temporary "
                    "directory, never inside a repository checkout].")
 @click.option("--trace", "source", default="bundled:deepseek-v3-workloads", show_default=True,

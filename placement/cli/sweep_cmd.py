@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from placement.cli._app import main, progress_bar
+from placement.cli._app import directory_output, main, progress_bar
 from placement.cli._files import TraceArg, check_heldout, load_trace_arg, resolve_model
 from placement.cost.step import PHASES, STEP_OVERLAPS, Workload
 from placement.errors import InputError
@@ -125,6 +125,7 @@ def _resolved(text: str) -> str:
               help="$ per GPU-hour [default: the GPU's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              callback=directory_output("sweep.md, sweep.json, the figures and the best plan"),
               help="Directory for sweep.md, sweep.json, the figures and the best plan.")
 def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], allow_overlap: bool,
               redundant: tuple[int, ...],

@@ -282,3 +282,20 @@ def test_heldout_of_a_bundled_trace(tmp_path, run, error) -> None:
           "bundled:mixtral#0): judge the plan on other windows (e.g. bundled:mixtral#1), or pass "
           "--allow-overlap for in-sample figures.")
     assert run("validate", p, "bundled:mixtral#1").exit_code == 0
+
+
+# -------------------------------------------------------------------------------------------
+# the rough edges of issue 19
+# -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("command", "writes"), [
+    ("compare", "report.md, report.html and the figures"),
+    ("sweep", "sweep.md, sweep.json, the figures and the best plan"),
+])
+def test_output_directory_named_like_a_file(files, run, error, tmp_path, command,
+                                            writes) -> None:
+    out = tmp_path / "report.html"
+    error(run(command, f"{files['t.npz']}#second-half", files["plan.json"], "-o", out),
+          f"error: -o {out} names a file, but {command} writes a directory ({writes}): give a "
+          f"directory, e.g. -o {tmp_path / 'report'} (see 'placement {command} --help').",
+          code=2)
+    assert not out.exists()
