@@ -265,8 +265,9 @@ def test_inspect_activation_rates_and_top_k(files, run) -> None:
                         "(each window and layer sums to 2)")
     assert lines[7] == "assignments   4 (all layers)"
     r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json")
-    assert r.stdout.splitlines()[2] == \
-        "routing       aggregated counts, top-k unknown (give --top-k K)"
+    assert r.stdout.splitlines()[1:3] == [  # the model and top-k solve guesses, said so
+        "model         deepseek-v3 (guessed from 256 experts per layer)",
+        "routing       aggregated counts, top-8 (model deepseek-v3, guessed from 256 experts)"]
     r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json",
             "--top-k", 8)
     assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"

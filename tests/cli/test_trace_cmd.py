@@ -70,7 +70,7 @@ def test_inspect_counts_directory_as_windows(run) -> None:
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert (d["num_layers"], d["num_experts"], d["top_k"], d["num_tokens"], d["num_windows"]) == \
-        (58, 256, None, None, 12)
+        (58, 256, 8, None, 12)  # top-8: of the model solve guesses (deepseek-v3)
     assert d["num_hidden_layers"] == 61 and d["dense_layer_ids"] == [0, 1, 2]
     assert d["coactivation"] is None
 
