@@ -29,6 +29,7 @@ __all__ = [
     "echo_err",
     "format_usage_error",
     "main",
+    "model_option",
     "progress_bar",
 ]
 
@@ -174,6 +175,36 @@ def directory_output(writes: str) -> Callable[[click.Context, click.Parameter, A
         return value
 
     return check
+
+
+def _check_model(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        from placement.models import model_preset
+
+        model_preset(value)  # an unknown name: one line naming the presets, exit status 1
+    return value
+
+
+def _model_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    from placement.models import MODEL_PRESETS
+
+    return [CompletionItem(n) for n in sorted(MODEL_PRESETS) if n.startswith(incomplete)]
+
+
+def model_option(uses: str, default: str) -> Callable[[F], F]:
+    """``--model NAME``, one meaning in every command: the model, a preset of
+    :data:`placement.models.MODEL_PRESETS` (its shape: experts, top-k, hidden sizes); ``uses``
+    says what this command takes from it, ``default`` what it does without it. The name is
+    checked when the command line is read (an unknown one is one line naming the presets)."""
+    from placement.models import MODEL_PRESETS
+
+    return click.option(
+        "--model", "model_name", metavar="NAME", default=None, callback=_check_model,
+        shell_complete=_model_names,
+        help=f"The model, a preset ({', '.join(sorted(MODEL_PRESETS))}): {uses} "
+             f"[default: {default}].")
 
 
 def cluster_options(func: F) -> F:

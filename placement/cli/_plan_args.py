@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from placement.cluster import Cluster, load_cluster
-from placement.models import MODEL_PRESETS, ModelShape, guess_model, model_preset
+from placement.models import ModelShape, guess_model, model_preset
 from placement.plan import Plan
 
-__all__ = ["MODEL_CHOICES", "model_for", "optional_cluster"]
-
-MODEL_CHOICES = tuple(sorted(MODEL_PRESETS))
+__all__ = ["model_for", "optional_cluster"]
 
 _KEYS = ("cluster_preset", "cluster_file", "num_nodes", "gpus_per_node", "slots_per_gpu")
 

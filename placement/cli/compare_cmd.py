@@ -15,6 +15,7 @@ from placement.cli._app import (
     directory_output,
     echo_err,
     main,
+    model_option,
     progress_bar,
 )
 from placement.cli._files import (
@@ -26,7 +27,6 @@ from placement.cli._files import (
 )
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import mismatch
-from placement.models import MODEL_PRESETS
 from placement.moe_time import OVERLAPS
 from placement.report.comparison import BASELINES
 from placement.validation import DEVICES, RULES
@@ -103,8 +103,8 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
               help="Traces the EPLB baselines are planned from [default: the plans' recorded "
                    "inputs]. Never the held-out traces unless you say so here.")
 @cluster_options
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="Model shape for bytes, tokens/s and $ [default: guessed].")
+@model_option("bytes, tokens/s and $", "guessed from the plans' and traces' model name and "
+              "expert count")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="Compute/communication overlap in the cost model.")
 @click.option("--efficiency", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,

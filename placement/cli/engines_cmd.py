@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from placement.cli._app import LazyChoice, cluster_options, echo_err, main
+from placement.cli._app import LazyChoice, cluster_options, echo_err, main, model_option
 from placement.cli._files import load_plan_arg
 from placement.engines import (
     FILL_CHOICES,
@@ -115,7 +115,8 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
 @click.option("--num-hidden-layers", type=click.IntRange(min=1),
               help="Decoder layers of the model, dense ones included.")
 @click.option("--mtp-layers", metavar="IDS", help="trtllm: ids of MTP layers to leave out.")
-@click.option("--model", "model_name", help="Model name to record in the plan.")
+@model_option("recorded in the plan, so later commands know its shape",
+              "none recorded; later commands guess it from the expert count")
 def import_cmd(engine_file: str, output: str, fmt: str, num_experts: int | None,
                layer_ids: str | None, dense_layers: str | None, first_k_dense: int | None,
                num_hidden_layers: int | None, mtp_layers: str | None, model_name: str | None,

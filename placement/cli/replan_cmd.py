@@ -10,8 +10,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from placement._io import atomic_write_bytes
-from placement.cli._app import backend_from_options, backend_options, cluster_options, main, progress_bar
-from placement.cli._plan_args import MODEL_CHOICES, model_for, optional_cluster
+from placement.cli._app import (
+    backend_from_options,
+    backend_options,
+    cluster_options,
+    main,
+    model_option,
+    progress_bar,
+)
+from placement.cli._plan_args import model_for, optional_cluster
 from placement.errors import InputError
 from placement.plan_diff import (
     default_bytes_per_param,
@@ -127,8 +134,8 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
 @click.option("--heldout", "heldout_sources", multiple=True, metavar="TRACE",
               help="Held-out traffic to judge the deployed and the new plan on (repeatable: "
                    "read as windows of one trace).")
-@click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default=None,
-              help="Model shape for bytes [default: guessed from the plan and traces].")
+@model_option("bytes per expert weight (--max-bytes) and the predicted time",
+              "guessed from the plan's and traces' model name and expert count")
 @click.option("--bytes-per-param", type=float, default=None,
               help="Bytes per expert weight (FP8: 1, BF16: 2) [default: as the model is "
                    "released: 1 for DeepSeek-V3, else 2].")

@@ -17,6 +17,7 @@ from placement.cli._app import (
     cluster_from_options,
     cluster_options,
     main,
+    model_option,
     progress_bar,
 )
 from placement.cluster import Cluster, MemoryModel
@@ -237,11 +238,9 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
                    "(expert compute of the slowest GPU vs the all-to-all over NVLink and the "
                    "network, for the cluster's bandwidths and the model's shape), peak GPU "
                    "load, or cross-node sends within --balance-tolerance of the best balance.")
-@click.option("--model", "model_name", default=None, metavar="NAME",
-              help="Model shape: of the optimizer's predicted time, and (with --gpu) whose "
-                   f"weights fill the memory budget ({', '.join(sorted(MODEL_PRESETS))}) "
-                   "[default: guessed from the traces' model name, expert count and top-k; "
-                   "else deepseek-v3's for the predicted time].")
+@model_option("the optimizer's predicted time, and (with --gpu) whose weights fill the "
+              "memory budget", "guessed from the traces' model name, expert count and top-k; "
+              "else deepseek-v3's for the predicted time")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="How the predicted time overlaps communication with compute.")
 @click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
@@ -257,7 +256,8 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
                    "routed to at most M groups reaches at most M nodes (DeepSeek-V3: 4).")
 @click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=600.0,
               show_default=True,
-              help="Safety net, seconds: the search is bounded by work, not time; layers still "
+              help="Safety net, seconds for the whole solve (not per layer): the search is "
+                   "bounded by work, not time; layers still "
                    "running when it fires keep the best placement found (and the plan may then "
                    "differ between machines).")
 @backend_options("Layers solved in parallel [default: CPU cores]; the plan does not depend "

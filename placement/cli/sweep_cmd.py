@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from placement.cli._app import directory_output, main, progress_bar
+from placement.cli._app import directory_output, main, model_option, progress_bar
 from placement.cli._files import TraceArg, check_heldout, load_trace_arg, resolve_model
 from placement.cost.step import PHASES, STEP_OVERLAPS, Workload
 from placement.errors import InputError
@@ -93,9 +93,8 @@ def _resolved(text: str) -> str:
               help="GPUs per node to try.")
 @click.option("--gpu", "gpu_name", default="h800", show_default=True, metavar="NAME",
               help=f"GPU: {', '.join(GPU_PRESETS)}.")
-@click.option("--model", "model_name", default=None, metavar="NAME",
-              help=f"Model: {', '.join(sorted(MODEL_PRESETS))} [default: guessed from the "
-                   "traces].")
+@model_option("the cost model (weights, KV cache, step time)",
+              "guessed from the traces' model name and expert count")
 @click.option("--phase", type=click.Choice(PHASES), default="decode", show_default=True,
               help="What the deployment serves.")
 @click.option("--context", type=click.FloatRange(min=1), default=4096, show_default=True,

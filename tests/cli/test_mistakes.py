@@ -300,3 +300,18 @@ def test_output_directory_named_like_a_file(files, run, error, tmp_path, command
           f"directory, e.g. -o {tmp_path / 'report'} (see 'placement {command} --help').",
           code=2)
     assert not out.exists()
+
+
+_MODEL_COMMANDS = ["solve", "sweep", "validate", "compare", "diff", "replan", "import"]
+
+
+@pytest.mark.parametrize("command", _MODEL_COMMANDS)
+def test_model_means_one_thing_in_every_command(run, error, command) -> None:
+    """``--model NAME`` is a model preset everywhere (solve's free text, validate's choice list
+    and import's name to record were three things): one help wording, one error line."""
+    help_text = " ".join(run(command, "--help").stdout.split())
+    assert "--model NAME The model, a preset (deepseek-moe-16b, deepseek-v3, " in help_text
+    error(run(command, "x", "y", "--model", "gpt"),
+          "error: Unknown model 'gpt'; choose one of: deepseek-moe-16b, deepseek-v3, "
+          "flame-moe-290m, kimi-k2, mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, "
+          "qwen3-235b-a22b, qwen3-30b-a3b.")
