@@ -220,3 +220,21 @@ def test_output_is_required(counts_file: Path) -> None:
     r = _run("solve", str(counts_file), "--preset", "h100-2x8")
     assert r.exit_code == 2
     assert "Missing option '-o'" in r.output
+
+
+def test_time_limit_help_and_docs_agree() -> None:
+    """One --time-limit: seconds for the whole solve, the library's default, in the help and in
+    docs/solve.md alike."""
+    import re
+
+    from placement.solver import SolveOptions
+
+    default = SolveOptions().time_limit
+    text = " ".join(_run("solve", "--help").stdout.split())
+    assert "--time-limit FLOAT RANGE Safety net, seconds for the whole solve (not per layer)" \
+        in text
+    assert f"[default: {default}; x>0.0]" in text
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "solve.md").read_text()
+    row = re.search(r"^\| `--time-limit S` \|(.*)\|$", docs, re.M)
+    assert row is not None
+    assert f"seconds for the whole solve (default {default:g})" in row.group(1)
