@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LazyChoice",
     "ProgressBar",
+    "SectionedCommand",
     "backend_from_options",
     "backend_options",
     "cluster_from_options",
@@ -131,6 +132,40 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections, in the order given
+    (click has no option groups; this is its documented way to change help output, a
+    :meth:`format_options` override, so no other dependency is needed). ``sections``: ``(title,
+    parameter names)`` pairs, names as the function receives them (``"num_nodes"``); options in
+    no section (a flag added later) are listed last under "Other options" (``--help`` with
+    them), never dropped."""
+
+    def __init__(self, *args: Any, sections: Sequence[tuple[str, Sequence[str]]] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = tuple((title, tuple(names)) for title, names in sections)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: rec for p in self.get_params(ctx) if isinstance(p, click.Option)
+                   and (rec := p.get_help_record(ctx)) is not None}
+        placed: set[str | None] = set()
+        groups: list[tuple[str, list[tuple[str, str]]]] = []
+        for title, names in self.sections:
+            rows = [records[n] for n in names if n in records]
+            placed.update(names)
+            if rows:
+                groups.append((title, rows))
+        rest = [rec for name, rec in records.items() if name not in placed]
+        if rest:
+            groups.append(("Other options", rest))
+        # one first-column width in every section, so that the sections line up
+        width = min(30, max(len(r[0]) for _, rows in groups for r in rows))
+        for title, rows in groups:
+            with formatter.section(title):
+                formatter.write_dl([(term.ljust(width), text) for term, text in rows],
+                                   col_max=width)
+
+
 def format_usage_error(exc: click.UsageError) -> str:
     """``error: <what is wrong> (see 'placement solve --help')``; a misspelt option names the
     closest one (``--num-nodes``: did you mean ``--nodes``?)."""
@@ -215,9 +250,11 @@ def cluster_options(func: F) -> F:
         click.option("--preset", "cluster_preset", metavar="NAME",
                      help="Cluster preset: deepseek-prefill, deepseek-decode, gb200-nvl72, "
                           "h100-2x8, h200-2x8."),
-        click.option("--nodes", "num_nodes", type=click.IntRange(min=1), help="Nodes."),
-        click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node."),
-        click.option("--slots-per-gpu", type=click.IntRange(min=1),
+        click.option("--nodes", "num_nodes", type=click.IntRange(min=1), metavar="N",
+                     help="Nodes."),
+        click.option("--gpus-per-node", type=click.IntRange(min=1), metavar="G",
+                     help="GPUs per node."),
+        click.option("--slots-per-gpu", type=click.IntRange(min=1), metavar="S",
                      help="Routed-expert slots per GPU per layer."),
     ]
     for opt in reversed(opts):

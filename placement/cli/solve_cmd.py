@@ -12,6 +12,7 @@ import click
 import numpy as np
 
 from placement.cli._app import (
+    SectionedCommand,
     backend_from_options,
     backend_options,
     cluster_from_options,
@@ -228,55 +229,67 @@ def format_solve_summary(result: SolveResult, output: str | None = None, *,
 _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
 
 
-@main.command("solve", short_help="Plan expert placement from traces.")
+SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Cluster", ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
+                 "slots_per_gpu")),
+    ("Output", ("output", "per_layer", "as_json")),
+    ("Objective", ("method", "objective", "model_name", "overlap", "balance_tolerance",
+                   "num_groups", "max_nodes_per_token", "robust")),
+    ("Memory (slots per GPU from its memory)", ("gpu_name", "kv_reserve_gb",
+                                                "runtime_reserve_gb")),
+    ("Search", ("time_limit", "seed", "sample_tokens", "jobs", "use_ray", "ray_address",
+                "workers")),
+)
+"""``placement solve --help``'s sections: the common path (cluster, output) first."""
+
+
+@main.command("solve", cls=SectionedCommand, sections=SOLVE_SECTIONS,
+              short_help="Plan expert placement from traces.")
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @cluster_options
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
-              help=f"The optimizer, or a baseline ({_METHOD_HELP}).")
+              metavar="NAME",
+              help="optimizer, or a baseline: eplb (DeepSeek's EPLB, hierarchical), eplb-global "
+                   "(its global policy), contiguous (the engines' default order).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time", show_default=True,
-              help="What the optimizer minimises per layer: the predicted MoE layer time "
-                   "(expert compute of the slowest GPU vs the all-to-all over NVLink and the "
-                   "network, for the cluster's bandwidths and the model's shape), peak GPU "
-                   "load, or cross-node sends within --balance-tolerance of the best balance.")
-@model_option("the optimizer's predicted time, and (with --gpu) whose weights fill the "
-              "memory budget", "guessed from the traces' model name, expert count and top-k; "
-              "else deepseek-v3's for the predicted time")
+              metavar="NAME",
+              help="What the optimizer minimises per layer: time, the predicted MoE layer time "
+                   "(the slowest GPU's expert compute vs the all-to-all); balance, the peak "
+                   "GPU load; or traffic, cross-node sends within --balance-tolerance of the "
+                   "best balance.")
+@model_option("the shape of the predicted time and, with --gpu, of the weights",
+              "guessed from the traces, else deepseek-v3's shape")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="How the predicted time overlaps communication with compute.")
-@click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
+@click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None, metavar="N",
               help="Expert groups (EPLB's hierarchical policy; node-limited routing). "
                    "Default 8 when the experts divide by 8, else 1.")
-@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None,
-              help="Peak GPU load the optimizer may give up for less cross-node traffic, as a "
-                   "fraction of the balance-only plan's (token-level traces) [default: "
-                   "0.05 for --objective traffic; for time, never balance worse than the "
-                   "balance-only plan or EPLB's].")
-@click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None,
-              help="Node-limited routing: keep every expert group on one node, so a token "
-                   "routed to at most M groups reaches at most M nodes (DeepSeek-V3: 4).")
+@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None, metavar="X",
+              help="Peak GPU load (a fraction of the balance-only plan's) the optimizer may "
+                   "give up for less cross-node traffic [default: 0.05 for traffic; time never "
+                   "balances worse than EPLB or the balance-only plan].")
+@click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Node-limited routing: every expert group on one node, so a token reaches "
+                   "at most M nodes (DeepSeek-V3: 4).")
 @click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=600.0,
-              show_default=True,
-              help="Safety net, seconds for the whole solve (not per layer): the search is "
-                   "bounded by work, not time; layers still "
-                   "running when it fires keep the best placement found (and the plan may then "
-                   "differ between machines).")
+              show_default=True, metavar="S",
+              help="Safety net, seconds for the whole solve (not per layer); the search is "
+                   "bounded by work, and layers it cuts keep their best placement so far.")
 @backend_options("Layers solved in parallel [default: CPU cores]; the plan does not depend "
                  "on it.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
               help="Seed; same traces and seed, same plan.")
 @click.option("--sample-tokens", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Plan from statistics gathered in one streaming pass: exact counts and a "
-                   "deterministic sample of about N tokens (spread over the windows) for "
-                   "traffic [default for sharded traces: 65,536; in-memory traces: every "
-                   "token].")
+              help="Plan from one streaming pass: exact counts, and about N sampled tokens for "
+                   "traffic [default: 65,536 for sharded traces, else every token].")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
-              help=f"Size the slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) "
-                   "instead of --slots-per-gpu (with --kv-reserve-gb).")
-@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help=f"Slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) instead "
+                   "of --slots-per-gpu.")
+@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="With --gpu: GB per GPU kept for the KV cache.")
-@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None,
+@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="With --gpu: GB per GPU kept for activations and buffers [default: 10 %].")
 @click.option("--per-layer", is_flag=True, help="Add per-layer figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -231,10 +232,27 @@ def test_time_limit_help_and_docs_agree() -> None:
 
     default = SolveOptions().time_limit
     text = " ".join(_run("solve", "--help").stdout.split())
-    assert "--time-limit FLOAT RANGE Safety net, seconds for the whole solve (not per layer)" \
+    assert "--time-limit S Safety net, seconds for the whole solve (not per layer)" \
         in text
     assert f"[default: {default}; x>0.0]" in text
     docs = (Path(__file__).resolve().parents[2] / "docs" / "solve.md").read_text()
     row = re.search(r"^\| `--time-limit S` \|(.*)\|$", docs, re.M)
     assert row is not None
     assert f"seconds for the whole solve (default {default:g})" in row.group(1)
+
+
+def test_help_groups_the_options_common_path_first() -> None:
+    """``solve --help`` in sections (cluster and output first, where a new user looks), every
+    option listed once, and short enough to read."""
+    from placement.cli.solve_cmd import solve_cmd
+
+    lines = _run("solve", "--help").stdout.splitlines()
+    heads = [ln for ln in lines if ln.endswith(":") and not ln.startswith(" ")]
+    assert heads == ["Cluster:", "Output:", "Objective:",
+                     "Memory (slots per GPU from its memory):", "Search:", "Other options:"]
+    assert lines.index("Output:") < 32
+    options = [o for p in solve_cmd.params if isinstance(p, click.Option) for o in p.opts]
+    listed = [w.rstrip(",") for ln in lines if ln.startswith("  -") for w in ln.split()
+              if w.startswith("-") and w.rstrip(",") in options]
+    assert sorted(listed) == sorted(options)  # each once (the help option included)
+    assert len(lines) <= 100
