@@ -33,7 +33,14 @@ __all__ = ["demo"]
 def demo(out_dir: Path | None, source: str, time_limit: float | None, seed: int,
          **kwargs: object) -> None:
     """Solve, validate, export and compare on a bundled trace (default cluster: DeepSeek's
-    prefill deployment, 4 nodes x 8 GPUs x 9 slots)."""
+    prefill deployment, 4 nodes x 8 GPUs x 9 slots).
+
+    \b
+    placement demo
+    placement demo -o demo/                        # keep the files here
+    placement demo --trace bundled:deepseek-v3     # token-level: traffic too
+    placement demo --trace bundled:mixtral --nodes 2 --gpus-per-node 2 --slots-per-gpu 3
+    """
     from placement.demo import default_out_dir, format_demo, run_demo
     from placement.solver import SolveOptions
 
