@@ -25,6 +25,7 @@ from placement.cli._files import (
     load_trace_arg,
     resolve_model,
 )
+from placement.cli._plan_args import check_one_model
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import mismatch
 from placement.moe_time import OVERLAPS
@@ -185,6 +186,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     notes = [n for p, f in zip(plans, plan_files, strict=True)
              for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
     traces: list[Trace | ShardedTrace] = [h.trace for h in held]
+    check_one_model([(h.text, h.trace) for h in held])
     needs_data = any(b != "contiguous" for b in chosen)
     sources = baseline_sources(baseline_from, plans, plan_files, trace_files) \
         if (needs_data or with_frontier) else []

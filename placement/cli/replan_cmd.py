@@ -18,7 +18,7 @@ from placement.cli._app import (
     model_option,
     progress_bar,
 )
-from placement.cli._plan_args import model_for, optional_cluster
+from placement.cli._plan_args import check_one_model, model_for, optional_cluster
 from placement.errors import InputError
 from placement.plan_diff import (
     default_bytes_per_param,
@@ -169,10 +169,14 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     from placement.routing_traces import load_trace
     from placement.solver.replan import ReplanOptions, replan
 
+    if (max_moves is None) == (max_bytes is None):
+        raise click.UsageError("give the budget as exactly one of --max-moves N or "
+                               "--max-bytes B (--max-moves 0 keeps the deployed plan)")
     backend, jobs = backend_from_options(cluster_kw)
     src = read_plan(deployed_file, optional_cluster(cluster_kw))
     deployed = src.plan
     loaded = [load_trace(t) for t in traces]
+    check_one_model(list(zip(traces, loaded, strict=True)))
     model = model_for(model_name, deployed, trace_model=loaded[0].model)
     if bytes_per_param is None:
         bytes_per_param = default_bytes_per_param(model)

@@ -21,6 +21,7 @@ from placement.cli._app import (
     model_option,
     progress_bar,
 )
+from placement.cli._plan_args import check_one_model
 from placement.cluster import Cluster, MemoryModel
 from placement.errors import InputError
 from placement.hardware import GPU_PRESETS, gpu_preset
@@ -334,6 +335,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)
     loaded = [_load(t) for t in traces]
+    check_one_model(list(zip(traces, loaded, strict=True)))
     if gpu_name is not None:
         cluster, mem = memory_cluster(cluster_kwargs, loaded, **memory_args)
         if not as_json:

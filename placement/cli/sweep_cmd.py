@@ -11,6 +11,7 @@ import click
 
 from placement.cli._app import directory_output, main, model_option, progress_bar
 from placement.cli._files import TraceArg, check_heldout, load_trace_arg, resolve_model
+from placement.cli._plan_args import check_one_model
 from placement.cost.step import PHASES, STEP_OVERLAPS, Workload
 from placement.errors import InputError
 from placement.filekinds import split_spec
@@ -159,6 +160,7 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], allow_overlap: 
     held = [load_trace_arg(h) for h in heldout]
     notes = heldout_notes(traces, held, allow_overlap=allow_overlap)
     judge_on = [h.trace for h in held]
+    check_one_model([*zip(traces, plan_on, strict=True), *((h.text, h.trace) for h in held)])
     model = resolve_model(model_name, None, plan_on[0], trace_label=traces[0])
     if model is None:
         raise InputError(

@@ -315,3 +315,56 @@ def test_model_means_one_thing_in_every_command(run, error, command) -> None:
           "error: Unknown model 'gpt'; choose one of: deepseek-moe-16b, deepseek-v3, "
           "flame-moe-290m, kimi-k2, mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, "
           "qwen3-235b-a22b, qwen3-30b-a3b.")
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_format_vllm_says_what_to_use(files, run, error, command) -> None:
+    error(run(command, files["plan.json"], "--format", "vllm", "-o", "x.json"),
+          "error: --format vllm: upstream vLLM loads no static expert placement file (its "
+          "--enable-eplb rebalances online with EPLB's algorithm): serve the plan with SGLang "
+          "(--format sglang) or TensorRT-LLM (--format trtllm), on Ascend NPUs with vLLM-Ascend "
+          "(--format vllm-ascend), or judge vLLM's online EPLB against the plan with placement "
+          "compare --baseline eplb.")
+
+
+def test_window_name_typo_gets_did_you_mean(files, run, error) -> None:
+    t = files["t.npz"]
+    error(run("validate", files["plan.json"], f"{t}#secnd-half"),
+          f"error: {t}: Unknown window 'secnd-half' in 'secnd-half' (did you mean "
+          "'second-half'?): give an index, a range, first-half, second-half, even, odd or one "
+          "of the trace's window names.")
+
+
+def test_cluster_file_key_typo_names_the_key(files, run, error, tmp_path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("nodes = 2\ngpus_per_node = 4\nslots_per_gpu = 10\n")
+    error(run("solve", files["t.npz"], "--cluster", bad, "-o", tmp_path / "p.json"),
+          f"error: {bad}: Unknown cluster setting 'nodes': did you mean num_nodes? (settings: "
+          "gpu, gpu_tflops, gpus_per_node, memory, name, network_gbps, num_nodes, nvlink_gbps, "
+          "slots_per_gpu, usd_per_gpu_hour).")
+
+
+def test_replan_without_a_budget_names_the_flags(files, run, error, tmp_path) -> None:
+    error(run("replan", files["plan.json"], files["t.npz"], "-o", tmp_path / "r.json"),
+          "error: give the budget as exactly one of --max-moves N or --max-bytes B "
+          "(--max-moves 0 keeps the deployed plan) (see 'placement replan --help').", code=2)
+
+
+@pytest.mark.parametrize("command", ["solve", "replan", "compare", "sweep"])
+def test_traces_of_two_models_name_both_files(files, run, error, tmp_path, command) -> None:
+    other = tmp_path / "other.npz"
+    write_native(synthesize("mixtral", num_tokens=64, num_windows=2, num_source_ranks=8,
+                            num_layers=2, seed=0), other)
+    t = files["t.npz"]
+    args = {"solve": ("solve", t, other, "--nodes", 2, "--gpus-per-node", 4,
+                      "--slots-per-gpu", 10, "-o", tmp_path / "p.json"),
+            "replan": ("replan", files["plan.json"], t, other, "--max-moves", 1,
+                       "-o", tmp_path / "p.json"),
+            "compare": ("compare", f"{t}#second-half", other, files["plan.json"],
+                        "--baseline", "contiguous", "-o", tmp_path / "r"),
+            "sweep": ("sweep", f"{t}#first-half", "--heldout", other, "--nodes", 2,
+                      "--model", "olmoe-1b-7b", "-o", tmp_path / "s")}[command]
+    first = f"{t}#second-half" if command == "compare" else \
+        f"{t}#first-half" if command == "sweep" else t
+    error(run(*args), f"error: {other} has 8 experts per layer but {first} has 64: the "
+                      "traces must be of one model.")
