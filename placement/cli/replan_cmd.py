@@ -25,10 +25,12 @@ from placement.plan_diff import (
     expert_bytes,
     expert_size_text,
     figure_lines,
+    format_transfer,
 )
 from placement.plan_source import read_plan
 
 if TYPE_CHECKING:
+    from placement.moves import TransferTime
     from placement.plan_eval import PlanFigures
     from placement.solver.replan import ReplanResult
 
@@ -50,6 +52,15 @@ def parse_bytes(text: str) -> float:
     return value
 
 
+def replan_transfer(result: ReplanResult) -> TransferTime | None:
+    """The time to move the re-plan's weights over the cluster's NVLink and network
+    (:func:`placement.moves.transfer_time`), when the expert size is known."""
+    from placement.moves import transfer_time
+
+    b = result.options.bytes_per_expert
+    return None if b is None else transfer_time(result.moves, result.deployed.cluster, b)
+
+
 def replan_summary_dict(result: ReplanResult, heldout: tuple[PlanFigures, PlanFigures] | None,
                         output: str) -> dict[str, Any]:
     """The figures of a re-plan as a JSON-ready dict."""
@@ -65,6 +76,8 @@ def replan_summary_dict(result: ReplanResult, heldout: tuple[PlanFigures, PlanFi
         "cross_node_moves": r.moves.total_cross_node,
         "bytes": r.bytes_moved,
         "bytes_per_expert": r.options.bytes_per_expert,
+        "transfer_s": None if (t := replan_transfer(r)) is None else t.seconds,
+        "stall_per_layer_s": None if t is None else t.max_layer_seconds,
         "imbalance_in_sample_before": float(np.mean(r.objective_before)),
         "imbalance_in_sample_after": float(np.mean(r.objective_after)),
         "imbalance_in_sample_optimizer": None if r.objective_target is None
@@ -108,6 +121,9 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
         lines.append(f"expert size: {expert_size}")
     else:
         lines.append("expert size: unknown (give --model for bytes)")
+    t = replan_transfer(result)
+    if t is not None:
+        lines.append(format_transfer(t))
     if heldout is not None:
         lines.append(f"held-out, on {heldout_name} (deployed -> re-planned):")
         lines += figure_lines(*heldout)
