@@ -368,3 +368,27 @@ def test_traces_of_two_models_name_both_files(files, run, error, tmp_path, comma
         f"{t}#first-half" if command == "sweep" else t
     error(run(*args), f"error: {other} has 8 experts per layer but {first} has 64: the "
                       "traces must be of one model.")
+
+
+def test_trtllm_export_of_deepseek_v3_without_mtp_layers_warns(run, tmp_path) -> None:
+    from placement.plan import Plan
+
+    plan = Plan(cluster=Cluster(4, 8, 9), num_experts=256, layer_ids=np.arange(3, 61),
+                phy2log=np.tile(np.arange(288) % 256, (58, 1)), method="eplb",
+                model="deepseek-v3")
+    plan.save(tmp_path / "plan.json")
+    warn = ("warning: no --mtp-layers: deepseek-v3 has an MTP layer (61), and with MTP "
+            "speculative decoding TensorRT-LLM fails at start-up without an assignment for it: "
+            "export again with --mtp-layers 61 (without MTP, ignore this).")
+    r = run("export", tmp_path / "plan.json", "--format", "trtllm", "-o", tmp_path / "lb.yaml")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[0] == warn
+    r = run("export", tmp_path / "plan.json", "--format", "trtllm", "--mtp-layers", 61,
+            "-o", tmp_path / "lb.yaml")
+    assert r.exit_code == 0 and warn not in r.stderr
+    # a model without an MTP layer: no warning
+    mix = Plan(cluster=Cluster(1, 2, 4), num_experts=8, layer_ids=np.arange(32),
+               phy2log=np.tile(np.arange(8), (32, 1)), method="eplb", model="mixtral-8x7b")
+    mix.save(tmp_path / "mix.json")
+    r = run("export", tmp_path / "mix.json", "--format", "trtllm", "-o", tmp_path / "m.yaml")
+    assert r.exit_code == 0 and "--mtp-layers" not in r.stderr
