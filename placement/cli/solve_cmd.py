@@ -250,21 +250,19 @@ SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 @cluster_options
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
               metavar="NAME",
-              help="optimizer, or a baseline: eplb (DeepSeek's EPLB, hierarchical), eplb-global "
-                   "(its global policy), contiguous (the engines' default order).")
+              help=f"The optimizer, or a baseline ({_METHOD_HELP}).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time", show_default=True,
               metavar="NAME",
-              help="What the optimizer minimises per layer: time, the predicted MoE layer time "
-                   "(the slowest GPU's expert compute vs the all-to-all); balance, the peak "
-                   "GPU load; or traffic, cross-node sends within --balance-tolerance of the "
-                   "best balance.")
+              help="What the optimizer minimises per layer: time (the predicted MoE layer "
+                   "time), balance (the peak GPU load) or traffic (cross-node sends within "
+                   "--balance-tolerance).")
 @model_option("the shape of the predicted time and, with --gpu, of the weights",
               "guessed from the traces, else deepseek-v3's shape")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="How the predicted time overlaps communication with compute.")
 @click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Expert groups (EPLB's hierarchical policy; node-limited routing). "
-                   "Default 8 when the experts divide by 8, else 1.")
+              help="Expert groups (EPLB's hierarchical policy) [default: 8 when the experts "
+                   "divide by 8, else 1].")
 @click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None, metavar="X",
               help="Peak GPU load (a fraction of the balance-only plan's) the optimizer may "
                    "give up for less cross-node traffic [default: 0.05 for traffic; time never "
