@@ -8,6 +8,7 @@ each MoE layer has ``P = G * slots_per_gpu`` physical slots and slot ``p`` lives
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import sys
@@ -191,6 +192,27 @@ class MemoryModel:
 _BREAKDOWN = ("non_expert_gb", "kv_reserve_gb", "runtime_gb")
 
 
+_SETTING_ALIASES = {"nodes": "num_nodes", "gpus": "gpus_per_node", "slots": "slots_per_gpu",
+                    "preset": "name"}
+"""Cluster-file keys users write from the command line's flags (``--nodes``) or by habit."""
+
+
+def _unknown_settings(unknown: list[str], known: list[str]) -> str:
+    """``Unknown cluster setting 'nodes': did you mean num_nodes? (settings: ...)``: each
+    unknown key with the setting it most likely means (the flag's name, ``-`` for ``_``, or
+    the closest spelling)."""
+    parts = []
+    for key in unknown:
+        norm = key.replace("-", "_")
+        best = _SETTING_ALIASES.get(norm) or (norm if norm in known else None)
+        if best is None:
+            close = difflib.get_close_matches(norm, known, n=1, cutoff=0.6)
+            best = close[0] if close else None
+        parts.append(f"{key!r}" + (f": did you mean {best}?" if best else ""))
+    noun = "setting" if len(unknown) == 1 else "settings"
+    return f"Unknown cluster {noun} {'; '.join(parts)} (settings: {', '.join(known)})."
+
+
 @dataclass(frozen=True)
 class Cluster:
     """An expert-parallel deployment.
@@ -366,7 +388,7 @@ class Cluster:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ClusterError(f"Unknown cluster setting(s): {', '.join(unknown)}.")
+            raise ClusterError(_unknown_settings(unknown, sorted(known)))
         memory = data.pop("memory", None)
         mem: MemoryModel | None = None
         if memory is not None:

@@ -75,7 +75,8 @@ def run_demo(
     W = trace.num_windows
     if W < 2:
         raise InputError(f"{source}: the demo needs a trace with at least 2 windows, it has {W}.")
-    half = W // 2
+    half = W // 2  # the windows of the specs first-half and second-half
+    held_name = f"{source}#second-half" if "#" not in source else f"{source} (second half)"
     plan_trace = trace.select_windows(range(half))
     held = trace.select_windows(range(half, W))
     names = trace.window_names
@@ -92,8 +93,8 @@ def run_demo(
     say(f"solved in {plan.wall_time:.1f} s ({plan.status}); wrote {files[0]}")
 
     # 2. validate both on the held-out windows
-    val = replay(plan, held, plan_name="optimizer", trace_name="held-out")
-    eval_ = replay(eplb, held, plan_name="eplb", trace_name="held-out")
+    val = replay(plan, held, plan_name="optimizer", trace_name=held_name)
+    eval_ = replay(eplb, held, plan_name="eplb", trace_name=held_name)
 
     # 3. export for SGLang
     sglang = out / "init_expert_location.json"
@@ -104,8 +105,8 @@ def run_demo(
     # 4. comparison report against EPLB and the engines' default
     model = guess_model(trace.model, num_experts=trace.num_experts, top_k=trace.top_k)
     cmp = compare([held], [plan], baselines=("eplb", "contiguous"), baseline_inputs=[plan_trace],
-                  model=model, labels=["optimizer"], trace_names=["held-out"],
-                  baseline_source=f"{source} windows {', '.join(names[:half])}")
+                  model=model, labels=["optimizer"], trace_names=[held_name],
+                  baseline_source=f"{source}#first-half" if "#" not in source else source)
     files.extend(write_report(cmp, out / "report"))
     say(f"wrote the comparison report {out / 'report' / 'report.html'}")
     return DemoResult(

@@ -13,6 +13,11 @@ weights must come over the inter-node network (otherwise over NVLink, from a GPU
 node). ``changed_slots`` counts slots whose expert differs (what an engine that rewrites every
 changed slot, as SGLang's online EPLB does, would transfer): always at least ``moves``.
 
+The time to move them (:func:`transfer_time`) is the busiest receiving GPU's: cross-node moves
+over its network link, the others over NVLink, both links at once, at the cluster's figures
+(:meth:`placement.cluster.Cluster.figures`); while weights move, an engine that pauses to
+rebalance stalls serving that long.
+
 Shapes: ``L`` layers, ``P`` slots, ``G`` GPUs, ``N`` nodes, ``E`` logical experts. Numpy only: a
 leaf module shared by the re-planner (:mod:`placement.solver.replan`), ``placement diff`` and the
 simulation.
@@ -26,8 +31,16 @@ import numpy as np
 
 from placement.cluster import Cluster
 from placement.errors import PlanError
+from placement.hardware import HardwareFigures
 
-__all__ = ["MoveCount", "count_moves", "gpu_expert_counts", "incoming_experts"]
+__all__ = [
+    "MoveCount",
+    "TransferTime",
+    "count_moves",
+    "gpu_expert_counts",
+    "incoming_experts",
+    "transfer_time",
+]
 
 
 def gpu_expert_counts(phy2log: np.ndarray, cluster: Cluster, num_experts: int) -> np.ndarray:
@@ -58,12 +71,15 @@ class MoveCount:
         cross_node_moves: ``[L]`` of those, the ones no GPU of the receiving node held.
         changed_slots: ``[L]`` slots whose expert changed.
         incoming: ``[L, G, E]`` replicas of expert ``e`` GPU ``g`` receives.
+        cross_node_incoming: ``[L, G]`` of GPU ``g``'s moves, the cross-node ones (None when
+            not counted).
     """
 
     moves: np.ndarray
     cross_node_moves: np.ndarray
     changed_slots: np.ndarray
     incoming: np.ndarray
+    cross_node_incoming: np.ndarray | None = None
 
     @property
     def total(self) -> int:
@@ -102,9 +118,75 @@ def count_moves(old: np.ndarray, new: np.ndarray, cluster: Cluster,
     node_held = ca.reshape(L, N, gpn, num_experts).sum(axis=2) > 0
     # 2. a move to GPU g is cross-node when g's node held none of that expert
     remote = ~node_held[:, cluster.node_of_gpu(), :]  # [L, G, E]
+    remote_in = np.where(remote, inc, 0).sum(axis=2)  # [L, G]
     return MoveCount(
         moves=inc.sum(axis=(1, 2)),
-        cross_node_moves=np.where(remote, inc, 0).sum(axis=(1, 2)),
+        cross_node_moves=remote_in.sum(axis=1),
         changed_slots=(a != b).sum(axis=1),
         incoming=inc,
+        cross_node_incoming=remote_in,
     )
+
+
+@dataclass(frozen=True)
+class TransferTime:
+    """How long moving the expert weights of a :class:`MoveCount` takes on a cluster's links.
+
+    Every GPU receives its moves at once: the cross-node ones over its network link, the others
+    over NVLink from a GPU of its node, the two links in parallel; the GPU that takes longest
+    sets the time. Attributes:
+
+        seconds: every changed layer moved in one go (what an engine that pauses serving to
+            rebalance, as SGLang's EPLB does, stalls for).
+        per_layer_seconds: ``[L]`` each layer moved on its own; its max is the stall of moving
+            one layer at a time.
+        gpu: the GPU that sets ``seconds``; ``nvlink_moves`` and ``network_moves``: its moves
+            over each link.
+        nvlink_gbps, network_gbps: the links' GB/s per GPU (:meth:`Cluster.figures`).
+        bytes_per_expert: bytes of one expert's weights.
+    """
+
+    seconds: float
+    per_layer_seconds: np.ndarray
+    gpu: int
+    nvlink_moves: int
+    network_moves: int
+    nvlink_gbps: float
+    network_gbps: float
+    bytes_per_expert: float
+
+    @property
+    def max_layer_seconds(self) -> float:
+        """The slowest single layer (0 when nothing moves)."""
+        return float(self.per_layer_seconds.max()) if self.per_layer_seconds.size else 0.0
+
+
+def transfer_time(counts: MoveCount, cluster: Cluster, bytes_per_expert: float,
+                  figures: HardwareFigures | None = None) -> TransferTime:
+    """The time to move ``counts``' weights (``bytes_per_expert`` each) over ``cluster``'s
+    NVLink and network (``figures``, default ``cluster.figures()``; see
+    :class:`TransferTime`)."""
+    if counts.cross_node_incoming is None:
+        raise PlanError("the move count has no per-GPU cross-node moves (use count_moves).")
+    f = figures if figures is not None else cluster.figures()
+    remote = np.asarray(counts.cross_node_incoming, dtype=np.float64)  # [L, G]
+    local = counts.incoming.sum(axis=2) - remote
+    nv, net = f.nvlink_gbps * 1e9, f.network_gbps * 1e9
+
+    def seconds(loc: np.ndarray, rem: np.ndarray) -> np.ndarray:
+        return np.maximum(loc * bytes_per_expert / nv, rem * bytes_per_expert / net)
+
+    per_gpu = seconds(local.sum(axis=0), remote.sum(axis=0))  # [G], all layers at once
+    g = int(np.argmax(per_gpu)) if per_gpu.size else 0
+    per_layer = seconds(local, remote).max(axis=1) if local.size else np.zeros(0)
+    return TransferTime(
+        seconds=float(per_gpu[g]) if per_gpu.size else 0.0,
+        per_layer_seconds=per_layer,
+        gpu=g,
+        nvlink_moves=int(local[:, g].sum()) if local.size else 0,
+        network_moves=int(remote[:, g].sum()) if remote.size else 0,
+        nvlink_gbps=f.nvlink_gbps,
+        network_gbps=f.network_gbps,
+        bytes_per_expert=float(bytes_per_expert),
+    )
+

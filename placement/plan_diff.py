@@ -22,9 +22,9 @@ import numpy as np
 from placement._util import format_ids
 from placement.errors import InputError, PlanError
 from placement.models import ModelShape, guess_model
-from placement.moves import MoveCount, count_moves
+from placement.moves import MoveCount, TransferTime, count_moves, transfer_time
 from placement.plan import Plan
-from placement.plan_eval import PlanFigures, plan_figures
+from placement.plan_eval import STEP_TOKENS_PER_GPU, PlanFigures, plan_figures
 from placement.routing_traces.trace import Trace
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "figure_lines",
     "format_bytes_line",
     "format_diff",
+    "format_transfer",
     "size_text",
     "time_text",
 ]
@@ -133,6 +134,13 @@ class PlanDiff:
         return None if b is None else self.moves * b
 
     @property
+    def transfer(self) -> TransferTime | None:
+        """The time to move the weights over the cluster's NVLink and network
+        (:func:`~placement.moves.transfer_time`), when the model is known."""
+        b = self.bytes_per_expert
+        return None if b is None else transfer_time(self.counts, self.old.cluster, b)
+
+    @property
     def num_slots(self) -> int:
         """Slots of the compared layers."""
         return int(self.layer_ids.size) * self.old.num_slots
@@ -176,6 +184,8 @@ class PlanDiff:
             "bytes": self.bytes,
             "bytes_per_expert": bpe,
             "bytes_per_param": self.bytes_per_param,
+            "transfer_s": None if (t := self.transfer) is None else t.seconds,
+            "stall_per_layer_s": None if t is None else t.max_layer_seconds,
             "model": None if self.model is None else self.model.name,
             "model_guessed": self.model_guessed if self.model is not None else None,
             "layers_only_old": list(self.only_old),
@@ -264,6 +274,20 @@ def expert_size_text(model: ModelShape, guessed: bool, bytes_per_param: float) -
             f"{bytes_per_param:g} B)")
 
 
+def format_transfer(t: TransferTime) -> str:
+    """``transfer: 1.84 s over NVLink 160 GB/s and the network 40 GB/s per GPU (GPU 5
+    receives 42 weights, 38 cross-node); serving stall: 1.84 s moving every layer at once, at
+    most 48.2 ms per layer moving one layer at a time``."""
+    moves = t.nvlink_moves + t.network_moves
+    if moves == 0:
+        return "transfer: nothing moves, no serving stall"
+    return (f"transfer: {time_text(t.seconds)} over NVLink {t.nvlink_gbps:g} GB/s and the "
+            f"network {t.network_gbps:g} GB/s per GPU (GPU {t.gpu} receives {moves} "
+            f"weight(s), {t.network_moves} cross-node); serving stall: {time_text(t.seconds)} "
+            f"moving every layer at once, at most {time_text(t.max_layer_seconds)} per layer "
+            "moving one layer at a time")
+
+
 def format_bytes_line(model: ModelShape | None, guessed: bool, bytes_per_param: float,
                       moves: int) -> str:
     """``bytes: 73.55 GB (44.04 MB per expert weight (deepseek-v3; ...))``."""
@@ -284,8 +308,17 @@ def figure_lines(old: PlanFigures, new: PlanFigures) -> list[str]:
     if old.mean_layer_time is not None and new.mean_layer_time is not None:
         what = "compute only" if old.compute_only else f"{old.overlap} overlap"
         ratio = new.mean_layer_time / old.mean_layer_time if old.mean_layer_time else float("nan")
-        lines.append(f"  predicted MoE layer time ({what}): {time_text(old.mean_layer_time)} -> "
-                     f"{time_text(new.mean_layer_time)} ({ratio:.3f}x)")
+        so, sn = old.mean_step_time, new.mean_step_time
+        if so is not None and sn is not None:
+            lines.append(f"  predicted MoE layer time ({what}), per step of "
+                         f"{STEP_TOKENS_PER_GPU:,} tokens per GPU: {time_text(so)} -> "
+                         f"{time_text(sn)} ({ratio:.3f}x)")
+        tokens = old.mean_tokens
+        whole = (f"all {tokens:,.0f} tokens of the trace" if tokens is not None
+                 else "all the trace's tokens")
+        lines.append(f"  predicted MoE layer time ({what}), {whole} (a total): "
+                     f"{time_text(old.mean_layer_time)} -> {time_text(new.mean_layer_time)} "
+                     f"({ratio:.3f}x)")
     return lines
 
 
@@ -299,6 +332,11 @@ def format_diff(d: PlanDiff) -> str:
         f"{d.num_slots} slots) in {int((d.counts.moves > 0).sum())} layer(s); "
         f"{d.cross_node_moves} cross-node",
         format_bytes_line(d.model, d.model_guessed, d.bytes_per_param, d.moves),
+    ]
+    t = d.transfer
+    if t is not None:
+        lines.append(format_transfer(t))
+    lines += [
         f"changed slots: {int(d.counts.changed_slots.sum())} (a move is an expert a GPU did not "
         "hold; slot-order changes inside a GPU move nothing)",
     ]

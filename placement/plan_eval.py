@@ -10,7 +10,9 @@ held-out trace) and the simulation (every window). Per layer, then the mean over
   copies per token`` (remote experts, low-latency mode): token-level traces only;
 * ``predicted MoE layer time`` (:func:`placement.moe_time.layer_times`, two-batch overlap by
   default) when the model's shape is known: compute and all-to-all for token-level traces,
-  compute only for counts.
+  compute only for counts. Stated two ways: per step of :data:`STEP_TOKENS_PER_GPU` tokens on
+  every GPU (the latency users know, :func:`per_step_time`), and for all the trace's tokens (a
+  whole-workload total: a counts trace of a day's traffic gives hundreds of milliseconds).
 
 The replay is :func:`placement.validation.replay`, the one ``placement validate`` runs.
 """
@@ -28,7 +30,23 @@ from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.validation import replay
 
-__all__ = ["PlanFigures", "plan_figures"]
+__all__ = ["STEP_TOKENS_PER_GPU", "PlanFigures", "per_step_time", "plan_figures"]
+
+STEP_TOKENS_PER_GPU = 4096
+"""The batch the per-step predicted time is stated for: tokens on every GPU in one step (a
+prefill chunk; the figure scales linearly with it)."""
+
+
+def per_step_time(layer_time: np.ndarray, tokens: np.ndarray, num_gpus: int,
+                  tokens_per_gpu: int = STEP_TOKENS_PER_GPU) -> np.ndarray:
+    """``[L]`` predicted MoE layer time of one step of ``tokens_per_gpu`` tokens on every GPU,
+    from ``layer_time [L]``, the time of ``tokens [L]`` tokens (a whole trace): every term of
+    :func:`~placement.moe_time.layer_times` (the busiest GPU's expert tokens, its all-to-all
+    tokens) grows in proportion to the tokens at the trace's routing mix, so the step's time is
+    ``layer_time x tokens_per_gpu x num_gpus / tokens`` (0 where a layer routes nothing)."""
+    t = np.asarray(tokens, dtype=np.float64)
+    scale = np.divide(float(tokens_per_gpu) * num_gpus, t, out=np.zeros_like(t), where=t > 0)
+    return np.asarray(layer_time, dtype=np.float64) * scale
 
 
 @dataclass(frozen=True)
@@ -41,11 +59,13 @@ class PlanFigures:
         imbalance: ``[L]`` max / mean tokens per GPU.
         sends_per_token, copies_per_token: ``[L]`` cross-node sends / copies per token, or None
             (counts).
-        layer_time: ``[L]`` predicted MoE layer time in seconds for the trace's tokens, or None
-            (model unknown).
+        layer_time: ``[L]`` predicted MoE layer time in seconds for all the trace's tokens (a
+            whole-workload total), or None (model unknown).
         overlap: the overlap mode of ``layer_time``.
         compute_only: ``layer_time`` counts expert compute only (counts trace).
         num_tokens: tokens replayed (token-level), else None.
+        tokens: ``[L]`` tokens routed in every layer (counts too), or None.
+        num_gpus: GPUs of the plan's cluster.
     """
 
     rule: str
@@ -57,6 +77,8 @@ class PlanFigures:
     overlap: str
     compute_only: bool
     num_tokens: int | None
+    tokens: np.ndarray | None = None
+    num_gpus: int = 1
 
     @property
     def label(self) -> str:
@@ -87,6 +109,24 @@ class PlanFigures:
         """Predicted MoE layer time in seconds, mean over layers."""
         return self._m(self.layer_time)
 
+    @property
+    def step_time(self) -> np.ndarray | None:
+        """``[L]`` predicted MoE layer time of one step of :data:`STEP_TOKENS_PER_GPU` tokens
+        per GPU (:func:`per_step_time`), or None."""
+        if self.layer_time is None or self.tokens is None:
+            return None
+        return per_step_time(self.layer_time, self.tokens, self.num_gpus)
+
+    @property
+    def mean_step_time(self) -> float | None:
+        """Predicted MoE layer time per step, mean over layers."""
+        return self._m(self.step_time)
+
+    @property
+    def mean_tokens(self) -> float | None:
+        """Tokens per layer of the trace, mean over layers."""
+        return self._m(self.tokens)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready means (snake_case labels of the figures vocabulary)."""
         return {
@@ -94,6 +134,8 @@ class PlanFigures:
             "cross_node_sends_per_token": self.mean_sends,
             "cross_node_copies_per_token": self.mean_copies,
             "predicted_moe_layer_time_s": self.mean_layer_time,
+            "predicted_moe_layer_time_per_step_s": self.mean_step_time,
+            "step_tokens_per_gpu": STEP_TOKENS_PER_GPU,
             "overlap": self.overlap if self.layer_time is not None else None,
             "compute_only": self.compute_only if self.layer_time is not None else None,
             "num_tokens": self.num_tokens,
@@ -106,7 +148,10 @@ def plan_figures(plan: Plan, trace: Trace, *, model: ModelShape | None = None,
     rule = "static" if trace.is_token_level else "even"
     res = replay(plan, trace, dispatch=rule, device=device)
     t = None
+    tokens = None if res.tokens is None else np.asarray(res.tokens, dtype=np.float64)
     if model is not None:
+        if tokens is None:  # counts without top-k: the model's
+            tokens = np.asarray(res.gpu_loads, dtype=np.float64).sum(axis=1) / model.top_k
         _c, _d, _b, t = layer_times(res.gpu_loads, plan.cluster, model,
                                     traffic=res.per_gpu_traffic(), overlap=overlap)
     return PlanFigures(
@@ -121,4 +166,6 @@ def plan_figures(plan: Plan, trace: Trace, *, model: ModelShape | None = None,
         overlap=overlap,
         compute_only=not res.has_traffic,
         num_tokens=res.num_tokens,
+        tokens=tokens,
+        num_gpus=plan.cluster.num_gpus,
     )

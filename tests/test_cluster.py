@@ -79,8 +79,19 @@ def test_toml_round_trip_and_errors(tmp_path: Path) -> None:
     assert "network_gbps" in c.to_dict() and "nvlink_gbps" not in c.to_dict()
     bad = tmp_path / "bad.toml"
     bad.write_text("num_nodes = 2\ngpus_per_node = 8\nslots_per_gpu = 2\nwarp = 9\n")
-    with pytest.raises(ClusterError, match=r"bad.toml: Unknown cluster setting\(s\): warp"):
+    with pytest.raises(ClusterError, match=r"bad.toml: Unknown cluster setting 'warp' \(settings: "
+                                           r"gpu, gpu_tflops, gpus_per_node, "):
         Cluster.from_toml(bad)
+    # a key spelt as the command line's flag, or misspelt: the setting it means
+    typo = tmp_path / "typo.toml"
+    typo.write_text("nodes = 2\ngpus-per-node = 8\nslot_per_gpu = 2\n")
+    with pytest.raises(ClusterError) as exc:
+        Cluster.from_toml(typo)
+    assert str(exc.value).endswith(
+        "typo.toml: Unknown cluster settings 'gpus-per-node': did you mean gpus_per_node?; "
+        "'nodes': did you mean num_nodes?; 'slot_per_gpu': did you mean slots_per_gpu? "
+        "(settings: gpu, gpu_tflops, gpus_per_node, memory, name, network_gbps, num_nodes, "
+        "nvlink_gbps, slots_per_gpu, usd_per_gpu_hour).")
     broken = tmp_path / "broken.toml"
     broken.write_text("num_nodes = [")
     with pytest.raises(ClusterError, match="not valid TOML"):

@@ -25,6 +25,11 @@ def test_demo_on_bundled_mixtral(tmp_path: Path) -> None:
     assert text.splitlines()[0] == "held-out (w1), the engines' static dispatch:"
     assert "cross-node sends per token" in text
     assert res.planning_windows == ("w0",) and res.heldout_windows == ("w1",)
+    # the report names the held-out data by what it is (the trace and its windows)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "- Held-out traces: bundled:mixtral#second-half (token-level)." in md
+    assert "planned from bundled:mixtral#first-half." in md
+    assert res.validation.trace_name == "bundled:mixtral#second-half"
 
 
 def test_demo_cli_default_trace_is_counts(tmp_path: Path) -> None:

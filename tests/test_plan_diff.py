@@ -11,7 +11,15 @@ from placement.errors import InputError, PlanError
 from placement.models import model_preset
 from placement.moves import count_moves
 from placement.plan import Plan
-from placement.plan_diff import default_bytes_per_param, diff_plans, expert_bytes, format_diff
+from placement.plan_diff import (
+    default_bytes_per_param,
+    diff_plans,
+    expert_bytes,
+    format_diff,
+    format_transfer,
+    time_text,
+)
+from placement.plan_eval import STEP_TOKENS_PER_GPU
 from placement.routing_traces import Trace
 from placement.validation import replay
 
@@ -194,5 +202,42 @@ def test_diff_with_a_trace_replays_both_plans() -> None:
     assert out["trace"]["old"]["imbalance_static"] == pytest.approx(d.old_figures.mean_imbalance)
     assert "imbalance_static_old" in out["layers"][0]
     lines = format_diff(d).splitlines()
-    assert lines[-4].startswith("  imbalance (static): ")
-    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap): ")
+    assert lines[-5].startswith("  imbalance (static): ")
+    # per step of a stated batch, and the whole trace's total, labelled as such
+    fo = d.old_figures
+    assert fo is not None and fo.layer_time is not None and fo.tokens is not None
+    step = fo.layer_time * (STEP_TOKENS_PER_GPU * a.cluster.num_gpus) / fo.tokens
+    assert fo.mean_step_time == pytest.approx(float(np.mean(step)))
+    assert lines[-2].startswith("  predicted MoE layer time (two-batch overlap), per step of "
+                                "4,096 tokens per GPU: " + time_text(float(np.mean(step))))
+    assert lines[-1].startswith(f"  predicted MoE layer time (two-batch overlap), all "
+                                f"{trace.num_tokens:,} tokens of the trace (a total): "
+                                + time_text(float(np.mean(fo.layer_time))))
+
+
+def test_transfer_time_by_hand() -> None:
+    """GPU 0 takes expert 2 from its node (NVLink), GPU 2 takes expert 2 from the other node
+    (network): at 100 and 10 GB/s, 1 GB weights take 10 ms and 100 ms; the network one sets
+    the time. Two such layers: 200 ms at once, at most 100 ms per layer."""
+    from placement.moves import count_moves, transfer_time
+
+    c = Cluster(2, 2, 2, nvlink_gbps=100.0, network_gbps=10.0)
+    old = np.array([[0, 1, 2, 3, 0, 0, 1, 1]] * 2)
+    new = np.array([[2, 1, 2, 3, 2, 0, 1, 1]] * 2)
+    mc = count_moves(old, new, c, 4)
+    assert mc.cross_node_incoming is not None
+    assert mc.cross_node_incoming.tolist() == [[0, 0, 1, 0]] * 2
+    t = transfer_time(mc, c, 1e9)
+    assert t.seconds == pytest.approx(0.2) and t.gpu == 2
+    assert (t.nvlink_moves, t.network_moves) == (0, 2)
+    np.testing.assert_allclose(t.per_layer_seconds, [0.1, 0.1])
+    assert format_transfer(t) == (
+        "transfer: 200.00 ms over NVLink 100 GB/s and the network 10 GB/s per GPU (GPU 2 "
+        "receives 2 weight(s), 2 cross-node); serving stall: 200.00 ms moving every layer at "
+        "once, at most 100.00 ms per layer moving one layer at a time")
+    # NVLink only: 1 GB at 100 GB/s per layer on GPU 0
+    near = np.array([[2, 1, 2, 3, 0, 0, 1, 1]] * 2)
+    t = transfer_time(count_moves(old, near, c, 4), c, 1e9)
+    assert (t.seconds, t.gpu, t.nvlink_moves, t.network_moves) == (pytest.approx(0.02), 0, 2, 0)
+    assert format_transfer(transfer_time(count_moves(old, old, c, 4), c, 1e9)) == \
+        "transfer: nothing moves, no serving stall"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -19,13 +20,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LazyChoice",
+    "ProgressBar",
+    "SectionedCommand",
     "backend_from_options",
     "backend_options",
     "cluster_from_options",
     "cluster_options",
+    "directory_output",
     "echo_err",
     "format_usage_error",
     "main",
+    "model_option",
     "progress_bar",
 ]
 
@@ -127,6 +132,40 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections, in the order given
+    (click has no option groups; this is its documented way to change help output, a
+    :meth:`format_options` override, so no other dependency is needed). ``sections``: ``(title,
+    parameter names)`` pairs, names as the function receives them (``"num_nodes"``); options in
+    no section (a flag added later) are listed last under "Other options" (``--help`` with
+    them), never dropped."""
+
+    def __init__(self, *args: Any, sections: Sequence[tuple[str, Sequence[str]]] = (),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sections = tuple((title, tuple(names)) for title, names in sections)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        records = {p.name: rec for p in self.get_params(ctx) if isinstance(p, click.Option)
+                   and (rec := p.get_help_record(ctx)) is not None}
+        placed: set[str | None] = set()
+        groups: list[tuple[str, list[tuple[str, str]]]] = []
+        for title, names in self.sections:
+            rows = [records[n] for n in names if n in records]
+            placed.update(names)
+            if rows:
+                groups.append((title, rows))
+        rest = [rec for name, rec in records.items() if name not in placed]
+        if rest:
+            groups.append(("Other options", rest))
+        # one first-column width in every section, so that the sections line up
+        width = min(30, max(len(r[0]) for _, rows in groups for r in rows))
+        for title, rows in groups:
+            with formatter.section(title):
+                formatter.write_dl([(term.ljust(width), text) for term, text in rows],
+                                   col_max=width)
+
+
 def format_usage_error(exc: click.UsageError) -> str:
     """``error: <what is wrong> (see 'placement solve --help')``; a misspelt option names the
     closest one (``--num-nodes``: did you mean ``--nodes``?)."""
@@ -150,6 +189,59 @@ def main() -> None:
     """
 
 
+_FILE_ENDINGS = (".html", ".htm", ".md", ".json", ".png", ".pdf", ".txt", ".csv")
+
+
+def directory_output(writes: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback for an ``-o DIR`` option of a command that writes several files (``writes``:
+    ``"report.md, report.html and the figures"``): a name with a file's ending
+    (``-o report.html``) is refused in one line before any work, instead of becoming a
+    directory called ``report.html``."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        path = Path(value)
+        if path.suffix.lower() in _FILE_ENDINGS and not path.is_dir():
+            name = ctx.info_name or "this command"
+            raise click.UsageError(
+                f"-o {value} names a file, but {name} writes a directory ({writes}): give a "
+                f"directory, e.g. -o {path.with_suffix('')}", ctx)
+        return value
+
+    return check
+
+
+def _check_model(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        from placement.models import model_preset
+
+        model_preset(value)  # an unknown name: one line naming the presets, exit status 1
+    return value
+
+
+def _model_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    from click.shell_completion import CompletionItem
+
+    from placement.models import MODEL_PRESETS
+
+    return [CompletionItem(n) for n in sorted(MODEL_PRESETS) if n.startswith(incomplete)]
+
+
+def model_option(uses: str, default: str) -> Callable[[F], F]:
+    """``--model NAME``, one meaning in every command: the model, a preset of
+    :data:`placement.models.MODEL_PRESETS` (its shape: experts, top-k, hidden sizes); ``uses``
+    says what this command takes from it, ``default`` what it does without it. The name is
+    checked when the command line is read (an unknown one is one line naming the presets)."""
+    from placement.models import MODEL_PRESETS
+
+    return click.option(
+        "--model", "model_name", metavar="NAME", default=None, callback=_check_model,
+        shell_complete=_model_names,
+        help=f"The model, a preset ({', '.join(sorted(MODEL_PRESETS))}): {uses} "
+             f"[default: {default}].")
+
+
 def cluster_options(func: F) -> F:
     """Add ``--cluster FILE | --preset NAME | --nodes --gpus-per-node --slots-per-gpu``."""
     opts = [
@@ -158,9 +250,11 @@ def cluster_options(func: F) -> F:
         click.option("--preset", "cluster_preset", metavar="NAME",
                      help="Cluster preset: deepseek-prefill, deepseek-decode, gb200-nvl72, "
                           "h100-2x8, h200-2x8."),
-        click.option("--nodes", "num_nodes", type=click.IntRange(min=1), help="Nodes."),
-        click.option("--gpus-per-node", type=click.IntRange(min=1), help="GPUs per node."),
-        click.option("--slots-per-gpu", type=click.IntRange(min=1),
+        click.option("--nodes", "num_nodes", type=click.IntRange(min=1), metavar="N",
+                     help="Nodes."),
+        click.option("--gpus-per-node", type=click.IntRange(min=1), metavar="G",
+                     help="GPUs per node."),
+        click.option("--slots-per-gpu", type=click.IntRange(min=1), metavar="S",
                      help="Routed-expert slots per GPU per layer."),
     ]
     for opt in reversed(opts):
@@ -232,14 +326,56 @@ def backend_from_options(kwargs: dict[str, Any]) -> tuple[Backend | None, int | 
     return Ray(address=address, workers=workers), None
 
 
+class ProgressBar:
+    """A rich progress bar as a ``progress(done, total)`` callback for the library's
+    long-running functions, with :meth:`echo` for a line printed while it is up: the bar is
+    stopped (and erased) first, so the line starts clean instead of after ``58/58 0:00:08``
+    on the bar's line; a later ``progress`` call brings the bar back."""
+
+    def __init__(self, progress: Any, label: str) -> None:
+        self._progress = progress
+        self._task = progress.add_task(label, total=None)
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._progress.live.is_started:
+            self._progress.start()
+        self._progress.update(self._task, completed=done, total=total)
+
+    @property
+    def live(self) -> bool:
+        """Whether the bar is on the terminal now."""
+        return bool(self._progress.live.is_started)
+
+    def stop(self) -> None:
+        """Take the bar off the terminal (its line is erased; the cursor is left at the start
+        of that line)."""
+        if self._progress.live.is_started:
+            self._progress.stop()
+
+    def echo(self, message: str, err: bool = False) -> None:
+        """Stop the bar, then print ``message`` as a line of its own."""
+        self.stop()
+        click.echo(message, err=err)
+
+
 @contextmanager
-def progress_bar(label: str, unit: str = "") -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(label: str, unit: str = "", *,
+                 console: Any = None) -> Iterator[ProgressBar | None]:
     """A rich progress bar on stderr while it is a terminal (``None`` otherwise), as a
-    ``progress(done, total)`` callback for the library's long-running functions."""
-    if not sys.stderr.isatty():
+    ``progress(done, total)`` callback for the library's long-running functions. Print lines
+    while it is up with :meth:`ProgressBar.echo`, never ``click.echo`` (the bar owns the
+    terminal's last line). ``console``: a :class:`rich.console.Console` to draw on instead
+    (tests force a terminal this way); the bar is drawn when it is a terminal."""
+    if console is None:
+        if not sys.stderr.isatty():
+            yield None
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    elif not console.is_terminal:
         yield None
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -250,10 +386,5 @@ def progress_bar(label: str, unit: str = "") -> Iterator[Callable[[int, int], No
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn(unit), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
+                  console=console, transient=True) as bar:
+        yield ProgressBar(bar, label)

@@ -12,8 +12,10 @@ from placement.cli._app import (
     backend_options,
     cluster_from_options,
     cluster_options,
+    directory_output,
     echo_err,
     main,
+    model_option,
     progress_bar,
 )
 from placement.cli._files import (
@@ -23,9 +25,9 @@ from placement.cli._files import (
     load_trace_arg,
     resolve_model,
 )
+from placement.cli._plan_args import check_one_model
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import mismatch
-from placement.models import MODEL_PRESETS
 from placement.moe_time import OVERLAPS
 from placement.report.comparison import BASELINES
 from placement.validation import DEVICES, RULES
@@ -102,8 +104,8 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
               help="Traces the EPLB baselines are planned from [default: the plans' recorded "
                    "inputs]. Never the held-out traces unless you say so here.")
 @cluster_options
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="Model shape for bytes, tokens/s and $ [default: guessed].")
+@model_option("bytes, tokens/s and $", "guessed from the plans' and traces' model name and "
+              "expert count")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="Compute/communication overlap in the cost model.")
 @click.option("--efficiency", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0,
@@ -113,7 +115,8 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
 @click.option("--price", type=click.FloatRange(min=0), default=None,
               help="$ per GPU-hour [default: the cluster's, else its GPU's].")
 @click.option("--layer", type=int, default=None,
-              help="Decoder layer of the traffic-matrix figure [default: the busiest].")
+              help="Decoder layer of the traffic-matrix figure [default: where the plan and "
+                   "EPLB differ most].")
 @click.option("--dispatch", type=click.Choice(RULES), default="static", show_default=True,
               help="Dispatch rule of the replays.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
@@ -128,7 +131,9 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
 @backend_options("Shards of sharded TRACEs replayed in parallel on this machine's processes "
                  "[default: 1; in-memory TRACEs are replayed in this process].")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Directory for report.md, report.html and the figures.")
+              callback=directory_output("report.md, report.html and the figures"),
+              help="Directory for report.md, report.html and the figures (-o report, not -o "
+                   "report.html).")
 def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline: bool,
                 baseline_from: tuple[str, ...], model_name: str | None, overlap: str,
                 efficiency: float, price: float | None, layer: int | None, dispatch: str,
@@ -181,6 +186,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
     notes = [n for p, f in zip(plans, plan_files, strict=True)
              for n in check_heldout(p, f, held, allow_overlap=allow_overlap)]
     traces: list[Trace | ShardedTrace] = [h.trace for h in held]
+    check_one_model([(h.text, h.trace) for h in held])
     needs_data = any(b != "contiguous" for b in chosen)
     sources = baseline_sources(baseline_from, plans, plan_files, trace_files) \
         if (needs_data or with_frontier) else []

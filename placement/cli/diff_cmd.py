@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from placement.cli._app import cluster_options, main
-from placement.cli._plan_args import MODEL_CHOICES, optional_cluster
+from placement.cli._app import cluster_options, main, model_option
+from placement.cli._plan_args import optional_cluster
 from placement.models import model_preset
 from placement.plan_diff import diff_plans, format_diff
 from placement.plan_source import read_plan
@@ -19,8 +19,8 @@ __all__ = ["diff_cmd"]
 @main.command("diff", short_help="Expert weights that move between two plans.")
 @click.argument("old_file", metavar="OLD")
 @click.argument("new_file", metavar="NEW")
-@click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default=None,
-              help="Model shape for bytes [default: guessed from the plans].")
+@model_option("bytes per expert weight, and the predicted time with --trace",
+              "guessed from the plans' model name and expert count")
 @click.option("--bytes-per-param", type=float, default=None,
               help="Bytes per expert weight (FP8: 1, BF16: 2) [default: as the model is "
                    "released: 1 for DeepSeek-V3, else 2].")

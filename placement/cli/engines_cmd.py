@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from placement.cli._app import LazyChoice, cluster_options, echo_err, main
+from placement.cli._app import LazyChoice, cluster_options, echo_err, main, model_option
 from placement.cli._files import load_plan_arg
 from placement.engines import (
     FILL_CHOICES,
@@ -30,6 +30,19 @@ _IDS_HELP = "Layer ids, e.g. '0-2' or '3-60,62'."
 def format_formats() -> list[tuple[str, str]]:
     """``(name, what it is and its file endings)`` for every registered engine format."""
     return [(f.name, f"{f.engine} ({', '.join(f.suffixes)})") for f in formats()]
+
+
+class _FormatChoice(LazyChoice):
+    """The registered engine formats; an engine that takes no placement file (``vllm``) gets
+    one line saying what to use (:data:`placement.engines.registry.NO_FORMAT`), not a list."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        from placement.engines.registry import NO_FORMAT
+
+        if isinstance(value, str) and value in NO_FORMAT and value not in self.choices:
+            raise InputError(f"--format {value}: {NO_FORMAT[value]}")
+        return super().convert(value, param, ctx)
 
 
 class _FormatsCommand(click.Command):
@@ -57,7 +70,7 @@ def format_import(result: ImportResult, output: str) -> str:
 @main.command("export", cls=_FormatsCommand,
               short_help="Write a plan as an engine placement file.")
 @click.argument("plan_file", metavar="PLAN")
-@click.option("--format", "fmt", required=True, type=LazyChoice(format_names),
+@click.option("--format", "fmt", required=True, type=_FormatChoice(format_names),
               help="Engine format to write (see Formats below).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file; its ending must be one of the format's (below) and picks the "
@@ -102,7 +115,7 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Plan file to write (JSON).")
 @cluster_options
-@click.option("--format", "fmt", type=LazyChoice(lambda: ("auto", *format_names())),
+@click.option("--format", "fmt", type=_FormatChoice(lambda: ("auto", *format_names())),
               default="auto", show_default=True, help="Engine format (auto: by content).")
 @click.option("--num-experts", type=click.IntRange(min=1),
               help="Logical experts per layer (default: the file's, else the largest id + 1).")
@@ -115,7 +128,8 @@ def export_cmd(plan_file: str, fmt: str, output: str, num_hidden_layers: int | N
 @click.option("--num-hidden-layers", type=click.IntRange(min=1),
               help="Decoder layers of the model, dense ones included.")
 @click.option("--mtp-layers", metavar="IDS", help="trtllm: ids of MTP layers to leave out.")
-@click.option("--model", "model_name", help="Model name to record in the plan.")
+@model_option("recorded in the plan, so later commands know its shape",
+              "none recorded; later commands guess it from the expert count")
 def import_cmd(engine_file: str, output: str, fmt: str, num_experts: int | None,
                layer_ids: str | None, dense_layers: str | None, first_k_dense: int | None,
                num_hidden_layers: int | None, mtp_layers: str | None, model_name: str | None,

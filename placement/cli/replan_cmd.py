@@ -10,18 +10,27 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from placement._io import atomic_write_bytes
-from placement.cli._app import backend_from_options, backend_options, cluster_options, main, progress_bar
-from placement.cli._plan_args import MODEL_CHOICES, model_for, optional_cluster
+from placement.cli._app import (
+    backend_from_options,
+    backend_options,
+    cluster_options,
+    main,
+    model_option,
+    progress_bar,
+)
+from placement.cli._plan_args import check_one_model, model_for, optional_cluster
 from placement.errors import InputError
 from placement.plan_diff import (
     default_bytes_per_param,
     expert_bytes,
     expert_size_text,
     figure_lines,
+    format_transfer,
 )
 from placement.plan_source import read_plan
 
 if TYPE_CHECKING:
+    from placement.moves import TransferTime
     from placement.plan_eval import PlanFigures
     from placement.solver.replan import ReplanResult
 
@@ -43,6 +52,15 @@ def parse_bytes(text: str) -> float:
     return value
 
 
+def replan_transfer(result: ReplanResult) -> TransferTime | None:
+    """The time to move the re-plan's weights over the cluster's NVLink and network
+    (:func:`placement.moves.transfer_time`), when the expert size is known."""
+    from placement.moves import transfer_time
+
+    b = result.options.bytes_per_expert
+    return None if b is None else transfer_time(result.moves, result.deployed.cluster, b)
+
+
 def replan_summary_dict(result: ReplanResult, heldout: tuple[PlanFigures, PlanFigures] | None,
                         output: str) -> dict[str, Any]:
     """The figures of a re-plan as a JSON-ready dict."""
@@ -58,6 +76,8 @@ def replan_summary_dict(result: ReplanResult, heldout: tuple[PlanFigures, PlanFi
         "cross_node_moves": r.moves.total_cross_node,
         "bytes": r.bytes_moved,
         "bytes_per_expert": r.options.bytes_per_expert,
+        "transfer_s": None if (t := replan_transfer(r)) is None else t.seconds,
+        "stall_per_layer_s": None if t is None else t.max_layer_seconds,
         "imbalance_in_sample_before": float(np.mean(r.objective_before)),
         "imbalance_in_sample_after": float(np.mean(r.objective_after)),
         "imbalance_in_sample_optimizer": None if r.objective_target is None
@@ -101,6 +121,9 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
         lines.append(f"expert size: {expert_size}")
     else:
         lines.append("expert size: unknown (give --model for bytes)")
+    t = replan_transfer(result)
+    if t is not None:
+        lines.append(format_transfer(t))
     if heldout is not None:
         lines.append(f"held-out, on {heldout_name} (deployed -> re-planned):")
         lines += figure_lines(*heldout)
@@ -127,8 +150,8 @@ def format_replan_output(result: ReplanResult, heldout: tuple[PlanFigures, PlanF
 @click.option("--heldout", "heldout_sources", multiple=True, metavar="TRACE",
               help="Held-out traffic to judge the deployed and the new plan on (repeatable: "
                    "read as windows of one trace).")
-@click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default=None,
-              help="Model shape for bytes [default: guessed from the plan and traces].")
+@model_option("bytes per expert weight (--max-bytes) and the predicted time",
+              "guessed from the plan's and traces' model name and expert count")
 @click.option("--bytes-per-param", type=float, default=None,
               help="Bytes per expert weight (FP8: 1, BF16: 2) [default: as the model is "
                    "released: 1 for DeepSeek-V3, else 2].")
@@ -162,10 +185,14 @@ def replan_cmd(deployed_file: str, traces: tuple[str, ...], max_moves: int | Non
     from placement.routing_traces import load_trace
     from placement.solver.replan import ReplanOptions, replan
 
+    if (max_moves is None) == (max_bytes is None):
+        raise click.UsageError("give the budget as exactly one of --max-moves N or "
+                               "--max-bytes B (--max-moves 0 keeps the deployed plan)")
     backend, jobs = backend_from_options(cluster_kw)
     src = read_plan(deployed_file, optional_cluster(cluster_kw))
     deployed = src.plan
     loaded = [load_trace(t) for t in traces]
+    check_one_model(list(zip(traces, loaded, strict=True)))
     model = model_for(model_name, deployed, trace_model=loaded[0].model)
     if bytes_per_param is None:
         bytes_per_param = default_bytes_per_param(model)

@@ -12,13 +12,16 @@ import click
 import numpy as np
 
 from placement.cli._app import (
+    SectionedCommand,
     backend_from_options,
     backend_options,
     cluster_from_options,
     cluster_options,
     main,
+    model_option,
     progress_bar,
 )
+from placement.cli._plan_args import check_one_model
 from placement.cluster import Cluster, MemoryModel
 from placement.errors import InputError
 from placement.hardware import GPU_PRESETS, gpu_preset
@@ -40,8 +43,8 @@ from placement.solver.result import bounded_layers
 if TYPE_CHECKING:
     from placement.routing_traces.sharded import ShardedTrace
 
-__all__ = ["format_saved", "format_solve_summary", "memory_cluster", "solve_cmd",
-           "solve_summary_dict"]
+__all__ = ["format_saved", "format_solve_summary", "format_step_time", "memory_cluster",
+           "solve_cmd", "solve_summary_dict"]
 
 
 def _load(path: str) -> Trace | ShardedTrace:
@@ -186,10 +189,39 @@ def format_saved(output: str) -> str:
     return f"saved plan to {output}"
 
 
+def format_step_time(result: SolveResult, tokens: np.ndarray | None) -> str | None:
+    """``predicted MoE layer time per step of 4,096 tokens per GPU: 3.07 ms, eplb 3.17 ms
+    (the table's is for all 24,576 planning tokens per layer, a total)``: the in-sample
+    predicted time, which is for the planning traces' ``tokens [L]`` (a whole workload for a
+    counts trace), restated for one step (:func:`placement.plan_eval.per_step_time`); None
+    without a predicted time or tokens."""
+    from placement.plan_eval import STEP_TOKENS_PER_GPU, per_step_time
+
+    key = "predicted_moe_layer_time"
+    mine = result.plan.objectives.get(key)
+    if mine is None or tokens is None or not np.any(tokens > 0):
+        return None
+    G = result.plan.cluster.num_gpus
+    from placement.plan_diff import time_text
+
+    text = (f"predicted MoE layer time per step of {STEP_TOKENS_PER_GPU:,} tokens per GPU: "
+            f"{time_text(float(np.mean(per_step_time(np.asarray(mine), tokens, G))))}")
+    theirs = result.reference.get(key)
+    if theirs is not None:
+        text += (f", {result.reference_method} "
+                 f"{time_text(float(np.mean(per_step_time(np.asarray(theirs), tokens, G))))}")
+    return (text + f" (the table's is for all {float(np.mean(tokens)):,.0f} planning tokens per "
+            "layer, a total)")
+
+
 def format_solve_summary(result: SolveResult, output: str | None = None, *,
-                         per_layer: bool = False) -> str:
-    """The text a user reads after ``placement solve``."""
+                         per_layer: bool = False, tokens: np.ndarray | None = None) -> str:
+    """The text a user reads after ``placement solve`` (``tokens [L]``: the planning tokens
+    per layer, for the per-step time, :func:`format_step_time`)."""
     text = format_solve_result(result, per_layer=per_layer)
+    step = format_step_time(result, tokens)
+    if step is not None:
+        text += "\n" + step
     if output is not None:
         text += "\n" + format_saved(output)
     return text
@@ -198,56 +230,65 @@ def format_solve_summary(result: SolveResult, output: str | None = None, *,
 _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
 
 
-@main.command("solve", short_help="Plan expert placement from traces.")
+SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Cluster", ("cluster_file", "cluster_preset", "num_nodes", "gpus_per_node",
+                 "slots_per_gpu")),
+    ("Output", ("output", "per_layer", "as_json")),
+    ("Objective", ("method", "objective", "model_name", "overlap", "balance_tolerance",
+                   "num_groups", "max_nodes_per_token", "robust")),
+    ("Memory (slots per GPU from its memory)", ("gpu_name", "kv_reserve_gb",
+                                                "runtime_reserve_gb")),
+    ("Search", ("time_limit", "seed", "sample_tokens", "jobs", "use_ray", "ray_address",
+                "workers")),
+)
+"""``placement solve --help``'s sections: the common path (cluster, output) first."""
+
+
+@main.command("solve", cls=SectionedCommand, sections=SOLVE_SECTIONS,
+              short_help="Plan expert placement from traces.")
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @cluster_options
 @click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
+              metavar="NAME",
               help=f"The optimizer, or a baseline ({_METHOD_HELP}).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="time", show_default=True,
-              help="What the optimizer minimises per layer: the predicted MoE layer time "
-                   "(expert compute of the slowest GPU vs the all-to-all over NVLink and the "
-                   "network, for the cluster's bandwidths and the model's shape), peak GPU "
-                   "load, or cross-node sends within --balance-tolerance of the best balance.")
-@click.option("--model", "model_name", default=None, metavar="NAME",
-              help="Model shape: of the optimizer's predicted time, and (with --gpu) whose "
-                   f"weights fill the memory budget ({', '.join(sorted(MODEL_PRESETS))}) "
-                   "[default: guessed from the traces' model name, expert count and top-k; "
-                   "else deepseek-v3's for the predicted time].")
+              metavar="NAME",
+              help="What the optimizer minimises per layer: time (the predicted MoE layer "
+                   "time), balance (the peak GPU load) or traffic (cross-node sends within "
+                   "--balance-tolerance).")
+@model_option("the shape of the predicted time and, with --gpu, of the weights",
+              "guessed from the traces, else deepseek-v3's shape")
 @click.option("--overlap", type=click.Choice(OVERLAPS), default="two-batch", show_default=True,
               help="How the predicted time overlaps communication with compute.")
-@click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None,
-              help="Expert groups (EPLB's hierarchical policy; node-limited routing). "
-                   "Default 8 when the experts divide by 8, else 1.")
-@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None,
-              help="Peak GPU load the optimizer may give up for less cross-node traffic, as a "
-                   "fraction of the balance-only plan's (token-level traces) [default: "
-                   "0.05 for --objective traffic; for time, never balance worse than the "
-                   "balance-only plan or EPLB's].")
-@click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None,
-              help="Node-limited routing: keep every expert group on one node, so a token "
-                   "routed to at most M groups reaches at most M nodes (DeepSeek-V3: 4).")
+@click.option("--groups", "num_groups", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Expert groups (EPLB's hierarchical policy) [default: 8 when the experts "
+                   "divide by 8, else 1].")
+@click.option("--balance-tolerance", type=click.FloatRange(min=0.0), default=None, metavar="X",
+              help="Peak GPU load (a fraction of the balance-only plan's) the optimizer may "
+                   "give up for less cross-node traffic [default: 0.05 for traffic; time never "
+                   "balances worse than EPLB or the balance-only plan].")
+@click.option("--max-nodes-per-token", type=click.IntRange(min=1), default=None, metavar="M",
+              help="Node-limited routing: every expert group on one node, so a token reaches "
+                   "at most M nodes (DeepSeek-V3: 4).")
 @click.option("--time-limit", type=click.FloatRange(min=0.0, min_open=True), default=600.0,
-              show_default=True,
-              help="Safety net, seconds: the search is bounded by work, not time; layers still "
-                   "running when it fires keep the best placement found (and the plan may then "
-                   "differ between machines).")
+              show_default=True, metavar="S",
+              help="Safety net, seconds for the whole solve (not per layer); the search is "
+                   "bounded by work, and layers it cuts keep their best placement so far.")
 @backend_options("Layers solved in parallel [default: CPU cores]; the plan does not depend "
                  "on it.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=int, default=0, show_default=True, metavar="N",
               help="Seed; same traces and seed, same plan.")
 @click.option("--sample-tokens", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Plan from statistics gathered in one streaming pass: exact counts and a "
-                   "deterministic sample of about N tokens (spread over the windows) for "
-                   "traffic [default for sharded traces: 65,536; in-memory traces: every "
-                   "token].")
+              help="Plan from one streaming pass: exact counts, and about N sampled tokens for "
+                   "traffic [default: 65,536 for sharded traces, else every token].")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
-              help=f"Size the slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) "
-                   "instead of --slots-per-gpu (with --kv-reserve-gb).")
-@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None,
+              help=f"Slots per GPU from this GPU's memory ({', '.join(GPU_PRESETS)}) instead "
+                   "of --slots-per-gpu.")
+@click.option("--kv-reserve-gb", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="With --gpu: GB per GPU kept for the KV cache.")
-@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None,
+@click.option("--runtime-reserve-gb", type=click.FloatRange(min=0), default=None, metavar="GB",
               help="With --gpu: GB per GPU kept for activations and buffers [default: 10 %].")
 @click.option("--per-layer", is_flag=True, help="Add per-layer figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -292,6 +333,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)
     loaded = [_load(t) for t in traces]
+    check_one_model(list(zip(traces, loaded, strict=True)))
     if gpu_name is not None:
         cluster, mem = memory_cluster(cluster_kwargs, loaded, **memory_args)
         if not as_json:
@@ -319,4 +361,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
                                  "explain": mem.explain()}
         click.echo(json.dumps(summary, separators=(",", ":")))
     else:
-        click.echo(format_solve_summary(result, output, per_layer=per_layer))
+        name = result.plan.settings.get("model")
+        k = problem.top_k or (MODEL_PRESETS[name].top_k if name in MODEL_PRESETS else None)
+        tokens = problem.scenario_counts.sum(axis=(0, 2)) / k if k else None
+        click.echo(format_solve_summary(result, output, per_layer=per_layer, tokens=tokens))

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from placement.cli._app import main, progress_bar
+from placement.cli._app import directory_output, main, model_option, progress_bar
 from placement.cli._files import TraceArg, check_heldout, load_trace_arg, resolve_model
+from placement.cli._plan_args import check_one_model
 from placement.cost.step import PHASES, STEP_OVERLAPS, Workload
 from placement.errors import InputError
 from placement.filekinds import split_spec
@@ -93,9 +94,8 @@ def _resolved(text: str) -> str:
               help="GPUs per node to try.")
 @click.option("--gpu", "gpu_name", default="h800", show_default=True, metavar="NAME",
               help=f"GPU: {', '.join(GPU_PRESETS)}.")
-@click.option("--model", "model_name", default=None, metavar="NAME",
-              help=f"Model: {', '.join(sorted(MODEL_PRESETS))} [default: guessed from the "
-                   "traces].")
+@model_option("the cost model (weights, KV cache, step time)",
+              "guessed from the traces' model name and expert count")
 @click.option("--phase", type=click.Choice(PHASES), default="decode", show_default=True,
               help="What the deployment serves.")
 @click.option("--context", type=click.FloatRange(min=1), default=4096, show_default=True,
@@ -125,6 +125,7 @@ def _resolved(text: str) -> str:
               help="$ per GPU-hour [default: the GPU's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              callback=directory_output("sweep.md, sweep.json, the figures and the best plan"),
               help="Directory for sweep.md, sweep.json, the figures and the best plan.")
 def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], allow_overlap: bool,
               redundant: tuple[int, ...],
@@ -159,6 +160,7 @@ def sweep_cmd(traces: tuple[str, ...], heldout: tuple[str, ...], allow_overlap: 
     held = [load_trace_arg(h) for h in heldout]
     notes = heldout_notes(traces, held, allow_overlap=allow_overlap)
     judge_on = [h.trace for h in held]
+    check_one_model([*zip(traces, plan_on, strict=True), *((h.text, h.trace) for h in held)])
     model = resolve_model(model_name, None, plan_on[0], trace_label=traces[0])
     if model is None:
         raise InputError(

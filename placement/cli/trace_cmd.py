@@ -45,6 +45,12 @@ def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
     one model (read as windows), or bundled:NAME. A counts trace's top-k comes from the file,
     from activation rates (each layer sums to k), from the model its name points to, or from
     --top-k.
+
+    \b
+    placement trace inspect bundled:mixtral
+    placement trace inspect prefill_in512.json --per-layer
+    placement trace inspect 'trace.npz#0-3' --json --no-coactivation
+    placement trace inspect run/ --jobs 4          # a sharded trace directory
     """
     from placement.parallel import backend_for_jobs
     from placement.routing_traces.sharded import open_trace_source
@@ -84,7 +90,14 @@ def inspect_cmd(sources: tuple[str, ...], as_json: bool, per_layer: bool,
 def synth_cmd(preset: str, tokens: int, windows: int, source_ranks: int, layers: int | None,
               seed: int, like: str | None, skew: float | None, drift: float | None,
               output: str) -> None:
-    """Write a synthetic token-level trace (skew, co-activation, drift, source ranks)."""
+    """Write a synthetic token-level trace (skew, co-activation, drift, source ranks).
+
+    \b
+    placement trace synth -o synth.npz
+    placement trace synth --preset mixtral --tokens 8192 --windows 4 --source-ranks 8 \\
+        -o mix.npz
+    placement trace synth --like prefill_in512.json --windows 2 --source-ranks 32 -o like.npz
+    """
     like_trace = load_trace(like) if like is not None else None
     with progress_bar(f"synthesizing {preset}") as progress:
         t = synthesize(preset, num_tokens=tokens, num_windows=windows,
@@ -133,7 +146,15 @@ def convert_cmd(sources: tuple[str, ...], output: str, sharded: bool,
 
 @trace.command("bundled", short_help="List the shipped synthetic traces.")
 def bundled_cmd() -> None:
-    """List the synthetic traces shipped with the package (use them as bundled:NAME)."""
+    """List the synthetic traces shipped with the package (use them as bundled:NAME, with a
+    window spec after #).
+
+    \b
+    placement trace bundled
+    placement solve 'bundled:mixtral#first-half' --nodes 2 --gpus-per-node 2 \\
+        --slots-per-gpu 3 -o mix.json
+    placement validate mix.json 'bundled:mixtral#second-half'
+    """
     for name in bundled_traces():
         t = load_trace(f"bundled:{name}")
         click.echo(f"bundled:{name:<22} {describe_trace(t)}  ({bundled_trace_path(name)})")

@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from placement.cli._app import backend_from_options, backend_options, main, progress_bar
+from placement.cli._app import backend_from_options, backend_options, main, model_option, progress_bar
 from placement.cli._files import check_heldout, load_plan_arg, load_trace_arg, resolve_model
 from placement.errors import InputError
-from placement.models import MODEL_PRESETS, ModelShape
+from placement.models import ModelShape
 from placement.validation import DEVICES, RULES, ValidationResult, format_validation
 
 __all__ = ["format_validate_output", "validate_cmd"]
@@ -37,8 +37,8 @@ def format_validate_output(result: ValidationResult, model: ModelShape | None) -
                    "[default: about 4 million assignments].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
               help="Where the replay runs (auto: CUDA when available).")
-@click.option("--model", "model_name", type=click.Choice(sorted(MODEL_PRESETS)), default=None,
-              help="Model shape for bytes [default: guessed from the plan/trace].")
+@model_option("the bytes of the all-to-all", "guessed from the plan's and trace's model name "
+              "and expert count")
 @click.option("--hidden-size", type=click.IntRange(min=1), default=None,
               help="Hidden size for bytes (overrides --model's).")
 @click.option("--bytes-per-element", type=click.FloatRange(min=0, min_open=True), default=None,

@@ -301,6 +301,8 @@ class Built:
         layer_ids: the layer label of every row in the file.
         notes: what was assumed or filled in.
         meta: extra facts the writer may record (TensorRT-LLM's ``# placement:`` line).
+        warnings: what the engine will trip on with this file as asked for (printed as
+            ``warning:`` lines, before the usage's).
     """
 
     obj: Any
@@ -308,6 +310,7 @@ class Built:
     layer_ids: tuple[int, ...]
     notes: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,7 @@ def export_plan(
     return ExportResult(path=path, fmt=form.name, layer_ids=built.layer_ids,
                         num_slots=plan.num_slots, description=built.description,
                         notes=(*notes, *built.notes), usage=usage.lines,
-                        warnings=usage.warnings)
+                        warnings=(*built.warnings, *usage.warnings))
 
 
 def _layers_of_model(plan: Plan) -> tuple[int | None, str]:

@@ -22,6 +22,7 @@ from placement.filekinds import FileKind, Probe, register_kind, unregister_kind
 from placement.plan import Plan
 
 __all__ = [
+    "NO_FORMAT",
     "EngineFormat",
     "format_names",
     "formats",
@@ -121,8 +122,22 @@ def format_names() -> tuple[str, ...]:
     return tuple(_FORMATS)
 
 
+NO_FORMAT: dict[str, str] = {
+    "vllm": "upstream vLLM loads no static expert placement file (its --enable-eplb rebalances "
+            "online with EPLB's algorithm): serve the plan with SGLang (--format sglang) or "
+            "TensorRT-LLM (--format trtllm), on Ascend NPUs with vLLM-Ascend (--format "
+            "vllm-ascend), or judge vLLM's online EPLB against the plan with placement compare "
+            "--baseline eplb.",
+}
+"""Engines users ask for that take no placement file, and what to do instead (the message of
+``--format NAME``)."""
+
+
 def get_format(name: str) -> EngineFormat:
-    """The format ``name``, or :class:`InputError` naming the choices."""
+    """The format ``name``, or :class:`InputError` naming the choices (or, for an engine that
+    loads no placement file, :data:`NO_FORMAT`, saying what to use)."""
+    if name in NO_FORMAT and name not in _FORMATS:
+        raise InputError(f"--format {name}: {NO_FORMAT[name]}")
     try:
         return _FORMATS[name]
     except KeyError:

@@ -253,6 +253,25 @@ def trtllm_usage(plan: Plan, path: Path) -> tuple[list[str], list[str]]:
     ]
 
 
+MTP_MODELS = ("deepseek-v3",)
+"""Models served with MTP speculative decoding, whose MTP layer (the layer after the last
+decoder layer: 61 for DeepSeek-V3/R1) TensorRT-LLM looks up in the load balancer."""
+
+
+def _mtp_warning(plan: Plan, num_hidden_layers: int | None) -> tuple[str, ...]:
+    """The warning for an export without ``--mtp-layers`` of a plan for a model with an MTP
+    layer (its model name, else its expert count, points to one of :data:`MTP_MODELS`)."""
+    from placement.models import guess_model
+
+    m = guess_model(plan.model, num_experts=plan.num_experts)
+    if m is None or m.name not in MTP_MODELS or m.num_experts != plan.num_experts:
+        return ()
+    mtp = num_hidden_layers if num_hidden_layers is not None else m.num_hidden_layers
+    return (f"no --mtp-layers: {m.name} has an MTP layer ({mtp}), and with MTP speculative "
+            f"decoding TensorRT-LLM fails at start-up without an assignment for it: export "
+            f"again with --mtp-layers {mtp} (without MTP, ignore this).",)
+
+
 class TrtllmFormat:
     """The ``trtllm`` format: TensorRT-LLM's ``moe_config.load_balancer`` file."""
 
@@ -294,6 +313,7 @@ class TrtllmFormat:
                          "--mtp-layers again when you import it" if mtp else
                          "written as JSON, which TensorRT-LLM reads like YAML (yaml.safe_load)")
         ids = tuple(cfg["initial_global_assignments"])
+        warnings = () if mtp else _mtp_warning(plan, layout.num_hidden_layers)
         return Built(
             obj=cfg,
             description=f"TensorRT-LLM load balancer, num_slots {plan.num_slots}, {len(ids)} "
@@ -301,6 +321,7 @@ class TrtllmFormat:
             layer_ids=ids,
             notes=tuple(notes),
             meta=meta,
+            warnings=warnings,
         )
 
     def check(self, built: Built, plan: Plan) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from placement.errors import InputError
 from placement.report.comparison import Comparison
 
-__all__ = ["Figure", "make_figures"]
+__all__ = ["Figure", "make_figures", "traffic_layer", "traffic_per_token"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,53 @@ def _busiest_layer(cmp: Comparison, i: int) -> int:
     return int(np.argmax(cmp.loads(i).sum(axis=1)))
 
 
-def _layer_index(cmp: Comparison, layer: int | None, i: int) -> int:
-    if layer is None:
-        return _busiest_layer(cmp, i)
+def _given_layer(cmp: Comparison, layer: int) -> int:
     ids = cmp.layer_ids.tolist()
     if layer not in ids:
         raise InputError(f"--layer {layer} was not replayed (replayed layers: "
                          f"{ids[0]}-{ids[-1]} of {len(ids)}).")
     return ids.index(layer)
+
+
+def traffic_per_token(cmp: Comparison, i: int) -> np.ndarray | None:
+    """``[L, G, G]`` plan i's expert-token copies from every source GPU to every destination
+    GPU, per token of the layer (summed over the token-level held-out traces); None without
+    token-level traces."""
+    m = cmp.matrix(i)
+    if m is None:
+        return None
+    tok = np.zeros(m.shape[0])
+    for r in cmp.results[i]:
+        if r.tokens is not None and r.matrix is not None:
+            tok += np.asarray(r.tokens, dtype=float)
+    return m / np.maximum(tok, 1.0)[:, None, None]
+
+
+def traffic_layer(cmp: Comparison, shown: list[int], layer: int | None) -> tuple[int, str]:
+    """``(index into cmp.layer_ids, why)`` of the traffic-matrix figure's layer: ``layer``
+    when given; else, with two plans shown, the layer where their matrices differ most (sum
+    of absolute differences per token), so the panels show what the plans change; else the
+    busiest layer of the plan."""
+    if layer is not None:
+        return _given_layer(cmp, layer), "the layer asked for"
+    mats = [m for i in shown if (m := traffic_per_token(cmp, i)) is not None]
+    if len(mats) == 2:
+        diff = np.abs(mats[0] - mats[1]).sum(axis=(1, 2))
+        li = int(np.argmax(diff))
+        if diff[li] > 0:
+            return li, (f"the layer where {cmp.labels[shown[0]]} and {cmp.labels[shown[1]]} "
+                        f"differ most ({diff[li]:.3f} copies per token moved)")
+        return _busiest_layer(cmp, shown[0]), ("the busiest layer; the two plans route every "
+                                               "layer the same")
+    return _busiest_layer(cmp, shown[0]), "the busiest layer"
+
+
+def _integer_ticks(ax: object, *axes: str) -> None:
+    """Whole-number ticks only on the GPU axes (a 4-GPU axis has no GPU -0.5 or 0.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for a in axes:
+        getattr(ax, f"{a}axis").set_major_locator(MaxNLocator(integer=True))
 
 
 def _png(fig: object) -> bytes:
@@ -128,6 +167,7 @@ def make_figures(cmp: Comparison, *, layer: int | None = None) -> list[Figure]:
         im = ax.imshow(r, aspect="auto", cmap="RdBu_r", norm=norm, origin="lower",
                        extent=(-0.5, G - 0.5, -0.5, len(lids) - 0.5), interpolation="nearest")
         _node_lines(ax, G, gpn, both=False, color="black")
+        _integer_ticks(ax, "x")
         ticks = np.linspace(0, len(lids) - 1, min(len(lids), 8)).round().astype(int)
         ax.set_yticks(ticks)
         ax.set_yticklabels([str(int(lids[t])) for t in ticks])
@@ -142,23 +182,18 @@ def make_figures(cmp: Comparison, *, layer: int | None = None) -> list[Figure]:
                        "Expert-token assignments per GPU, divided by the layer's mean: the "
                        "reddest cell is the GPU every other GPU waits for in its layer.", _png(fig)))
 
-    # 4. GPU x GPU traffic of one layer
+    # 4. GPU x GPU traffic of one layer: where the plans shown differ most
     if cmp.has_traffic:
-        li = _layer_index(cmp, layer, cmp.best)
-        mats = [(i, cmp.matrix(i)) for i in show]
-        mats = [(i, m) for i, m in mats if m is not None]
-        per_tok = []
-        for i, m in mats:
-            tok = sum(float(r.tokens[li]) for r in cmp.results[i] if r.tokens is not None
-                      and r.matrix is not None)
-            assert m is not None
-            per_tok.append(m[li] / max(tok, 1.0))
+        mats = [(i, m) for i in show if (m := traffic_per_token(cmp, i)) is not None]
+        li, why = traffic_layer(cmp, [i for i, _ in mats], layer)
+        per_tok = [m[li] for _, m in mats]
         vmax = max(float(np.max(m)) for m in per_tok) or 1.0
         fig, axes = plt.subplots(1, len(mats), figsize=(6.2 * len(mats), 5.6), squeeze=False,
                                  layout="constrained")
         for ax, (i, _), m in zip(axes[0], mats, per_tok, strict=True):
             im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
             _node_lines(ax, G, gpn, both=True)
+            _integer_ticks(ax, "x", "y")
             sends = cmp.mean_layer_values(i, "sends")
             s = float(sends[li]) if sends is not None else float("nan")
             ax.set_xlabel("destination GPU (holds the expert)")
@@ -168,6 +203,7 @@ def make_figures(cmp: Comparison, *, layer: int | None = None) -> list[Figure]:
         fig.suptitle(f"GPU x GPU all-to-all of decoder layer {int(lids[li])}; white lines: "
                      "node blocks (off-block = cross-node)")
         figs.append(Figure("traffic_matrix.png", f"Traffic matrix of layer {int(lids[li])}",
+                           f"Decoder layer {int(lids[li])}: {why}. "
                            "Expert-token copies from every source GPU to every destination GPU "
                            "per token of the layer (dispatch; combine sends the same back, the "
                            "transpose). Diagonal blocks stay inside a node (NVLink), the rest "

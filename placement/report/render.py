@@ -19,7 +19,14 @@ from placement.report.tables import format_summary_table, summary_cells, summary
 if TYPE_CHECKING:
     from placement.frontier import Frontier
 
-__all__ = ["FRONTIER_FILES", "frontier_table", "render_html", "render_markdown", "write_report"]
+__all__ = [
+    "FRONTIER_FILES",
+    "frontier_table",
+    "render_html",
+    "render_markdown",
+    "shows_deepseek_reference",
+    "write_report",
+]
 
 FRONTIER_FILES: tuple[str, ...] = ("frontier.png", "frontier.json")
 """What :func:`write_report` adds to the report directory when given a frontier."""
@@ -107,10 +114,24 @@ def _context_lines(cmp: Comparison) -> list[str]:
     return lines
 
 
+def shows_deepseek_reference(cmp: Comparison) -> bool:
+    """Whether the report has the section of DeepSeek's published figures: they are for
+    DeepSeek-V3 on DeepSeek's own deployments, so only a report on DeepSeek-V3 (or, the model
+    unknown, on one of those deployments' cluster presets) has it; a Mixtral report on 2x2x3
+    has nothing to learn from it."""
+    from placement.cost.reference import DEEPSEEK_PUBLISHED
+
+    if cmp.model is not None:
+        return cmp.model.name == "deepseek-v3"
+    presets = {preset for preset, _published, _which in DEEPSEEK_PUBLISHED.values()}
+    return cmp.cluster.name in presets
+
+
 def render_markdown(cmp: Comparison, figures: Sequence[Figure], *,
                     frontier: Frontier | None = None) -> str:
     """``report.md``: context, summary table, verdict, figures (linked PNGs), the frontier
-    (when given: a table and ``frontier.png``), reference."""
+    (when given: a table and ``frontier.png``), DeepSeek's published figures (for DeepSeek-V3,
+    :func:`shows_deepseek_reference`)."""
     ref = cmp.labels[cmp.reference] if cmp.reference is not None else None
     parts = ["# Expert placement: held-out comparison", ""]
     parts += _context_lines(cmp)
@@ -127,10 +148,11 @@ def render_markdown(cmp: Comparison, figures: Sequence[Figure], *,
         parts += [f"## {f.title}", "", f"![{f.title}]({f.name})", "", f.caption, ""]
     if frontier is not None:
         parts += _frontier_markdown(frontier)
-    parts += ["## DeepSeek's published figures vs this cost model", ""]
-    parts.append(format_reference_comparison(deepseek_reference_comparison(
-        options=cmp.cost_options)))
-    parts.append("")
+    if shows_deepseek_reference(cmp):
+        parts += ["## DeepSeek's published figures vs this cost model", ""]
+        parts.append(format_reference_comparison(deepseek_reference_comparison(
+            options=cmp.cost_options)))
+        parts.append("")
     if cmp.messages:
         parts += ["## Notes", ""] + [f"- {m}" for m in cmp.messages] + [""]
     return "\n".join(parts)
@@ -185,10 +207,11 @@ def render_html(cmp: Comparison, figures: Sequence[Figure], *,
             body += ["<figure>", f'<img alt="frontier" src="data:image/png;base64,{data}">',
                      f"<figcaption>{html.escape(_frontier_caption(frontier))}</figcaption>",
                      "</figure>"]
-    body.append("<h2>DeepSeek's published figures vs this cost model</h2>")
-    table, text = _md_table_to_html(format_reference_comparison(
-        deepseek_reference_comparison(options=cmp.cost_options)))
-    body += [table, text]
+    if shows_deepseek_reference(cmp):
+        body.append("<h2>DeepSeek's published figures vs this cost model</h2>")
+        table, text = _md_table_to_html(format_reference_comparison(
+            deepseek_reference_comparison(options=cmp.cost_options)))
+        body += [table, text]
     if cmp.messages:
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{html.escape(m)}</li>" for m in cmp.messages]
         body.append("</ul>")
@@ -201,9 +224,10 @@ def write_report(cmp: Comparison, out_dir: str | Path, *, layer: int | None = No
                  frontier: Frontier | None = None) -> list[Path]:
     """Write ``report.md``, ``report.html`` and the PNG figures into ``out_dir``.
 
-    ``layer``: decoder-layer id of the traffic matrix figure (default: the busiest layer of the
-    best plan). ``frontier`` (:func:`placement.frontier.frontier`): also ``frontier.png``,
-    ``frontier.json`` and a section in both documents. Every file is written atomically.
+    ``layer``: decoder-layer id of the traffic matrix figure (default: the layer where the best
+    plan and the reference differ most, :func:`~placement.report.figures.traffic_layer`).
+    ``frontier`` (:func:`placement.frontier.frontier`): also ``frontier.png``, ``frontier.json``
+    and a section in both documents. Every file is written atomically.
     Returns the paths written.
     """
     out = Path(out_dir)

@@ -76,6 +76,9 @@ class TraceStats:
     window_tv_vs_all: tuple[float, ...] | None
     drift_tv_pairwise_mean: float | None
     drift_tv_pairwise_max: float | None
+    model_guess: str | None = None
+    """The model preset guessed as ``placement solve`` guesses it (the model name, else the
+    only preset with the trace's expert count and top-k), or None."""
 
     # summaries ------------------------------------------------------------------------------
     @staticmethod
@@ -286,12 +289,15 @@ def infer_top_k(trace: Trace | ShardedTrace, wc: np.ndarray | None = None) -> tu
     k = activation_rate_top_k(trace.window_counts() if wc is None else wc)
     if k is not None:
         return k, "activation rates"
-    if trace.model:
-        from placement.models import guess_model
+    from placement.models import guess_model
 
+    if trace.model:
         m = guess_model(trace.model)
         if m is not None and m.num_experts == trace.num_experts:
             return m.top_k, f"model preset {m.name}"
+    m = guess_model(num_experts=trace.num_experts)  # as solve guesses the model
+    if m is not None:
+        return m.top_k, f"model {m.name}, guessed from {trace.num_experts} experts"
     return None, None
 
 
@@ -344,7 +350,11 @@ def inspect_trace(trace: Trace | ShardedTrace, *, source: str | None = None,
         tv_vs_all: tuple[float, ...] | None = _tuple(vs_all)
     else:
         tv_vs_all, pair_mean, pair_max = None, None, None
+    from placement.models import guess_model
+
+    guess = guess_model(trace.model, num_experts=trace.num_experts, top_k=k)
     return TraceStats(
+        model_guess=None if guess is None else guess.name,
         source=source,
         model=trace.model,
         kind=trace.kind,
@@ -409,7 +419,15 @@ def format_trace_stats(stats: TraceStats, *, per_layer: bool = False) -> str:
     lines: list[str] = []
     if s.source:
         lines.append(f"trace         {s.source}")
-    lines.append(f"model         {s.model or 'unknown'}")
+    if s.model:
+        model = s.model
+    elif s.model_guess is not None:  # the guess solve makes, and says
+        model = (f"{s.model_guess} (guessed from {s.num_experts} experts per layer"
+                 + (f", top-{s.top_k}" if s.top_k is not None and s.top_k_source == "trace"
+                    else "") + ")")
+    else:
+        model = "unknown"
+    lines.append(f"model         {model}")
     if s.kind == "tokens":
         lines.append(f"routing       token-level: {s.num_tokens:,} tokens, top-{s.top_k}")
     elif s.top_k_source == "activation rates":

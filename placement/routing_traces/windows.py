@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from placement._util import parse_range
 from placement.errors import InputError
 from placement.routing_traces.trace import Trace
@@ -39,9 +41,12 @@ def parse_window_spec(spec: str, window_names: tuple[str, ...]) -> list[int]:
                 if "backwards" in str(exc):
                     raise InputError(f"Expected an increasing window range, got {part!r}.") \
                         from None
+                close = difflib.get_close_matches(part, [*named, *window_names], n=1,
+                                                  cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise InputError(
-                    f"Unknown window {part!r} in {spec!r}: not an index, a range or one of the "
-                    f"trace's window names."
+                    f"Unknown window {part!r} in {spec!r}{hint}: give an index, a range, "
+                    f"{', '.join(named)} or one of the trace's window names."
                 ) from None
             out.extend(range(a, b + 1))
     bad = [i for i in out if not 0 <= i < W]

@@ -14,29 +14,41 @@ INSTALL = "error: capture needs the transformers package: pip install 'placement
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny random Qwen3-MoE (3 layers, 8 experts, top-2) with a word-level tokenizer."""
-    transformers = pytest.importorskip(
+    """The tiny random Qwen3-MoE (3 layers, 8 experts, top-2) with a word-level tokenizer that
+    ``placement capture --make-tiny-model DIR`` writes."""
+    pytest.importorskip(
         "transformers", reason="capture tests need transformers: pip install 'placement[capture]'"
     )
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from placement.routing_traces.tiny_model import make_tiny_model
 
-    d = tmp_path_factory.mktemp("qwen3-moe-tiny")
-    cfg = transformers.Qwen3MoeConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8,
-        num_experts_per_tok=2, moe_intermediate_size=16, pad_token_id=0, bos_token_id=2,
-        eos_token_id=3,
-    )
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
-    vocab.update({f"w{i}": i + 4 for i in range(96)})
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                         pad_token="[PAD]").save_pretrained(d)
-    return d
+    return make_tiny_model(tmp_path_factory.mktemp("qwen3-moe-tiny"))
+
+
+def test_make_tiny_model_then_capture_as_the_docs_say(run, tmp_path, monkeypatch):
+    """docs/capture.md: make the tiny model with one command, then capture from it."""
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    r = run("capture", "--make-tiny-model", "tiny-qwen3-moe")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ("wrote a tiny random Qwen3-MoE (3 layers, 8 experts, top-2) to "
+                        "tiny-qwen3-moe: placement capture tiny-qwen3-moe --prompts FILE -o "
+                        "trace.npz (words w0 ... w95)\n")
+    assert r.stderr == ""
+    (tmp_path / "prompts.txt").write_text("w1 w2 w3\nw4 w5 w6\nw7 w8 w9\nw10 w11 w12\n")
+    r = run("capture", "tiny-qwen3-moe", "--prompts", "prompts.txt", "--batch-size", 2,
+            "-o", "trace.npz")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ("captured 12 tokens x 3 MoE layers (decoder layers 0-2) x top-2 of 8 "
+                        "experts in 2 batch(es) -> trace.npz\n")
+    assert read_native(tmp_path / "trace.npz").model == "tiny-qwen3-moe"
+
+
+def test_make_tiny_model_alone(run, error, tmp_path):
+    error(run("capture", "--make-tiny-model", tmp_path / "m", "-o", tmp_path / "t.npz"),
+          "error: --make-tiny-model DIR writes a model and stops: give it alone, then capture "
+          "from DIR (see 'placement capture --help').", code=2)
+    error(run("capture", "--prompts", tmp_path / "p.txt"),
+          "error: Missing argument 'MODEL_PATH' (see 'placement capture --help').", code=2)
 
 
 def test_capture_prompts(run, model_dir, tmp_path):

@@ -46,6 +46,10 @@ def test_text(run, files: tuple[str, str]) -> None:
         "moves: 2 expert weight(s) (8.3% of 24 slots) in 1 layer(s); 1 cross-node",
         "bytes: 704.64 MB, 352.32 MB per expert weight (mixtral-8x7b, guessed: --model to set; "
         "3 x 4096 x 14336 x 2 B)",
+        # 352.32 MB over the network at 40 GB/s (the default GPU, h800): 8.81 ms
+        "transfer: 8.81 ms over NVLink 160 GB/s and the network 40 GB/s per GPU (GPU 2 receives "
+        "1 weight(s), 1 cross-node); serving stall: 8.81 ms moving every layer at once, at most "
+        "8.81 ms per layer moving one layer at a time",
         "changed slots: 3 (a move is an expert a GPU did not hold; slot-order changes inside a "
         "GPU move nothing)",
         "layer  moves cross-node changed slots",
@@ -62,6 +66,7 @@ def test_json_counts_against_brute_force(run, files: tuple[str, str]) -> None:
     per = 3 * 7168 * 2048 * 1.0
     assert (d["moves"], d["cross_node_moves"], d["changed_slots"]) == (2, 1, 3)
     assert d["bytes"] == 2 * per and d["bytes_per_expert"] == per
+    assert d["transfer_s"] == pytest.approx(per / 40e9) == d["stall_per_layer_s"]
     assert d["model"] == "deepseek-v3" and d["model_guessed"] is False
     assert [(x["layer_id"], x["moves"], x["cross_node_moves"]) for x in d["layers"]] == \
         [(3, 2, 1), (4, 0, 0)]
@@ -98,10 +103,13 @@ def test_with_a_trace(run, files: tuple[str, str], tmp_path: Path) -> None:
     r = run("diff", old, new, "--trace", str(tmp_path / "t.npz"))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[-5] == f"on {tmp_path / 't.npz'} ({old} -> {new}):"
-    assert lines[-4].startswith("  imbalance (static): ")
-    assert lines[-3].startswith("  cross-node sends per token: ")
-    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap): ")
+    assert lines[-6] == f"on {tmp_path / 't.npz'} ({old} -> {new}):"
+    assert lines[-5].startswith("  imbalance (static): ")
+    assert lines[-4].startswith("  cross-node sends per token: ")
+    assert lines[-2].startswith("  predicted MoE layer time (two-batch overlap), per step of "
+                                "4,096 tokens per GPU: ")
+    assert lines[-1].startswith("  predicted MoE layer time (two-batch overlap), all 40 tokens "
+                                "of the trace (a total): ")
     d = json.loads(run("diff", old, new, "--trace", str(tmp_path / "t.npz"), "--json").stdout)
     assert set(d["trace"]["old"]) >= {"imbalance_static", "cross_node_sends_per_token"}
 

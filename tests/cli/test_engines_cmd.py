@@ -129,9 +129,9 @@ def test_import_broken_yaml(run, tmp_path, content, message):
 
 def test_export_unknown_format_is_a_usage_error(run, tmp_path):
     _, plan_path = _plan(tmp_path)
-    r = run("export", plan_path, "--format", "vllm", "-o", tmp_path / "x.json")
+    r = run("export", plan_path, "--format", "vlm", "-o", tmp_path / "x.json")
     assert r.exit_code == 2
-    assert "Invalid value for '--format': 'vllm' is not one of" in r.stderr
+    assert "Invalid value for '--format': 'vlm' is not one of" in r.stderr
 
 
 def test_export_missing_plan(run, tmp_path):

@@ -265,8 +265,9 @@ def test_inspect_activation_rates_and_top_k(files, run) -> None:
                         "(each window and layer sums to 2)")
     assert lines[7] == "assignments   4 (all layers)"
     r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json")
-    assert r.stdout.splitlines()[2] == \
-        "routing       aggregated counts, top-k unknown (give --top-k K)"
+    assert r.stdout.splitlines()[1:3] == [  # the model and top-k solve guesses, said so
+        "model         deepseek-v3 (guessed from 256 experts per layer)",
+        "routing       aggregated counts, top-8 (model deepseek-v3, guessed from 256 experts)"]
     r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json",
             "--top-k", 8)
     assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"
@@ -282,3 +283,112 @@ def test_heldout_of_a_bundled_trace(tmp_path, run, error) -> None:
           "bundled:mixtral#0): judge the plan on other windows (e.g. bundled:mixtral#1), or pass "
           "--allow-overlap for in-sample figures.")
     assert run("validate", p, "bundled:mixtral#1").exit_code == 0
+
+
+# -------------------------------------------------------------------------------------------
+# the rough edges of issue 19
+# -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("command", "writes"), [
+    ("compare", "report.md, report.html and the figures"),
+    ("sweep", "sweep.md, sweep.json, the figures and the best plan"),
+])
+def test_output_directory_named_like_a_file(files, run, error, tmp_path, command,
+                                            writes) -> None:
+    out = tmp_path / "report.html"
+    error(run(command, f"{files['t.npz']}#second-half", files["plan.json"], "-o", out),
+          f"error: -o {out} names a file, but {command} writes a directory ({writes}): give a "
+          f"directory, e.g. -o {tmp_path / 'report'} (see 'placement {command} --help').",
+          code=2)
+    assert not out.exists()
+
+
+_MODEL_COMMANDS = ["solve", "sweep", "validate", "compare", "diff", "replan", "import"]
+
+
+@pytest.mark.parametrize("command", _MODEL_COMMANDS)
+def test_model_means_one_thing_in_every_command(run, error, command) -> None:
+    """``--model NAME`` is a model preset everywhere (solve's free text, validate's choice list
+    and import's name to record were three things): one help wording, one error line."""
+    help_text = " ".join(run(command, "--help").stdout.split())
+    assert "--model NAME The model, a preset (deepseek-moe-16b, deepseek-v3, " in help_text
+    error(run(command, "x", "y", "--model", "gpt"),
+          "error: Unknown model 'gpt'; choose one of: deepseek-moe-16b, deepseek-v3, "
+          "flame-moe-290m, kimi-k2, mixtral-8x7b, olmoe-1b-7b, qwen1.5-moe-a2.7b, "
+          "qwen3-235b-a22b, qwen3-30b-a3b.")
+
+
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_format_vllm_says_what_to_use(files, run, error, command) -> None:
+    error(run(command, files["plan.json"], "--format", "vllm", "-o", "x.json"),
+          "error: --format vllm: upstream vLLM loads no static expert placement file (its "
+          "--enable-eplb rebalances online with EPLB's algorithm): serve the plan with SGLang "
+          "(--format sglang) or TensorRT-LLM (--format trtllm), on Ascend NPUs with vLLM-Ascend "
+          "(--format vllm-ascend), or judge vLLM's online EPLB against the plan with placement "
+          "compare --baseline eplb.")
+
+
+def test_window_name_typo_gets_did_you_mean(files, run, error) -> None:
+    t = files["t.npz"]
+    error(run("validate", files["plan.json"], f"{t}#secnd-half"),
+          f"error: {t}: Unknown window 'secnd-half' in 'secnd-half' (did you mean "
+          "'second-half'?): give an index, a range, first-half, second-half, even, odd or one "
+          "of the trace's window names.")
+
+
+def test_cluster_file_key_typo_names_the_key(files, run, error, tmp_path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("nodes = 2\ngpus_per_node = 4\nslots_per_gpu = 10\n")
+    error(run("solve", files["t.npz"], "--cluster", bad, "-o", tmp_path / "p.json"),
+          f"error: {bad}: Unknown cluster setting 'nodes': did you mean num_nodes? (settings: "
+          "gpu, gpu_tflops, gpus_per_node, memory, name, network_gbps, num_nodes, nvlink_gbps, "
+          "slots_per_gpu, usd_per_gpu_hour).")
+
+
+def test_replan_without_a_budget_names_the_flags(files, run, error, tmp_path) -> None:
+    error(run("replan", files["plan.json"], files["t.npz"], "-o", tmp_path / "r.json"),
+          "error: give the budget as exactly one of --max-moves N or --max-bytes B "
+          "(--max-moves 0 keeps the deployed plan) (see 'placement replan --help').", code=2)
+
+
+@pytest.mark.parametrize("command", ["solve", "replan", "compare", "sweep"])
+def test_traces_of_two_models_name_both_files(files, run, error, tmp_path, command) -> None:
+    other = tmp_path / "other.npz"
+    write_native(synthesize("mixtral", num_tokens=64, num_windows=2, num_source_ranks=8,
+                            num_layers=2, seed=0), other)
+    t = files["t.npz"]
+    args = {"solve": ("solve", t, other, "--nodes", 2, "--gpus-per-node", 4,
+                      "--slots-per-gpu", 10, "-o", tmp_path / "p.json"),
+            "replan": ("replan", files["plan.json"], t, other, "--max-moves", 1,
+                       "-o", tmp_path / "p.json"),
+            "compare": ("compare", f"{t}#second-half", other, files["plan.json"],
+                        "--baseline", "contiguous", "-o", tmp_path / "r"),
+            "sweep": ("sweep", f"{t}#first-half", "--heldout", other, "--nodes", 2,
+                      "--model", "olmoe-1b-7b", "-o", tmp_path / "s")}[command]
+    first = f"{t}#second-half" if command == "compare" else \
+        f"{t}#first-half" if command == "sweep" else t
+    error(run(*args), f"error: {other} has 8 experts per layer but {first} has 64: the "
+                      "traces must be of one model.")
+
+
+def test_trtllm_export_of_deepseek_v3_without_mtp_layers_warns(run, tmp_path) -> None:
+    from placement.plan import Plan
+
+    plan = Plan(cluster=Cluster(4, 8, 9), num_experts=256, layer_ids=np.arange(3, 61),
+                phy2log=np.tile(np.arange(288) % 256, (58, 1)), method="eplb",
+                model="deepseek-v3")
+    plan.save(tmp_path / "plan.json")
+    warn = ("warning: no --mtp-layers: deepseek-v3 has an MTP layer (61), and with MTP "
+            "speculative decoding TensorRT-LLM fails at start-up without an assignment for it: "
+            "export again with --mtp-layers 61 (without MTP, ignore this).")
+    r = run("export", tmp_path / "plan.json", "--format", "trtllm", "-o", tmp_path / "lb.yaml")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.splitlines()[0] == warn
+    r = run("export", tmp_path / "plan.json", "--format", "trtllm", "--mtp-layers", 61,
+            "-o", tmp_path / "lb.yaml")
+    assert r.exit_code == 0 and warn not in r.stderr
+    # a model without an MTP layer: no warning
+    mix = Plan(cluster=Cluster(1, 2, 4), num_experts=8, layer_ids=np.arange(32),
+               phy2log=np.tile(np.arange(8), (32, 1)), method="eplb", model="mixtral-8x7b")
+    mix.save(tmp_path / "mix.json")
+    r = run("export", tmp_path / "mix.json", "--format", "trtllm", "-o", tmp_path / "m.yaml")
+    assert r.exit_code == 0 and "--mtp-layers" not in r.stderr

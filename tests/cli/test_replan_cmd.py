@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,16 @@ def test_budget_and_the_moves_it_buys(run, files: dict[str, str]) -> None:
     assert lines[3].startswith("in-sample imbalance (even), worst scenario: ")
     assert "expert size: 352.32 MB per expert weight (mixtral-8x7b, guessed: --model to set; " \
            "3 x 4096 x 14336 x 2 B)" in lines
+    k = lines.index("expert size: 352.32 MB per expert weight (mixtral-8x7b, guessed: --model to "
+                    "set; 3 x 4096 x 14336 x 2 B)")
+    assert lines[k + 1].startswith("transfer: ") and " over NVLink 160 GB/s and the network " \
+        "40 GB/s per GPU (GPU " in lines[k + 1] and "; serving stall: " in lines[k + 1]
     i = lines.index(f"held-out, on {files['later']} (deployed -> re-planned):")
     assert lines[i + 1].startswith("  imbalance (even): ")
-    assert lines[i + 2].startswith("  predicted MoE layer time (compute only): ")
+    assert lines[i + 2].startswith("  predicted MoE layer time (compute only), per step of 4,096 "
+                                   "tokens per GPU: ")
+    assert re.match(r"  predicted MoE layer time \(compute only\), all [\d,]+ tokens of the "
+                    r"trace \(a total\): ", lines[i + 3])
     assert lines[-1] == f"saved plan to {out}"
     d = json.loads(run("diff", files["deployed"], out, "--json").stdout)
     assert d["moves"] == mc.total
@@ -108,11 +116,14 @@ def test_engine_file_as_deployed(run, files: dict[str, str]) -> None:
     assert Plan.load(out).method == "replan"
 
 
+_NO_BUDGET = ("error: give the budget as exactly one of --max-moves N or --max-bytes B "
+              "(--max-moves 0 keeps the deployed plan) (see 'placement replan --help').")
+
+
 @pytest.mark.parametrize(("args", "line"), [
     (("--max-moves", "-1"), "error: Expected max_moves >= 0 (an integer), got -1."),
-    ((), "error: Give the budget as exactly one of max_moves or max_bytes."),
-    (("--max-moves", "1", "--max-bytes", "1GB"),
-     "error: Give the budget as exactly one of max_moves or max_bytes."),
+    ((), _NO_BUDGET),
+    (("--max-moves", "1", "--max-bytes", "1GB"), _NO_BUDGET),
     (("--max-bytes", "-3GB"), "error: Expected --max-bytes >= 0, got '-3GB'."),
     (("--max-bytes", "lots"), "error: Expected --max-bytes like 40GB, 500MB or 1e9, got 'lots'."),
     (("--nodes", "1", "--gpus-per-node", "4", "--slots-per-gpu", "3", "--max-moves", "1"),
@@ -122,7 +133,7 @@ def test_engine_file_as_deployed(run, files: dict[str, str]) -> None:
 def test_user_mistakes(run, error, files: dict[str, str], args: tuple[str, ...], line: str) -> None:
     out = str(Path(files["dir"]) / "out.json")
     error(run("replan", files["deployed"], files["now"], *args, "-o", out),
-                    line.format(**files))
+          line.format(**files), code=2 if line == _NO_BUDGET else 1)
     assert not Path(out).exists()
 
 

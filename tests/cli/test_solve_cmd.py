@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
@@ -71,6 +72,10 @@ def test_solve_prints_the_summary_and_saves_the_plan(counts_file: Path, tmp_path
     assert lines[7].startswith("worst-window imbalance (even) ")
     assert lines[8].startswith("objective (predicted compute time of the worst window): ")
     assert lines[8].endswith(" x EPLB's, no layer worse")
+    # the table's time is for all the planning tokens; the step's is stated beside it
+    step = [ln for ln in lines if ln.startswith("predicted MoE layer time per step of 4,096 "
+                                                 "tokens per GPU: ")]
+    assert len(step) == 1 and step[0].endswith(" planning tokens per layer, a total)"), lines
     assert "fell back to EPLB's placement: 0 of 2 layer(s)" in lines
     gap = [ln for ln in lines if ln.startswith("lower bound of worst-window imbalance (even): ")]
     assert len(gap) == 1 and gap[0].endswith("on 2 of 2 layer(s); gap mean 0.00 %, max 0.00 %")
@@ -216,3 +221,38 @@ def test_output_is_required(counts_file: Path) -> None:
     r = _run("solve", str(counts_file), "--preset", "h100-2x8")
     assert r.exit_code == 2
     assert "Missing option '-o'" in r.output
+
+
+def test_time_limit_help_and_docs_agree() -> None:
+    """One --time-limit: seconds for the whole solve, the library's default, in the help and in
+    docs/solve.md alike."""
+    import re
+
+    from placement.solver import SolveOptions
+
+    default = SolveOptions().time_limit
+    text = " ".join(_run("solve", "--help").stdout.split())
+    assert "--time-limit S Safety net, seconds for the whole solve (not per layer)" \
+        in text
+    assert f"[default: {default}; x>0.0]" in text
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "solve.md").read_text()
+    row = re.search(r"^\| `--time-limit S` \|(.*)\|$", docs, re.M)
+    assert row is not None
+    assert f"seconds for the whole solve (default {default:g})" in row.group(1)
+
+
+def test_help_groups_the_options_common_path_first() -> None:
+    """``solve --help`` in sections (cluster and output first, where a new user looks), every
+    option listed once, and short enough to read."""
+    from placement.cli.solve_cmd import solve_cmd
+
+    lines = _run("solve", "--help").stdout.splitlines()
+    heads = [ln for ln in lines if ln.endswith(":") and not ln.startswith(" ")]
+    assert heads == ["Cluster:", "Output:", "Objective:",
+                     "Memory (slots per GPU from its memory):", "Search:", "Other options:"]
+    assert lines.index("Output:") < 32
+    options = [o for p in solve_cmd.params if isinstance(p, click.Option) for o in p.opts]
+    listed = [w.rstrip(",") for ln in lines if ln.startswith("  -") for w in ln.split()
+              if w.startswith("-") and w.rstrip(",") in options]
+    assert sorted(listed) == sorted(options)  # each once (the help option included)
+    assert len(lines) <= 100

@@ -70,7 +70,7 @@ def test_inspect_counts_directory_as_windows(run) -> None:
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert (d["num_layers"], d["num_experts"], d["top_k"], d["num_tokens"], d["num_windows"]) == \
-        (58, 256, None, None, 12)
+        (58, 256, 8, None, 12)  # top-8: of the model solve guesses (deepseek-v3)
     assert d["num_hidden_layers"] == 61 and d["dense_layer_ids"] == [0, 1, 2]
     assert d["coactivation"] is None
 
@@ -175,3 +175,45 @@ def test_usage_errors_exit_2(run, args: list[str]) -> None:
     result = run(*args)
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def _examples(help_text: str) -> list[list[str]]:
+    """The example command lines of a help text (continuations joined, comments dropped)."""
+    import shlex
+
+    out: list[str] = []
+    for line in help_text.splitlines():
+        s = line.strip()
+        if out and out[-1].endswith("\\"):
+            out[-1] = out[-1][:-1] + " " + s
+        elif s.startswith("placement "):
+            out.append(s)
+    return [shlex.split(x, comments=True) for x in out]
+
+
+@pytest.mark.parametrize("command", [["demo"], ["trace", "synth"], ["trace", "inspect"],
+                                     ["trace", "bundled"]])
+def test_help_has_examples_that_parse(run, command: list[str]) -> None:
+    """demo and trace synth/inspect/bundled show examples, and every example is a command
+    line the CLI accepts (options and values checked by click's parser)."""
+    import click
+
+    from placement.cli import main
+
+    examples = _examples(run(*command, "--help").stdout)
+    assert any(ex[1:1 + len(command)] == command for ex in examples), examples
+    for ex in examples:
+        ctx = click.Context(main)
+        cmd: click.Command = main
+        args = ex[1:]
+        while isinstance(cmd, click.Group):
+            sub = cmd.get_command(ctx, args[0])
+            assert sub is not None, ex
+            cmd, args = sub, args[1:]
+        cmd.make_context(" ".join(ex[:2]), args)  # raises on an unknown option or bad value
+
+
+def test_bundled_examples_run(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run("trace", "inspect", "bundled:mixtral").exit_code == 0
+    assert run("trace", "bundled").stdout.startswith("bundled:deepseek-v3 ")

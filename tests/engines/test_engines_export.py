@@ -270,7 +270,11 @@ def test_vllm_ascend_subset_refused_unless_filled(tmp_path):
 # general
 # ---------------------------------------------------------------------------------------------
 def test_unknown_format(named_plan, tmp_path):
-    with pytest.raises(InputError, match="Unknown engine format 'vllm'"):
+    with pytest.raises(InputError, match="Unknown engine format 'vlm'"):
+        export_plan(named_plan("single"), "vlm", tmp_path / "x.json")
+    # upstream vLLM takes no placement file: say so, and what to use
+    with pytest.raises(InputError, match="--format vllm: upstream vLLM loads no static expert "
+                                         "placement file"):
         export_plan(named_plan("single"), "vllm", tmp_path / "x.json")
 
 

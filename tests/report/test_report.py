@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from placement.report import (
     format_summary_table,
     write_report,
 )
+from placement.report.figures import make_figures, traffic_layer
+from placement.report.render import render_html, render_markdown, shows_deepseek_reference
 from placement.routing_traces.trace import Trace
 
 CLUSTER = Cluster(2, 2, 3)  # 4 GPUs, 12 slots
@@ -137,13 +140,13 @@ def test_write_report_files(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "report.md").read_text()
     assert "![Per-layer imbalance](imbalance.png)" in md
     assert re.search(r"^\| mine \| mine \| \d\.\d{4} \(\d\.\d{3}x\) \|", md, re.M)
-    assert "## DeepSeek's published figures vs this cost model" in md
+    assert "DeepSeek's published figures" not in md  # a toy model: see the test below
     assert "price $3 per GPU-hour" in md
     html = (tmp_path / "out" / "report.html").read_text()
     srcs = re.findall(r'src="([^"]*)"', html)
     assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in html and "<script" not in html  # nothing fetched from elsewhere
-    assert html.count("<tr>") == 1 + 3 + 1 + 2  # summary header + 3 plans, reference table
+    assert html.count("<tr>") == 1 + 3  # summary header + 3 plans
 
 
 def test_aggregated_trace_has_no_traffic_columns(tmp_path: Path) -> None:
@@ -220,3 +223,64 @@ def test_plans_for_different_clusters() -> None:
                  phy2log=MINE.phy2log)
     with pytest.raises(InputError, match=r"plans are for different clusters \(2x2x3 and 1x4x3\)"):
         compare([_trace(1)], [MINE, other], baselines=[])
+
+
+def _contiguous_rows() -> np.ndarray:
+    cmp = compare([_trace(1)], [MINE], baselines=["contiguous"], model=MODEL)
+    return cmp.plans[1].phy2log
+
+
+def test_traffic_matrix_shows_the_layer_where_the_plans_differ_most(tmp_path: Path) -> None:
+    contiguous = _contiguous_rows()
+    # the plan is the baseline in layers 1 and 3 and differs in layer 2 only
+    plan = _plan([contiguous[0].tolist(), MINE.phy2log[1].tolist(), contiguous[2].tolist()])
+    cmp = compare([_trace(1)], [plan], baselines=["contiguous"], model=MODEL, labels=["mine"])
+    assert traffic_layer(cmp, [cmp.best, 1], None)[0] == 1
+    write_report(cmp, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Traffic matrix of layer 2" in md
+    assert "Decoder layer 2: the layer where mine and contiguous differ most (" in md
+    # the same plans in every layer: the busiest layer, and the caption says why
+    same = compare([_trace(1)], [_plan(contiguous.tolist())], baselines=["contiguous"],
+                   model=MODEL, labels=["same"])
+    assert traffic_layer(same, [same.best, 1], None)[1] == (
+        "the busiest layer; the two plans route every layer the same")
+
+
+def test_gpu_axes_have_whole_number_ticks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import placement.report.figures as figures
+
+    drawn: list[object] = []
+    real = figures._png
+    monkeypatch.setattr(figures, "_png", lambda fig: (drawn.append(fig), real(fig))[1])
+    cmp = compare([_trace(1)], [MINE], baselines=["contiguous"], model=MODEL)
+    make_figures(cmp)
+    checked = 0
+    for fig in drawn:
+        for ax in fig.axes:  # type: ignore[attr-defined]
+            for axis, label, lim in ((ax.xaxis, ax.get_xlabel(), ax.get_xlim()),
+                                     (ax.yaxis, ax.get_ylabel(), ax.get_ylim())):
+                if not label.startswith(("GPU", "destination GPU", "source GPU")):
+                    continue
+                lo, hi = sorted(lim)
+                shown = [t for t in axis.get_ticklocs() if lo <= t <= hi]
+                assert shown and all(float(t).is_integer() for t in shown), (label, shown)
+                checked += 1
+    assert checked == 2 + 2 * 2  # tokens-per-GPU x axes (2 panels), traffic matrix x and y
+
+
+def test_deepseek_published_figures_only_in_deepseek_reports(tmp_path: Path) -> None:
+    from placement.models import MODEL_PRESETS
+
+    cmp = compare([_trace(1)], [MINE], baselines=["contiguous"], model=MODEL)
+    assert not shows_deepseek_reference(cmp)
+    write_report(cmp, tmp_path / "toy")
+    assert "DeepSeek's published" not in (tmp_path / "toy" / "report.md").read_text()
+    assert "DeepSeek's published" not in (tmp_path / "toy" / "report.html").read_text()
+    v3 = dataclasses.replace(cmp, model=MODEL_PRESETS["deepseek-v3"])
+    assert shows_deepseek_reference(v3)
+    assert "## DeepSeek's published figures" in render_markdown(v3, [])
+    assert "<h2>DeepSeek's published figures" in render_html(v3, [])
+    # no model: only on DeepSeek's own deployments
+    unknown = dataclasses.replace(cmp, model=None)
+    assert not shows_deepseek_reference(unknown)

@@ -116,9 +116,14 @@ def test_inspect_shared_trace(name: str) -> None:
     # 1. shape
     assert (stats.num_windows, stats.num_layers, stats.num_experts) == (W, L, E)
     assert stats.num_tokens == (None if ids is None else ids.shape[0])
-    # counts: top-k from activation rates (rows sum to k) or the model preset the name points to
+    # counts: top-k from activation rates (rows sum to k), the model preset the name points to,
+    # or the model guessed from the expert count (SGLang's DeepSeek-V3 dumps name no model)
     inferred = {"qwen3_30b_a3b_activation_rates.npz": (8, "activation rates"),
-                "moelens_olmoe_domain_counts.npz": (8, "model preset olmoe-1b-7b")}
+                "moelens_olmoe_domain_counts.npz": (8, "model preset olmoe-1b-7b"),
+                "moelens_qwen_domain_counts.npz": (4, "model qwen1.5-moe-a2.7b, guessed from 60 "
+                                                      "experts")}
+    if name.startswith("deepseek_v3_sglang"):
+        inferred[name] = (8, "model deepseek-v3, guessed from 256 experts")
     want_k = (ids.shape[2], "trace") if ids is not None else inferred.get(name, (None, None))
     assert (stats.top_k, stats.top_k_source) == want_k
     np.testing.assert_allclose(stats.num_assignments, wc.sum())
@@ -210,6 +215,24 @@ def test_counts_trace_and_single_window() -> None:
     assert "routing       aggregated counts, top-k unknown (give --top-k K)" in text
     assert "co-activation  needs token-level routing" in text
     assert "drift         one window" in text
+
+
+def test_model_and_top_k_guessed_as_solve_guesses_them() -> None:
+    """An SGLang DeepSeek dump names no model: inspect says the guess solve makes (the only
+    preset with 256 experts), and takes its top-k from it."""
+    counts = np.ones((1, 2, 256))
+    s = inspect_trace(Trace(num_experts=256, counts=counts))
+    assert s.model is None and s.model_guess == "deepseek-v3"
+    assert (s.top_k, s.top_k_source) == (8, "model deepseek-v3, guessed from 256 experts")
+    lines = format_trace_stats(s).splitlines()
+    assert lines[0] == "model         deepseek-v3 (guessed from 256 experts per layer)"
+    assert lines[1] == ("routing       aggregated counts, top-8 (model deepseek-v3, guessed "
+                        "from 256 experts)")
+    assert s.to_dict()["model_guess"] == "deepseek-v3"
+    # 64 experts: OLMoE or DeepSeek-MoE-16B, no guess
+    s = inspect_trace(Trace(num_experts=64, counts=np.ones((1, 2, 64))))
+    assert s.model_guess is None and s.top_k is None
+    assert format_trace_stats(s).splitlines()[0] == "model         unknown"
 
 
 def test_many_windows_skip_pairwise() -> None:

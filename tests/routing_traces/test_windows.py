@@ -41,6 +41,17 @@ def test_bad_specs(spec: str, message: str) -> None:
         parse_window_spec(spec, NAMES)
 
 
+def test_a_misspelt_window_name_gets_the_closest() -> None:
+    with pytest.raises(InputError) as exc:
+        parse_window_spec("secnd-half", NAMES)
+    assert str(exc.value) == (
+        "Unknown window 'secnd-half' in 'secnd-half' (did you mean 'second-half'?): give an "
+        "index, a range, first-half, second-half, even, odd or one of the trace's window names.")
+    names = ("decode_in1000out1000", "prefill_in4096")
+    with pytest.raises(InputError, match=r"\(did you mean 'prefill_in4096'\?\)"):
+        parse_window_spec("prefil_in4096", names)
+
+
 def test_select_on_token_trace() -> None:
     ids = np.arange(12).reshape(6, 1, 2) % 4
     t = Trace(num_experts=4, topk_ids=ids, window=np.array([0, 0, 1, 1, 2, 2]))
