@@ -45,3 +45,34 @@ def test_required_real_data_fails_instead_of_skipping(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "PLACEMENT_REQUIRE_SHARED=1 forbids skipping real-data tests" in r.stdout
     assert "1 passed" in r.stdout and "skipped" not in r.stdout.splitlines()[-1]
+
+
+def test_flame_moe_ships_with_its_notice_and_licence() -> None:
+    """The real FLAME-MoE trace is Apache-2.0 data: it ships as bundled:flame-moe with its notice
+    and licence beside it, and the wheel takes all three (package-data)."""
+    from placement.routing_traces import load_trace
+    from placement.routing_traces.readers import bundled_trace_path
+
+    path = bundled_trace_path("flame-moe")
+    notice = path.with_suffix(".NOTICE").read_text()
+    assert "Apache License, Version 2.0" in notice and "FLAME-MoE" in notice
+    assert "github.com/cmu-flame/FLAME-MoE" in notice
+    assert "Apache License" in path.with_suffix(".LICENSE").read_text()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    for pattern in ('"data/*.npz"', '"data/*.NOTICE"', '"data/*.LICENSE"'):
+        assert pattern in pyproject
+    t = load_trace("bundled:flame-moe")
+    assert t.model == "FLAME-MoE-290M" and t.topk_ids.shape == (2048, 8, 6)
+    assert t.num_experts == 64 and list(t.layer_ids) == list(range(2, 10))
+
+
+def test_nothing_points_outside_the_repository() -> None:
+    """The code and the docs cite docs/definitions.md, never a file beside the checkout."""
+    offenders = []
+    for path in [*(REPO / "placement").rglob("*.py"), REPO / "README.md",
+                 *(REPO / "docs").glob("*.md")]:
+        text = path.read_text()
+        for needle in ("shared/docs/", "/work/", "../shared/traces", "../shared/reference"):
+            if needle in text and not (path.name == "development.md" and needle.startswith("../")):
+                offenders.append(f"{path.relative_to(REPO)}: {needle}")
+    assert not offenders
