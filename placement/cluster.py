@@ -2,7 +2,7 @@
 
 GPUs are EP ranks ``0 .. G-1`` numbered node by node (node of GPU ``g`` is ``g // gpus_per_node``);
 each MoE layer has ``P = G * slots_per_gpu`` physical slots and slot ``p`` lives on GPU
-``p // slots_per_gpu`` (see ``shared/docs/definitions.md``).
+``p // slots_per_gpu`` (see ``docs/definitions.md``).
 """
 
 from __future__ import annotations

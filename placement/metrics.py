@@ -1,4 +1,4 @@
-"""Metrics of ``shared/docs/definitions.md``, in numpy: GPU loads, imbalance, cross-node traffic.
+"""Metrics of ``docs/definitions.md``, in numpy: GPU loads, imbalance, cross-node traffic.
 
 A leaf module (numpy only) shared by the solver, which evaluates plans in-sample, and the
 validator, which replays held-out traces (its torch replay is tested against these functions).

@@ -331,7 +331,7 @@ MODEL_PRESETS: dict[str, ModelShape] = {
 MLA with 128 / 64 heads, 1 shared expert, 3 / 1 dense layers; Qwen3 and Mixtral GQA; weights in
 the precision of the official serving release: FP8 for DeepSeek-V3, Kimi-K2 and Qwen3 (their
 FP8 checkpoints), BF16 for the rest). FLAME-MoE-290M from its training scripts (hidden 1024,
-expert FFN 704, top-6 in the shared trace, decoder layers 1-9 MoE with ids up to 9); its
+expert FFN 704, top-6 in its trace ``bundled:flame-moe``, decoder layers 1-9 MoE with ids up to 9); its
 attention shape is not published with the trace, so it can be costed by its experts only."""
 
 

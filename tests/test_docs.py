@@ -39,7 +39,7 @@ def test_links_resolve(page: Path) -> None:
 
 def test_readme_is_the_short_version() -> None:
     text = (REPO / "README.md").read_text()
-    assert len(text) < 16_000
+    assert len(text) < 18_000  # its examples run as written and show their real (trimmed) output
     for heading in ("## Quickstart", "## The four commands", "## A worked example",
                     "## Documentation"):
         assert heading in text

@@ -77,7 +77,7 @@ DEEPSEEK_SERVICE: dict[str, float] = {
 
 DEEPSEEK_IMBALANCE: dict[str, float] = {"prefill": 1.31, "decode": 1.73}
 """Max/mean tokens per GPU of DeepSeek's EPLB (hierarchical, 8 groups) planned on one workload
-of ``/work/shared/traces/deepseek_v3_sglang`` and judged on each other workload of the same phase
+of the real DeepSeek-V3 SGLang statistics (not shipped) and judged on each other workload of the same phase
 (even split over replicas), mean over the pairs and the 58 MoE layers: 4 x 8 GPUs with 9 slots on
 the 8 prefill workloads, 18 x 8 with 2 slots on the 4 decode workloads.
 ``benchmarks/bench_sweep.py --reference`` measures them again; a test checks them against the

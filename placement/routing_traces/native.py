@@ -1,4 +1,4 @@
-"""Native trace format v1 (``.npz``), read and written (see ``shared/docs/definitions.md``).
+"""Native trace format v1 (``.npz``), read and written (see ``docs/definitions.md``).
 
 Token-level files hold ``topk_ids [T, L, k]`` and ``num_experts``, optionally ``source_rank [T]``,
 ``window [T]``, ``topk_weights [T, L, k]``; aggregated files hold ``counts [L, E]`` or

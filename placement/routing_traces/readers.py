@@ -11,7 +11,7 @@
   that stream open it with :func:`~placement.routing_traces.sharded.open_trace_source`);
 * a directory or a list of trace files of one model, read as the windows of one trace (window
   names: the file stems; ``stem:name`` for a file that has several windows itself);
-* ``"bundled:NAME"``, a small synthetic trace shipped with the package (:func:`bundled_traces`).
+* ``"bundled:NAME"``, a small trace shipped with the package (:func:`bundled_traces`).
 
 Anything malformed raises :class:`TraceFormatError` naming the file and what is wrong.
 """
@@ -63,7 +63,8 @@ _DATA_DIR = Path(__file__).resolve().parent / "data"
 # bundled traces
 # -------------------------------------------------------------------------------------------
 def bundled_traces() -> list[str]:
-    """Names of the synthetic traces shipped with the package (``bundled:NAME``)."""
+    """Names of the traces shipped with the package (``bundled:NAME``): the synthetic ones and
+    the real FLAME-MoE-290M trace ``flame-moe`` (Apache-2.0, notice beside it)."""
     if not _DATA_DIR.is_dir():
         return []
     return sorted(p.stem for p in _DATA_DIR.glob("*.npz"))

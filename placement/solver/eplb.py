@@ -2,7 +2,7 @@
 
 A faithful port of the reference algorithm (github.com/deepseek-ai/EPLB, ``eplb.py``): the same
 steps, the same tie-breaking (torch ``sort``/``max`` on CPU), so that it reproduces the reference
-outputs exactly (``shared/reference/eplb_reference_outputs.npz``; see ``tests/solver``). Input checks
+outputs exactly (DeepSeek's README example and real cases; see ``tests/solver/test_eplb.py``). Input checks
 raise :class:`~placement.errors.InputError` instead of the reference's bare asserts.
 """
 

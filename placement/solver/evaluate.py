@@ -1,6 +1,6 @@
 """In-sample figures of a placement on the problem it was made from, and the plan built from it.
 
-The figures carry the names of ``/work/shared/docs/definitions.md`` and the figures vocabulary
+The figures carry the names of ``docs/definitions.md`` and the figures vocabulary
 (the same name means the same number in ``solve``, ``validate`` and ``compare``):
 
 * ``imbalance_even``: max/mean tokens per GPU, every expert's tokens split evenly over its

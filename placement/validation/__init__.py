@@ -1,6 +1,6 @@
 """Replay a trace against a plan: tokens per GPU, imbalance and all-to-all traffic, per layer.
 
-Definitions (``shared/docs/definitions.md``). A token lives on its source GPU ``r`` (the trace's
+Definitions (``docs/definitions.md``). A token lives on its source GPU ``r`` (the trace's
 ``source_rank % G``, or ``t % G`` for token ``t`` when the trace has none: spread evenly) and is
 sent to the GPU of one replica of each of its top-k experts (dispatch); the results come back the
 same way (combine). Which replica is chosen follows a *dispatch rule*:

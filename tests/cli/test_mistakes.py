@@ -16,8 +16,6 @@ from placement.engines import export_plan
 from placement.routing_traces import Trace, load_trace, synthesize, write_native
 from placement.solver import SolveOptions, solve
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
@@ -37,6 +35,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (d / "cluster.toml").write_text("num_nodes = 2\ngpus_per_node = 4\nslots_per_gpu = 10\n")
     rates = np.array([[[0.7, 0.5, 0.500004, 0.3]], [[0.9, 0.6, 0.3, 0.2]]])
     write_native(Trace(num_experts=4, counts=rates, model="toy"), d / "rates.npz")
+    # SGLang's logical_count file (the shape of its expert-distribution recorder's output)
+    lc = np.random.default_rng(0).integers(0, 1000, size=(4, 16)) * 8
+    (d / "logical_count.json").write_text(json.dumps({"logical_count": lc.tolist()}))
     out = {p.name: str(p) for p in d.iterdir()}
     out["dir"] = str(d)
     return out
@@ -239,7 +240,7 @@ def test_export_file_endings(files, run, error, tmp_path, fmt, name, line) -> No
 def test_sglang_export_takes_the_layers_of_the_traced_model(run, tmp_path) -> None:
     """FLAME-MoE's trace names its model and traces all 8 of its MoE layers (2-9) but does not
     count the dense ones: the preset does (10 decoder layers)."""
-    trace = load_trace(SHARED / "flame_moe_290m_tokens.npz")
+    trace = load_trace("bundled:flame-moe")
     plan = solve(trace, Cluster(2, 4, 10), SolveOptions(method="eplb")).plan
     plan.save(tmp_path / "flame.json")
     r = run("export", tmp_path / "flame.json", "--format", "sglang", "-o", tmp_path / "s.json")
@@ -264,11 +265,11 @@ def test_inspect_activation_rates_and_top_k(files, run) -> None:
     assert lines[2] == ("routing       aggregated activation rates (shares of tokens), top-2 "
                         "(each window and layer sums to 2)")
     assert lines[7] == "assignments   4 (all layers)"
-    r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json")
+    r = run("trace", "inspect", files["logical_count.json"])
     assert r.stdout.splitlines()[1:3] == [  # the model and top-k solve guesses, said so
         "model         deepseek-v3 (guessed from 256 experts per layer)",
         "routing       aggregated counts, top-8 (model deepseek-v3, guessed from 256 experts)"]
-    r = run("trace", "inspect", SHARED / "deepseek_v3_sglang" / "prefill_in512.json",
+    r = run("trace", "inspect", files["logical_count.json"],
             "--top-k", 8)
     assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"
 

@@ -1,4 +1,6 @@
-"""The four commands of the README chained on the shared data, as a user runs them."""
+"""The four commands of the README chained as a user runs them: on SGLang counts files (made from
+shipped data, and the real ones where the real-data folder is present) and on the real FLAME-MoE
+token-level trace that ships with the package."""
 
 from __future__ import annotations
 
@@ -9,18 +11,24 @@ import numpy as np
 import pytest
 
 
-def test_deepseek_counts_solve_validate_export_compare(run, shared_dir: Path, tmp_path: Path) -> None:
-    d = shared_dir / "traces" / "deepseek_v3_sglang"
+def test_deepseek_counts_solve_validate_export_compare(run, deepseek_counts_dir: Path,
+                                                       tmp_path: Path) -> None:
+    d = deepseek_counts_dir
+    fit_a, fit_b, held = ((d / f"{n}.json" for n in ("prefill_in512", "prefill_in1024",
+                                                     "prefill_in2048"))
+                          if d.name == "deepseek_v3_sglang" else sorted(d.glob("*.json"))[:3])
     plan = tmp_path / "plan.json"
-    r = run("solve", d / "prefill_in512.json", d / "prefill_in1024.json", "--preset",
+    r = run("solve", fit_a, fit_b, "--preset",
              "deepseek-prefill", "--time-limit", "20", "-o", plan)
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[-1] == f"saved plan to {plan}"
 
-    r = run("validate", plan, d / "prefill_in2048.json", "--dispatch", "even", "--json")
+    r = run("validate", plan, held, "--dispatch", "even", "--json")
     assert r.exit_code == 0, r.output
     v = json.loads(r.stdout)
-    assert len(v["layers"]) == 58 and 1.0 <= v["imbalance_even"] < 1.3
+    # the shipped synthetic workloads drift more between windows than the real ones
+    assert len(v["layers"]) == 58
+    assert 1.0 <= v["imbalance_even"] < (1.3 if d.name == "deepseek_v3_sglang" else 1.6)
     assert v["cross_node_sends_per_token"] is None  # counts carry no traffic
 
     out = tmp_path / "init_expert_location.json"
@@ -35,7 +43,7 @@ def test_deepseek_counts_solve_validate_export_compare(run, shared_dir: Path, tm
     assert "--ep-num-redundant-experts 32" in r.stdout
 
     report = tmp_path / "report"
-    r = run("compare", d / "prefill_in2048.json", plan, "--baseline", "eplb", "-o", report)
+    r = run("compare", held, plan, "--baseline", "eplb", "-o", report)
     assert r.exit_code == 0, r.output
     md = (report / "report.md").read_text()
     assert "| eplb (baseline) |" in md
@@ -44,8 +52,8 @@ def test_deepseek_counts_solve_validate_export_compare(run, shared_dir: Path, tm
 
 
 @pytest.mark.slow
-def test_token_trace_split_by_window(run, shared_dir: Path, tmp_path: Path) -> None:
-    flame = shared_dir / "traces" / "flame_moe_290m_tokens.npz"
+def test_token_trace_split_by_window(run, tmp_path: Path) -> None:
+    flame = "bundled:flame-moe"
     plan = tmp_path / "plan.json"
     r = run("solve", f"{flame}#first-half", "--nodes", "4", "--gpus-per-node", "2",
              "--slots-per-gpu", "10", "--time-limit", "20", "-o", plan)

@@ -14,9 +14,6 @@ from placement.cli import main
 from placement.plan import Plan
 from placement.routing_traces import Trace, write_native
 
-DEEPSEEK_JSON_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
-    "deepseek_v3_sglang"
-
 
 def _run(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
@@ -166,8 +163,8 @@ def test_solve_and_validate_print_the_same_in_sample_figures(
             assert _figure(r.stdout, label) == pytest.approx(_figure(v.stdout, label), abs=1e-4)
 
 
-def test_deepseek_files_with_a_preset(tmp_path: Path) -> None:
-    files = [str(DEEPSEEK_JSON_DIR / f"decode_in{x}.json") for x in ("1000out1000", "1800out100")]
+def test_deepseek_files_with_a_preset(tmp_path: Path, deepseek_counts_dir: Path) -> None:
+    files = [str(f) for f in sorted(deepseek_counts_dir.glob("*.json"))[:2]]
     out = tmp_path / "plan.json"
     r = _run("solve", *files, "--preset", "deepseek-decode", "-o", str(out))
     assert r.exit_code == 0, r.output

@@ -13,9 +13,6 @@ import pytest
 
 from placement.routing_traces import Trace, load_trace, read_native, write_native
 
-DEEPSEEK_JSON_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
-    "deepseek_v3_sglang"
-
 
 @pytest.fixture
 def small_trace(tmp_path: Path) -> Path:
@@ -65,12 +62,12 @@ def test_inspect_json(run, small_trace: Path) -> None:
     assert d["drift"]["tv_pairwise_mean"] == pytest.approx(d["drift"]["tv_pairwise_max"])
 
 
-def test_inspect_counts_directory_as_windows(run) -> None:
-    result = run("trace", "inspect", str(DEEPSEEK_JSON_DIR), "--json")
+def test_inspect_counts_directory_as_windows(run, deepseek_counts_dir: Path) -> None:
+    result = run("trace", "inspect", str(deepseek_counts_dir), "--json")
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert (d["num_layers"], d["num_experts"], d["top_k"], d["num_tokens"], d["num_windows"]) == \
-        (58, 256, 8, None, 12)  # top-8: of the model solve guesses (deepseek-v3)
+        (58, 256, 8, None, len(list(deepseek_counts_dir.glob("*.json")))))  # top-8: of the model solve guesses
     assert d["num_hidden_layers"] == 61 and d["dense_layer_ids"] == [0, 1, 2]
     assert d["coactivation"] is None
 
@@ -109,13 +106,14 @@ def test_synth_like_and_bundled_source(run, tmp_path: Path) -> None:
     assert read_native(out).num_experts == 8
 
 
-def test_convert_json_directory(run, tmp_path: Path) -> None:
+def test_convert_json_directory(run, tmp_path: Path, deepseek_counts_dir: Path) -> None:
     out = tmp_path / "ds.npz"
-    result = run("trace", "convert", str(DEEPSEEK_JSON_DIR), "-o", str(out))
+    result = run("trace", "convert", str(deepseek_counts_dir), "-o", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith(f"wrote {out}: counts (")
-    assert result.stdout.rstrip().endswith("x 58 MoE layers, 256 experts, 12 windows")
-    back, src = read_native(out), load_trace(DEEPSEEK_JSON_DIR)
+    n = len(list(deepseek_counts_dir.glob("*.json")))
+    assert result.stdout.rstrip().endswith(f"x 58 MoE layers, 256 experts, {n} windows")
+    back, src = read_native(out), load_trace(deepseek_counts_dir)
     np.testing.assert_array_equal(back.window_counts(), src.window_counts())
     assert back.window_names == src.window_names and back.dense_layer_ids == (0, 1, 2)
 

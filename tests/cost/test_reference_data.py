@@ -1,21 +1,20 @@
 """The reference comparison's inputs: DeepSeek's published statistics and the imbalance measured
-on the shared DeepSeek-V3 traces."""
+on the real DeepSeek-V3 traces (skipped where the real-data folder is absent)."""
 
 from __future__ import annotations
 
 import glob
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import shared_path
 
 from placement.cluster import PRESETS
 from placement.cost import DEEPSEEK_IMBALANCE, deepseek_workload
 from placement.errors import InputError
 from placement.hardware import GPU_PRESETS, gpu_preset
 
-DEEPSEEK = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / \
-    "deepseek_v3_sglang"
+DEEPSEEK = shared_path("traces", "deepseek_v3_sglang")
 
 
 def test_operating_points_follow_the_published_statistics() -> None:
@@ -45,7 +44,7 @@ def test_gpu_presets() -> None:
     assert PRESETS["deepseek-decode"].gpu == "h800"
 
 
-@pytest.mark.skipif(not DEEPSEEK.is_dir(), reason="shared DeepSeek-V3 traces not present")
+@pytest.mark.needs_shared("traces/deepseek_v3_sglang")
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_reference_imbalance_is_what_eplb_reaches_held_out(phase: str) -> None:
     from placement.cluster import Cluster

@@ -307,19 +307,19 @@ def test_bare_pickle_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# real EPLB outputs (shared/reference, computed by DeepSeek's reference implementation)
+# real EPLB outputs (the real-data folder's reference/, computed by DeepSeek's reference
+# implementation; skipped where it is absent)
 # ---------------------------------------------------------------------------------------------
-def _reference_eplb_file(shared_dir, tmp_path, case):
-    with np.load(shared_dir / "reference" / "eplb_reference_outputs.npz",
-                 allow_pickle=False) as z:
+def _reference_eplb_file(real_data, tmp_path, case):
+    with np.load(real_data("reference/eplb_reference_outputs.npz"), allow_pickle=False) as z:
         phy2log, logcnt = z[f"{case}__phy2log"], z[f"{case}__logcnt"]
     path = tmp_path / "eplb.npz"
     np.savez(path, phy2log=phy2log, logcnt=logcnt, layer_ids=np.arange(3, 61))
     return path, phy2log, logcnt
 
 
-def test_import_reference_eplb_output(shared_dir, tmp_path):
-    path, phy2log, logcnt = _reference_eplb_file(shared_dir, tmp_path,
+def test_import_reference_eplb_output(real_data, tmp_path):
+    path, phy2log, logcnt = _reference_eplb_file(real_data, tmp_path,
                                                  "prefill_in2048__P256_g8_n4_G32")
     res = import_plan(path, Cluster(4, 8, 8), num_hidden_layers=61)
     assert np.array_equal(res.plan.phy2log, phy2log)
@@ -331,9 +331,9 @@ def test_import_reference_eplb_output(shared_dir, tmp_path):
     assert len(m) == 61 and m[0] == list(range(256)) and m[3] == phy2log[0].tolist()
 
 
-def test_import_reference_eplb_with_two_replicas_on_a_gpu(shared_dir, tmp_path):
+def test_import_reference_eplb_with_two_replicas_on_a_gpu(real_data, tmp_path):
     # DeepSeek's EPLB puts two replicas of one expert on one GPU in some layers of this case
-    path, phy2log, logcnt = _reference_eplb_file(shared_dir, tmp_path,
+    path, phy2log, logcnt = _reference_eplb_file(real_data, tmp_path,
                                                  "prefill_in4096__P288_g8_n4_G32")
     plan = import_plan(path, Cluster(4, 8, 9)).plan
     assert np.array_equal(plan.phy2log, phy2log) and np.array_equal(plan.logcnt, logcnt)

@@ -1,4 +1,5 @@
-"""inspect_trace on every shared real trace, its figures recomputed from the raw files."""
+"""inspect_trace on every shipped trace and every real trace of the real-data folder (skipped
+where it is absent), its figures recomputed from the raw files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import shared_path
 
 from placement.errors import InputError
 from placement.routing_traces import (
@@ -17,9 +19,10 @@ from placement.routing_traces import (
     load_trace,
     synthesize,
 )
+from placement.routing_traces.readers import bundled_trace_path, bundled_traces
 from placement.routing_traces.stats import MAX_PAIRWISE_WINDOWS, TraceStats
 
-TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+TRACES = shared_path("traces")
 DEEPSEEK_WORKLOADS = [
     "decode_in1000out1000", "decode_in1800out100", "decode_in2000out100", "decode_in500out1500",
     "prefill_in1000out1000", "prefill_in1024", "prefill_in1800out100", "prefill_in2000out100",
@@ -34,7 +37,7 @@ NPZ_FILES = [
     "moelens_qwen_domain_counts.npz",
     "qwen3_30b_a3b_activation_rates.npz",
 ]
-# every trace file in shared/traces, listed explicitly: a missing one fails, never skips
+# every trace file of the real-data folder, listed explicitly (a new one must be added here)
 SHARED_TRACE_FILES = [f"deepseek_v3_sglang/{w}.json" for w in DEEPSEEK_WORKLOADS] + NPZ_FILES
 
 
@@ -44,8 +47,8 @@ SHARED_TRACE_FILES = [f"deepseek_v3_sglang/{w}.json" for w in DEEPSEEK_WORKLOADS
 def _raw_window_counts(path: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
     """``[W, L, E]`` counts, token ids ``[T, L, k]`` (or None) and E, from the raw file."""
     if path.is_dir():
-        arrays = [np.asarray(json.loads((path / f"{w}.json").read_text())["logical_count"])
-                  for w in sorted(DEEPSEEK_WORKLOADS)]
+        arrays = [np.asarray(json.loads(f.read_text())["logical_count"])
+                  for f in sorted(path.glob("*.json"))]
         a = np.stack(arrays).astype(float)
         return a[:, a.any(axis=(0, 2))], None, a.shape[2]
     if path.suffix == ".json":
@@ -96,21 +99,33 @@ def _top_pair_share(ids: np.ndarray, E: int, layer: int, frac: float) -> tuple[f
     return float(obs[:n].sum() / obs.sum()), float(ind[:n].sum() / ind.sum())
 
 
-SOURCES = [*SHARED_TRACE_FILES, "deepseek_v3_sglang"]
+SOURCES = [
+    # shipped: always run
+    *(pytest.param(f"bundled:{n}", id=f"bundled:{n}") for n in bundled_traces()),
+    pytest.param("sglang_counts_dir", id="generated-sglang-dir"),
+    # real: skipped (one line) where the real-data folder is absent
+    *(pytest.param(n, id=n, marks=pytest.mark.needs_shared(f"traces/{n}"))
+      for n in [*SHARED_TRACE_FILES, "deepseek_v3_sglang"]),
+]
 
 
+@pytest.mark.needs_shared("traces")
 def test_every_shared_trace_is_listed() -> None:
-    """A new file in shared/traces must be added to the list (nothing goes untested)."""
+    """A new file in the real-data folder must be added to the list (nothing goes untested)."""
     found = {str(p.relative_to(TRACES)) for p in TRACES.rglob("*")
              if p.is_file() and p.suffix in (".json", ".npz")}
     assert found == set(SHARED_TRACE_FILES)
 
 
 @pytest.mark.parametrize("name", SOURCES)
-def test_inspect_shared_trace(name: str) -> None:
-    path = TRACES / name
-    assert path.exists(), f"shared trace missing: {path}"
-    stats = inspect_trace(load_trace(path), source=name)
+def test_inspect_trace_figures(name: str, request: pytest.FixtureRequest) -> None:
+    if name.startswith("bundled:"):
+        path, source = bundled_trace_path(name), name
+    elif name == "sglang_counts_dir":
+        path = source = request.getfixturevalue(name)
+    else:
+        path = source = TRACES / name
+    stats = inspect_trace(load_trace(source), source=str(name))
     wc, ids, E = _raw_window_counts(path)
     W, L, _ = wc.shape
     # 1. shape
@@ -124,11 +139,14 @@ def test_inspect_shared_trace(name: str) -> None:
                                                       "experts")}
     if name.startswith("deepseek_v3_sglang"):
         inferred[name] = (8, "model deepseek-v3, guessed from 256 experts")
-    want_k = (ids.shape[2], "trace") if ids is not None else inferred.get(name, (None, None))
+    if ids is not None or name == "bundled:deepseek-v3-workloads":  # top-k stored in the file
+        want_k = (8 if ids is None else ids.shape[2], "trace")
+    else:
+        want_k = inferred.get(name, (None, None))
     assert (stats.top_k, stats.top_k_source) == want_k
     np.testing.assert_allclose(stats.num_assignments, wc.sum())
     np.testing.assert_allclose(stats.window_assignments, wc.sum(axis=(1, 2)))
-    if name.endswith(".json") or name == "deepseek_v3_sglang":
+    if name.endswith(".json") or name in ("deepseek_v3_sglang", "sglang_counts_dir"):
         assert stats.num_hidden_layers == 61 and stats.dense_layer_ids == (0, 1, 2)
         assert stats.layer_ids == tuple(range(3, 61))
     # 2. skew per layer
@@ -170,6 +188,7 @@ def test_inspect_shared_trace(name: str) -> None:
     assert format_trace_stats(stats, per_layer=True).count("\n") > 10
 
 
+@pytest.mark.needs_shared("traces/deepseek_v3_sglang")
 def test_real_figures_are_what_the_readme_says() -> None:
     """DeepSeek-V3 workloads: hot experts take several times the mean load."""
     stats = inspect_trace(load_trace(TRACES / "deepseek_v3_sglang"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from placement.cluster import Cluster
 from placement.errors import ClusterError, InputError
 from placement.metrics import even_gpu_loads, imbalance
 from placement.plan import Plan
+from placement.routing_traces import load_trace
 from placement.routing_traces.trace import Trace
 from placement.solver import SolveOptions, baseline_plan, solve
 from placement.solver.balance import scaled_loads
@@ -20,11 +20,20 @@ from placement.solver.optimizer import Effort, optimize
 from placement.solver.problem import ProblemData
 
 
-def _deepseek(shared_dir: Path, names: list[str], layers: slice) -> list[Trace]:
+def _deepseek(source: str, names: list[str], layers: slice, real_trace=None) -> list[Trace]:
+    """One counts trace per workload, of the given MoE layers: the real SGLang files
+    (``source="real"``, names like ``prefill_in1024``; skips where they are absent) or the windows
+    of the shipped ``bundled:deepseek-v3-workloads`` (``source="bundled"``, names ``w0``..``w5``)."""
+    if source == "bundled":
+        t = load_trace("bundled:deepseek-v3-workloads")
+        c = t.window_counts()
+        return [Trace(num_experts=256, counts=c[t.window_names.index(n)][layers][None])
+                for n in names]
     out = []
     for n in names:
-        rows = np.asarray(json.loads((shared_dir / "traces" / "deepseek_v3_sglang" /
-                                      f"{n}.json").read_text())["logical_count"], dtype=float)
+        assert real_trace is not None
+        rows = np.asarray(json.loads(real_trace(f"deepseek_v3_sglang/{n}.json").read_text())
+                          ["logical_count"], dtype=float)
         out.append(Trace(num_experts=256, counts=rows[3:61][layers][None]))
     return out
 
@@ -43,10 +52,13 @@ def _check_plan(plan: Plan, E: int) -> None:
         assert 1.0 - 1e-9 <= b <= v + 1e-9
 
 
-@pytest.fixture(scope="module")
-def deepseek_small(shared_dir: Path) -> list[Trace]:
-    names = ["prefill_in1024", "prefill_in2048", "prefill_in4096"]
-    return _deepseek(shared_dir, names, slice(0, 6))
+@pytest.fixture(scope="module", params=["bundled", "real"])
+def deepseek_small(request: pytest.FixtureRequest, real_trace) -> list[Trace]:
+    """Three DeepSeek-V3 workloads, 6 MoE layers: shipped (synthetic) and real (skips where
+    absent)."""
+    names = (["w0", "w1", "w2"] if request.param == "bundled"
+             else ["prefill_in1024", "prefill_in2048", "prefill_in4096"])
+    return _deepseek(request.param, names, slice(0, 6), real_trace)
 
 
 @pytest.mark.parametrize("shape", [(4, 8, 9), (18, 8, 2), (1, 72, 4)])
@@ -110,11 +122,13 @@ def test_robust_plan_holds_up_on_every_scenario_better_than_the_sum() -> None:
     assert robust.status == "OPTIMAL"
 
 
+@pytest.mark.parametrize("source", ["bundled", "real"])
 @pytest.mark.parametrize("shape", [(4, 8, 9), (1, 72, 4)])
-def test_held_out_workload_beats_eplb(shared_dir: Path, shape: tuple[int, int, int]) -> None:
-    plan_from = _deepseek(shared_dir, ["prefill_in512", "prefill_in1024", "prefill_in2048",
-                                       "prefill_in4096"], slice(0, 58, 6))
-    held = _deepseek(shared_dir, ["prefill_in1800out100"], slice(0, 58, 6))[0]
+def test_held_out_workload_beats_eplb(real_trace, source: str, shape: tuple[int, int, int]) -> None:
+    names = (["w0", "w1", "w2", "w3", "w4"] if source == "bundled" else
+             ["prefill_in512", "prefill_in1024", "prefill_in2048", "prefill_in4096",
+              "prefill_in1800out100"])
+    *plan_from, held = _deepseek(source, names, slice(0, 58, 6), real_trace)
     cluster = Cluster(*shape)
     problem = ProblemData.from_traces(plan_from, cluster)
     mine = solve(problem, options=SolveOptions(jobs=1)).plan

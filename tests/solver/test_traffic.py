@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from solver_helpers import clique_tokens
@@ -117,14 +115,19 @@ def test_traffic_beats_eplb_on_a_topic_trace() -> None:
         np.mean(eplb.objectives["cross_node_sends_per_token"])
 
 
-def test_node_limited_on_counts_keeps_groups_whole_and_beats_eplb(shared_dir: Path) -> None:
+@pytest.mark.parametrize("source", ["bundled", "real"])
+def test_node_limited_on_counts_keeps_groups_whole_and_beats_eplb(real_trace, source: str) -> None:
+    """Two DeepSeek-V3 workloads, 3 MoE layers: shipped (synthetic) and real (skips if absent)."""
     import json
 
+    from placement.routing_traces import load_trace
     from placement.routing_traces.trace import Trace
 
-    rows = [np.asarray(json.loads((shared_dir / "traces" / "deepseek_v3_sglang" /
-                                   f"prefill_in{n}.json").read_text())["logical_count"])[3:6]
-            for n in (512, 2048)]
+    if source == "bundled":
+        rows = list(load_trace("bundled:deepseek-v3-workloads").window_counts()[[0, 2], 0:3])
+    else:
+        rows = [np.asarray(json.loads(real_trace(f"deepseek_v3_sglang/prefill_in{n}.json")
+                                      .read_text())["logical_count"])[3:6] for n in (512, 2048)]
     trace = Trace(num_experts=256, counts=np.stack(rows).astype(float))
     cluster = Cluster(4, 8, 9)
     res = solve(trace, cluster, SolveOptions(jobs=1, max_nodes_per_token=2))

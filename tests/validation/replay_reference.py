@@ -1,6 +1,6 @@
 """Slow, obvious reference of the replay: Python loops over tokens and layers (tests only).
 
-Written from ``shared/docs/definitions.md`` without the code under test: every token goes to the
+Written from ``docs/definitions.md`` without the code under test: every token goes to the
 replica its rule picks (static/plan: a table lookup; even: every replica with probability 1/r,
 independently per expert, the expectation taken by enumerating every combination of replicas).
 """

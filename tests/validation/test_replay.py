@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,12 +299,13 @@ def test_progress_and_summary_lines() -> None:
                         "GPUs (t % G)."
 
 
-def test_eplb_plan_on_held_out_flame_trace(shared_dir: Path) -> None:
-    """FLAME-MoE (token-level): an EPLB plan made on half the sequences, replayed on the rest."""
-    from placement.routing_traces.native import read_native
+def test_eplb_plan_on_held_out_flame_trace() -> None:
+    """FLAME-MoE (real, token-level, shipped): an EPLB plan made on half the sequences, replayed
+    on the rest."""
+    from placement.routing_traces import load_trace
     from placement.solver import SolveOptions, solve
 
-    trace = read_native(shared_dir / "traces" / "flame_moe_290m_tokens.npz")
+    trace = load_trace("bundled:flame-moe")
     W = trace.num_windows
     fit, held = trace.select_windows(range(W // 2)), trace.select_windows(range(W // 2, W))
     c = Cluster(2, 4, 9)
