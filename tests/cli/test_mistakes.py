@@ -258,20 +258,24 @@ def test_sglang_export_takes_the_layers_of_the_traced_model(run, tmp_path) -> No
 # -------------------------------------------------------------------------------------------
 # inspect: whole assignments, top-k of counts
 # -------------------------------------------------------------------------------------------
-def test_inspect_activation_rates_and_top_k(files, run) -> None:
+def test_inspect_activation_rates_and_top_k(files, run, sglang_counts_dir) -> None:
     r = run("trace", "inspect", files["rates.npz"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[2] == ("routing       aggregated activation rates (shares of tokens), top-2 "
                         "(each window and layer sums to 2)")
     assert lines[7] == "assignments   4 (all layers)"
+    # 16 experts: no model to guess from, so the top-k is asked for
     r = run("trace", "inspect", files["logical_count.json"])
-    assert r.stdout.splitlines()[1:3] == [  # the model and top-k solve guesses, said so
+    assert r.stdout.splitlines()[2] == \
+        "routing       aggregated counts, top-k unknown (give --top-k K)"
+    r = run("trace", "inspect", files["logical_count.json"], "--top-k", 8)
+    assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"
+    # SGLang's DeepSeek-V3 dump (256 experts, no model named): the model and top-k solve guesses
+    r = run("trace", "inspect", sglang_counts_dir / "w0.json")
+    assert r.stdout.splitlines()[1:3] == [
         "model         deepseek-v3 (guessed from 256 experts per layer)",
         "routing       aggregated counts, top-8 (model deepseek-v3, guessed from 256 experts)"]
-    r = run("trace", "inspect", files["logical_count.json"],
-            "--top-k", 8)
-    assert r.stdout.splitlines()[2] == "routing       aggregated counts, top-8 (--top-k)"
 
 
 def test_heldout_of_a_bundled_trace(tmp_path, run, error) -> None:

@@ -67,7 +67,7 @@ def test_inspect_counts_directory_as_windows(run, deepseek_counts_dir: Path) -> 
     assert result.exit_code == 0, result.output
     d = json.loads(result.stdout)
     assert (d["num_layers"], d["num_experts"], d["top_k"], d["num_tokens"], d["num_windows"]) == \
-        (58, 256, 8, None, len(list(deepseek_counts_dir.glob("*.json")))))  # top-8: of the model solve guesses
+        (58, 256, 8, None, len(list(deepseek_counts_dir.glob("*.json"))))  # top-8: model guessed
     assert d["num_hidden_layers"] == 61 and d["dense_layer_ids"] == [0, 1, 2]
     assert d["coactivation"] is None
 

@@ -137,7 +137,7 @@ def test_inspect_trace_figures(name: str, request: pytest.FixtureRequest) -> Non
                 "moelens_olmoe_domain_counts.npz": (8, "model preset olmoe-1b-7b"),
                 "moelens_qwen_domain_counts.npz": (4, "model qwen1.5-moe-a2.7b, guessed from 60 "
                                                       "experts")}
-    if name.startswith("deepseek_v3_sglang"):
+    if name.startswith("deepseek_v3_sglang") or name == "sglang_counts_dir":
         inferred[name] = (8, "model deepseek-v3, guessed from 256 experts")
     if ids is not None or name == "bundled:deepseek-v3-workloads":  # top-k stored in the file
         want_k = (8 if ids is None else ids.shape[2], "trace")
