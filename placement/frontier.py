@@ -296,7 +296,8 @@ def frontier_figure(fr: Frontier, ax: Axes | None = None, *, title: str | None =
             m, c = marks[p.objective]
             ax.plot([p.imbalance], [p.sends], m, color=c, markersize=10 if m == "*" else 7,
                     label=p.label)
-    colors = {"eplb": "black", "eplb-global": "tab:gray", "contiguous": "tab:brown"}
+    colors = {"eplb": "black", "eplb-global": "tab:gray", "sglang-vec": "tab:olive",
+              "contiguous": "tab:brown"}
     for p in fr.points:
         if p.is_baseline:
             ax.plot([p.imbalance], [p.sends], "x", color=colors.get(p.method, "black"),

@@ -145,7 +145,8 @@ def test_frontier_writes_its_files_and_section(run, setup: dict[str, str]) -> No
     fr = json.loads((out / "frontier.json").read_text())
     labels = [p["label"] for p in fr["points"]]
     assert labels[0] == "optimizer (balance)" and "optimizer (time)" in labels
-    assert labels[-3:] == ["eplb", "eplb-global", "contiguous"]  # the registry's baselines
+    # the registry's baselines
+    assert labels[-4:] == ["eplb", "eplb-global", "sglang-vec", "contiguous"]
     # the frontier's times are the solver's and the cost model's: the cluster's figures
     assert fr["hardware"]["summary"] == Cluster(2, 2, 3).figures("bf16").summary()
     # planned from the same data and judged on the same trace, EPLB is the same plan as the
