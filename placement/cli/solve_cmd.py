@@ -240,6 +240,11 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
                    "deterministic sample of about N tokens (spread over the windows) for "
                    "traffic [default for sharded traces: 65,536; in-memory traces: every "
                    "token].")
+@click.option("--dispatch", type=click.Choice(("static", "lp")), default="static",
+              show_default=True,
+              help="The engine's dispatch rule to plan for: static, or SGLang's lp "
+                   "(--ep-dispatch-algorithm lp: every layer the placement that balances best "
+                   "after its LP split); the plan records it and export prints the flag.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
@@ -259,7 +264,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
               sample_tokens: int | None,
               robust: str, gpu_name: str | None, kv_reserve_gb: float | None,
               runtime_reserve_gb: float | None, per_layer: bool, as_json: bool, output: str,
-              **cluster_kwargs: Any) -> None:
+              dispatch: str = "static", **cluster_kwargs: Any) -> None:
     """Plan where every expert's replicas live, from one or more TRACEs.
 
     Every window of every TRACE is a scenario; the plan is made to hold up on all of them
@@ -287,7 +292,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
                                   balance_tolerance=balance_tolerance,
                                   max_nodes_per_token=max_nodes_per_token,
                                   time_limit=time_limit, seed=seed, robust=robust,
-                                  backend=backend)
+                                  backend=backend, dispatch=dispatch)
     if jobs is not None:
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)
