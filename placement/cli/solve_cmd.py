@@ -243,8 +243,9 @@ _METHOD_HELP = "; ".join(f"{m.name}: {m.description}" for m in REGISTRY)
 @click.option("--dispatch", type=click.Choice(("static", "lp")), default="static",
               show_default=True,
               help="The engine's dispatch rule to plan for: static, or SGLang's lp "
-                   "(--ep-dispatch-algorithm lp: every layer the placement that balances best "
-                   "after its LP split); the plan records it and export prints the flag.")
+                   "(--ep-dispatch-algorithm lp: every layer the placement, the optimizer's or a "
+                   "baseline's, that balances best after its LP split); the plan records it "
+                   "and export prints the flag.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",

@@ -6,7 +6,8 @@ by the busiest GPU after that split, not after the static table.
 
 :func:`lp_layer_scores` scores candidate placements of one layer that way (every scenario one
 batch); :func:`plan_for_lp` is the solver's hook: per layer it keeps, among the method's own
-placement and the baselines' (EPLB, SGLang's deepseek_vec), the one whose worst (or mean,
+placement and the baselines' (EPLB, EPLB-global, SGLang's deepseek_vec, contiguous: under lp a
+layout with many experts replicated across GPUs gives the LP room), the one whose worst (or mean,
 ``--robust``) scenario has the least busiest GPU under lp, the method's own on ties.
 """
 
@@ -26,7 +27,7 @@ __all__ = ["DISPATCH_RULES", "LP_CANDIDATES", "lp_layer_scores", "plan_for_lp"]
 DISPATCH_RULES: tuple[str, ...] = ("static", "lp")
 """The rules ``solve --dispatch`` plans for (SGLang's ``--ep-dispatch-algorithm``)."""
 
-LP_CANDIDATES: tuple[str, ...] = ("eplb", "sglang-vec")
+LP_CANDIDATES: tuple[str, ...] = ("eplb", "eplb-global", "sglang-vec", "contiguous")
 """The baselines whose layers compete with the method's own under ``--dispatch lp``."""
 
 
