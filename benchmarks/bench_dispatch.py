@@ -111,7 +111,7 @@ def _even_imbalance(phy2log: np.ndarray, counts: np.ndarray, cluster: Cluster) -
     return float(imbalance(even_gpu_loads(phy2log, counts, cluster))[active].mean())
 
 
-def deepseek_loo(traces: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+def deepseek_loo(traces: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
     """One row per (cluster, left-out workload): imbalance per method and rule."""
     rows: list[dict[str, Any]] = []
     opts = SolveOptions()
@@ -121,7 +121,7 @@ def deepseek_loo(traces: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
         cluster = Cluster(nodes, gpn, spg)
         for phase in ("prefill", "decode"):
             names = [n for n in traces if n.startswith(phase)]
-            for held in names[:1] if quick else names:
+            for held in names[:limit]:
                 problem = ProblemData.from_traces([traces[n] for n in names if n != held],
                                                   cluster)
                 plans = {m: baseline_plan(problem, opts, m) for m in BASE}
@@ -174,6 +174,36 @@ def token_cases() -> list[dict[str, Any]]:
         print(f"  {name}: " + " ".join(f"{m} {row[m + '|static']:.3f}/{row[m + '|lp']:.3f}"
                                        for m in METHODS), file=sys.stderr, flush=True)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+def static_rules() -> list[str]:
+    """Our static rule against SGLang's exact one (``sglang-static``) on the baselines' plans of
+    the token-level halves and a synthetic DeepSeek-V3 trace: markdown table rows."""
+    cases = [
+        ("flame-moe-290m", read_native(_require(SHARED / "traces" / "flame_moe_290m_tokens.npz")),
+         Cluster(4, 2, 10)),
+        ("mixtral-8x7b",
+         read_native(_require(SHARED / "traces" / "mixtral_8x7b_decode_tokens.npz")),
+         Cluster(2, 2, 3)),
+        ("synth deepseek-v3", synthesize("deepseek-v3", num_tokens=8192, num_windows=2,
+                                         num_source_ranks=32, num_layers=8, seed=11),
+         Cluster(4, 8, 9)),
+    ]
+    rows = ["| case | plan | imbalance static | sglang-static | ratio | sends static | "
+            "sglang-static |", "|---|---|---|---|---|---|---|"]
+    for name, trace, cluster in cases:
+        fit, held = bench_solver.split_half(trace)
+        problem = ProblemData.from_traces(fit, cluster)
+        for m in BASE:
+            plan = baseline_plan(problem, SolveOptions(jobs=1), m)
+            a = replay(plan, held, dispatch="static", device="cpu")
+            b = replay(plan, held, dispatch="sglang-static", device="cpu")
+            rows.append(f"| {name} | {m} | {_f(a.mean_imbalance)} | {_f(b.mean_imbalance)} | "
+                        f"{b.mean_imbalance / a.mean_imbalance:.4f} | "
+                        f"{_f(a.mean_cross_node_sends_per_token or 0.0)} | "
+                        f"{_f(b.mean_cross_node_sends_per_token or 0.0)} |")
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,7 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="one left-out workload per phase, 20,000 tokens for the speed")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="left-out workloads per phase (default: all; --quick: 1)")
+    ap.add_argument("--static-rules", action="store_true",
+                    help="only the table of our static rule against SGLang's exact one")
     args = ap.parse_args(argv)
+    if args.static_rules:
+        print("\n".join(static_rules()))
+        return 0
     for p in bench_solver.DEEPSEEK_DIR.glob("*.json"):
         _require(p)
     traces = bench_solver.load_deepseek()
@@ -300,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = token_cases()
     figure(tok)
     print("DeepSeek-V3 leave-one-out", file=sys.stderr, flush=True)
-    loo = deepseek_loo(traces, args.quick)
+    loo = deepseek_loo(traces, 1 if args.quick and args.limit is None else args.limit)
     print(render(ref, loo, tok, speed, tokens))
     return 0
 
