@@ -183,3 +183,14 @@ def test_frontier_without_planning_data_is_one_line(run, setup: dict[str, str]) 
     assert r.exit_code == 0, r.output
     assert "no frontier: it solves the traces the plans were made from; give --baseline-from " \
            "TRACE" in r.stdout.splitlines()
+
+
+def test_lp_dispatch_and_sglang_vec_baseline(run, setup: dict[str, str]) -> None:
+    r = run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
+            "sglang-vec", "--model", "mixtral-8x7b", "--dispatch", "lp", "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
+                       "dispatch lp"
+    assert lines[1].split()[:3] == ["plan", "imbalance", "(lp)"]
+    assert [ln.split()[0] for ln in lines[2:5]] == ["mine", "eplb", "sglang-vec"]
