@@ -1,7 +1,7 @@
 """Planning for SGLang's ``lp`` dispatch (``solve --dispatch lp``).
 
 Under ``--ep-dispatch-algorithm lp`` the engine splits every replicated expert's tokens over its
-replicas per batch by an LP (:mod:`placement.validation.engine_rules`), so a placement is judged
+replicas per batch by an LP (:mod:`placement.lplb`), so a placement is judged
 by the busiest GPU after that split, not after the static table.
 
 :func:`lp_layer_scores` scores candidate placements of one layer that way (every scenario one
@@ -43,7 +43,7 @@ def lp_layer_scores(rows: np.ndarray, counts: np.ndarray, cluster: Cluster,
         per candidate, the worst (mean) over scenarios of busiest GPU / mean GPU load after the
         lp split (1.0 for a scenario without tokens).
     """
-    from placement.validation.engine_rules import lp_gpu_loads
+    from placement.lplb import lp_gpu_loads
 
     rows = np.asarray(rows, dtype=np.int64)
     c = np.asarray(counts, dtype=np.float64)
