@@ -62,6 +62,7 @@ COMPANIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], bool]] = {
               ("bench_large.py",), ("--quick",), True),
     "ray": ("Ray: the same figures on 1 and 2 workers, and what they cost",
             ("bench_ray.py",), ("--quick",), True),
+    "dispatch": ("Dispatch rules: every method under static and lp", ("bench_dispatch.py",), ("--quick",), True),  # noqa: E501
 }
 """The companion benchmarks, in the order they run and appear."""
 

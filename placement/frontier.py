@@ -98,6 +98,7 @@ class Frontier:
         model: the model shape of the predicted time.
         overlap: its overlap mode.
         heldout_tokens: tokens of the held-out traces.
+        dispatch: the dispatch rule of the held-out replays (:data:`placement.validation.RULES`).
     """
 
     points: tuple[FrontierPoint, ...]
@@ -105,6 +106,7 @@ class Frontier:
     model: ModelShape
     overlap: str
     heldout_tokens: int
+    dispatch: str = "static"
 
     def point(self, label: str) -> FrontierPoint:
         """The point called ``label``."""
@@ -133,7 +135,8 @@ class Frontier:
             "heldout_tokens": self.heldout_tokens,
             "points": [
                 {"label": p.label, "method": p.method, "objective": p.objective,
-                 "balance_tolerance": p.balance_tolerance, "imbalance_static": p.imbalance,
+                 "balance_tolerance": p.balance_tolerance,
+                 f"imbalance_{self.dispatch}": p.imbalance,
                  "cross_node_sends_per_token": p.sends,
                  "cross_node_copies_per_token": p.copies,
                  "predicted_moe_layer_time": p.predicted_time}
@@ -143,14 +146,14 @@ class Frontier:
 
 
 def _judge(plan: Plan, heldout: Sequence[Trace | ShardedTrace], model: ModelShape,
-           overlap: str) -> tuple[float, float, float, float]:
+           overlap: str, dispatch: str = "static") -> tuple[float, float, float, float]:
     """``(imbalance, sends, copies, predicted time)`` of ``plan`` on the held-out traces:
     every trace replayed (a sharded one shard by shard), the figures weighted by its tokens."""
     from placement.validation import replay
 
     imb, sends, copies, times, weights = [], [], [], [], []
     for t in heldout:
-        res = replay(plan, t)  # a sharded trace shard by shard
+        res = replay(plan, t, dispatch=dispatch)  # a sharded trace shard by shard
         traffic = res.per_gpu_traffic()
         s = res.mean_cross_node_sends_per_token
         cp = res.mean_cross_node_copies_per_token
@@ -177,6 +180,7 @@ def frontier(
     options: SolveOptions | None = None,
     baselines: Sequence[str] = BASELINES,
     progress: Progress | None = None,
+    dispatch: str = "static",
 ) -> Frontier:
     """Solve ``plan_from`` at several trade-offs and judge every plan on ``heldout``.
 
@@ -190,6 +194,8 @@ def frontier(
         options: the other solve settings (model, overlap, seed, jobs...).
         baselines: baselines made from the same input.
         progress: ``progress(done, total)`` after every plan.
+        dispatch: the rule of the held-out replays (``static``, ``lp``...:
+            :data:`placement.validation.RULES`).
     Returns:
         A :class:`Frontier`.
     """
@@ -218,19 +224,19 @@ def frontier(
     for label, kw in settings:
         opts = SolveOptions(**{**_fields(base), "method": "optimizer", **kw})
         plan = solve(problem, options=opts).plan
-        imb, s, cp, t = _judge(plan, held, model, base.overlap)
+        imb, s, cp, t = _judge(plan, held, model, base.overlap, dispatch)
         points.append(FrontierPoint(label, "optimizer", kw["objective"], kw["balance_tolerance"],
                                     imb, s, cp, t, plan))
         if progress is not None:
             progress(len(points), total)
     for name in baselines:
         plan = baseline_plan(problem, base, name)
-        imb, s, cp, t = _judge(plan, held, model, base.overlap)
+        imb, s, cp, t = _judge(plan, held, model, base.overlap, dispatch)
         points.append(FrontierPoint(name, name, None, None, imb, s, cp, t, plan))
         if progress is not None:
             progress(len(points), total)
     return Frontier(tuple(points), cluster, model, base.overlap,
-                    int(sum(t.num_tokens or 0 for t in held)))
+                    int(sum(t.num_tokens or 0 for t in held)), dispatch)
 
 
 def _fields(options: SolveOptions) -> dict[str, Any]:
@@ -245,9 +251,9 @@ def format_frontier(fr: Frontier) -> str:
     from placement.solver.result import format_seconds
 
     ref = next((p for p in fr.points if p.label == "eplb"), None)
-    head = (f"held-out ({fr.heldout_tokens} tokens, static dispatch), {fr.cluster.shape}, "
+    head = (f"held-out ({fr.heldout_tokens} tokens, {fr.dispatch} dispatch), {fr.cluster.shape}, "
             f"model {fr.model.name}, {fr.overlap} overlap")
-    cols = (f"{'plan':<38}{'imbalance (static)':>19}{'sends/token':>13}{'copies/token':>14}"
+    cols = (f"{'plan':<38}{f'imbalance ({fr.dispatch})':>19}{'sends/token':>13}{'copies/token':>14}"
             f"{'MoE layer time':>16}")
     if ref is not None:
         cols += f"{'sends/eplb':>12}{'time/eplb':>11}"
@@ -296,12 +302,13 @@ def frontier_figure(fr: Frontier, ax: Axes | None = None, *, title: str | None =
             m, c = marks[p.objective]
             ax.plot([p.imbalance], [p.sends], m, color=c, markersize=10 if m == "*" else 7,
                     label=p.label)
-    colors = {"eplb": "black", "eplb-global": "tab:gray", "contiguous": "tab:brown"}
+    colors = {"eplb": "black", "eplb-global": "tab:gray", "sglang-vec": "tab:olive",
+              "contiguous": "tab:brown"}
     for p in fr.points:
         if p.is_baseline:
             ax.plot([p.imbalance], [p.sends], "x", color=colors.get(p.method, "black"),
                     markersize=8, mew=2, label=p.label)
-    ax.set_xlabel("imbalance (static), held out")
+    ax.set_xlabel(f"imbalance ({fr.dispatch}), held out")
     ax.set_ylabel("cross-node sends per token, held out")
     ax.set_title(title or f"{fr.cluster.shape}, {fr.model.name}")
     ax.grid(alpha=0.3)

@@ -32,7 +32,7 @@ def test_frontier_points_and_their_held_out_figures(halves: tuple[Trace, Trace],
     labels = [p.label for p in fr.points]
     assert labels == ["optimizer (balance)", "optimizer (traffic, tolerance 0)",
                       "optimizer (traffic, tolerance 0.2)", "optimizer (time)", "eplb",
-                      "eplb-global", "contiguous"]
+                      "eplb-global", "sglang-vec", "contiguous"]
     # every point is the replay of its plan on the held-out trace
     for p in fr.points:
         r = replay(p.plan, held)

@@ -170,3 +170,9 @@ def test_token_level_held_out_traces_give_measured_sends() -> None:
     assert p.copies_per_token is not None and p.estimated_sends_per_token is None
     assert p.step is not None and p.step.moe.source == "replay"
     assert p.step.moe.mean_sends_per_token == pytest.approx(p.sends_per_token)
+
+
+def test_sglang_vec_is_a_method_of_the_sweep() -> None:
+    res = sweep(_uniform(0), _uniform(1), MODEL, _options(methods=("eplb", "sglang-vec")))
+    vec = [p for p in res.points if p.method == "sglang-vec"]
+    assert len(vec) == len([p for p in res.points if p.method == "eplb"]) == 6

@@ -73,7 +73,8 @@ def baseline_sources(
 
 
 def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], cluster: Cluster,
-              *, model_name: str | None, overlap: str) -> Frontier | None:
+              *, model_name: str | None, overlap: str, dispatch: str = "static"
+              ) -> Frontier | None:
     """``--frontier``: :func:`placement.frontier.frontier` on the planning traces (the
     baselines' data) judged on the held-out ones; None, with one line said, when the inputs
     cannot give one."""
@@ -91,7 +92,7 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
     with progress_bar("frontier", "plans") as progress:
         return frontier(plan_from, heldout, cluster,
                         options=SolveOptions(model=model_name, overlap=overlap),
-                        progress=progress)
+                        progress=progress, dispatch=dispatch)
 
 
 @main.command("compare", short_help="Compare plans with baselines on held-out traces.")
@@ -123,7 +124,8 @@ def _frontier(plan_from: list[Trace], heldout: list[Trace | ShardedTrace], clust
               help="Where the replays run.")
 @click.option("--frontier", "with_frontier", is_flag=True,
               help="Also solve the planning traces at several balance/traffic trade-offs and "
-                   "judge every plan held out beside EPLB, EPLB-global and contiguous: "
+                   "judge every plan held out beside the baselines (EPLB, EPLB-global, "
+                   "sglang-vec, contiguous) under --dispatch: "
                    "frontier.png, frontier.json and a report section (token-level traces).")
 @click.option("--allow-overlap", is_flag=True,
               help="Accept held-out traces that share windows with the data the plans were "
@@ -226,7 +228,7 @@ def compare_cmd(inputs: tuple[str, ...], baselines: tuple[str, ...], no_baseline
 
         cmp = dataclasses.replace(cmp, messages=(*cmp.messages, *notes))
     fr = _frontier(base_inputs, traces, cmp.cluster, model_name=model.name if model else None,
-                   overlap=overlap) if with_frontier else None
+                   overlap=overlap, dispatch=dispatch) if with_frontier else None
     paths = write_report(cmp, out_dir, layer=layer, frontier=fr)
     if model is None:
         echo_err("note: model shape unknown, so no bytes, tokens/s or $: give --model NAME.")

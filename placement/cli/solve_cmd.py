@@ -235,7 +235,7 @@ SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                  "slots_per_gpu")),
     ("Output", ("output", "per_layer", "as_json")),
     ("Objective", ("method", "objective", "model_name", "overlap", "balance_tolerance",
-                   "num_groups", "max_nodes_per_token", "robust")),
+                   "num_groups", "max_nodes_per_token", "robust", "dispatch")),
     ("Memory (slots per GPU from its memory)", ("gpu_name", "kv_reserve_gb",
                                                 "runtime_reserve_gb")),
     ("Search", ("time_limit", "seed", "sample_tokens", "jobs", "use_ray", "ray_address",
@@ -281,6 +281,12 @@ SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 @click.option("--sample-tokens", type=click.IntRange(min=1), default=None, metavar="N",
               help="Plan from one streaming pass: exact counts, and about N sampled tokens for "
                    "traffic [default: 65,536 for sharded traces, else every token].")
+@click.option("--dispatch", type=click.Choice(("static", "lp")), default="static", metavar="RULE",
+              show_default=True,
+              help="The engine's dispatch rule to plan for: static, or SGLang's lp "
+                   "(--ep-dispatch-algorithm lp: every layer the placement, the optimizer's or a "
+                   "baseline's, that balances best after its LP split); the plan records it "
+                   "and export prints the flag.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
@@ -300,7 +306,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
               sample_tokens: int | None,
               robust: str, gpu_name: str | None, kv_reserve_gb: float | None,
               runtime_reserve_gb: float | None, per_layer: bool, as_json: bool, output: str,
-              **cluster_kwargs: Any) -> None:
+              dispatch: str = "static", **cluster_kwargs: Any) -> None:
     """Plan where every expert's replicas live, from one or more TRACEs.
 
     Every window of every TRACE is a scenario; the plan is made to hold up on all of them
@@ -328,7 +334,7 @@ def solve_cmd(traces: tuple[str, ...], method: str, objective: str, model_name: 
                                   balance_tolerance=balance_tolerance,
                                   max_nodes_per_token=max_nodes_per_token,
                                   time_limit=time_limit, seed=seed, robust=robust,
-                                  backend=backend)
+                                  backend=backend, dispatch=dispatch)
     if jobs is not None:
         kwargs["jobs"] = jobs
     options = SolveOptions(**kwargs)

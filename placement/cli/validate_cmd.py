@@ -28,7 +28,13 @@ def format_validate_output(result: ValidationResult, model: ModelShape | None) -
 @click.argument("trace_source", metavar="TRACE")
 @click.option("--dispatch", type=click.Choice(RULES), default="static", show_default=True,
               help="How a token picks a replica: the engines' static rule, an even split over "
-                   "replicas (expected values), or the plan's own dispatch table.")
+                   "replicas (expected values), the plan's own dispatch table, SGLang's exact "
+                   "static table, SGLang's per-token dynamic draw, or SGLang's lp (LPLB: one LP "
+                   "per batch and layer).")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+              help="--dispatch lp: tokens per batch [default: 4096; counts: each window].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="--dispatch dynamic: seed of the per-token draws.")
 @click.option("--allow-overlap", is_flag=True,
               help="Accept a TRACE that shares windows with the data PLAN was made from "
                    "(in-sample figures, for diagnosis).")
@@ -52,7 +58,7 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
                  chunk_tokens: int | None, device: str, model_name: str | None,
                  hidden_size: int | None, bytes_per_element: float | None,
                  combine_bytes_per_element: float | None, as_json: bool,
-                 **backend_kw: Any) -> None:
+                 batch_tokens: int | None, seed: int, **backend_kw: Any) -> None:
     """Replay TRACE (held out: not the data PLAN was made from) against PLAN.
 
     TRACE may be a sharded trace directory (placement trace convert --sharded): it is
@@ -93,7 +99,8 @@ def validate_cmd(plan_file: str, trace_source: str, dispatch: str, allow_overlap
         result = replay(plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens,
                         device=device, progress=progress, hidden_size=hidden,
                         dispatch_bytes_per_element=bd, combine_bytes_per_element=bc,
-                        plan_name=plan_file, trace_name=trace_source, backend=backend)
+                        plan_name=plan_file, trace_name=trace_source, backend=backend,
+                        batch_tokens=batch_tokens, seed=seed)
     if notes:
         import dataclasses
 

@@ -137,7 +137,8 @@ def sglang_flags(plan: Plan, path: Path) -> list[str]:
     return [
         par,
         f"--ep-num-redundant-experts {plan.num_redundant}",
-        "--ep-dispatch-algorithm static",
+        # the rule the plan was made for (solve --dispatch)
+        f"--ep-dispatch-algorithm {plan.settings.get('dispatch', 'static')}",
         f"--init-expert-location {path.resolve()}",
     ]
 

@@ -55,6 +55,10 @@ def solve(
                 f"{model.hidden_size}, expert FFN {model.moe_intermediate_size}); give --model."
             )
     plan = get_method(options.method).solve(problem, options, progress)
+    if options.dispatch == "lp":  # the layers that balance best after the engine's LP split
+        from placement.solver.lp_dispatch import plan_for_lp
+
+        plan = plan_for_lp(problem, options, plan)
     reference: dict[str, list[float]] = {}
     if options.method != "eplb":
         reference = dict(baseline_plan(problem, options, "eplb").objectives)

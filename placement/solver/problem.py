@@ -73,6 +73,8 @@ class SolveOptions:
             depend on it.
         seed: seed of every randomised step; same input and seed, same plan.
         robust: how scenarios (windows, traces) combine: ``"max"`` (worst case) or ``"mean"``.
+        dispatch: the engine's dispatch rule the plan is for: ``"static"`` (default) or ``"lp"``
+            (SGLang's LPLB; :func:`placement.solver.lp_dispatch.plan_for_lp`).
     """
 
     method: str = "optimizer"
@@ -87,6 +89,7 @@ class SolveOptions:
     seed: int = 0
     robust: str = "max"
     backend: Backend | None = field(default=None, compare=False)
+    dispatch: str = "static"
 
     def __post_init__(self) -> None:
         from placement.solver.registry import METHODS
@@ -118,6 +121,8 @@ class SolveOptions:
             raise InputError(f"Expected jobs >= 1, got {self.jobs}.")
         if self.robust not in ROBUST_MODES:
             raise InputError(f"Expected robust in {ROBUST_MODES}, got {self.robust!r}.")
+        if self.dispatch not in ("static", "lp"):
+            raise InputError(f"Expected dispatch in static, lp, got {self.dispatch!r}.")
         if self.backend is not None and not isinstance(self.backend, Backend):
             raise InputError(f"Expected backend to be a placement.parallel Backend, got "
                              f"{self.backend!r}.")

@@ -133,6 +133,10 @@ def prepare_replay(
     elif dispatch == "plan":
         assert plan.dispatch is not None
         table = np.asarray(plan.dispatch)[idx]
+    elif dispatch == "sglang-static":
+        from placement.validation.engine_rules import sglang_static_dispatch
+
+        table = sglang_static_dispatch(phy2log, c, E, same_node=c.num_nodes > 1)
     common: dict[str, Any] = dict(
         cluster=c, layer_ids=trace.layer_ids.copy(), hidden_size=hidden_size,
         dispatch_bytes_per_element=float(dispatch_bytes_per_element),
@@ -162,6 +166,8 @@ def replay(
     trace_name: str = "",
     threads: int | None = None,
     backend: Backend | None = None,
+    batch_tokens: int | None = None,
+    seed: int = 0,
 ) -> ValidationResult:
     """Replay ``trace`` against ``plan`` under a dispatch rule.
 
@@ -171,8 +177,10 @@ def replay(
             its layers must all be in the plan (matched by decoder-layer id). A
             :class:`~placement.routing_traces.sharded.ShardedTrace` is replayed shard by shard
             (:func:`placement.validation.sharded.replay_sharded`).
-        dispatch: ``"static"`` (engines' rule), ``"even"`` (split over replicas) or ``"plan"``
-            (the plan's own dispatch table).
+        dispatch: ``"static"`` (engines' rule), ``"even"`` (split over replicas), ``"plan"``
+            (the plan's own dispatch table), ``"sglang-static"`` (SGLang's exact static table),
+            ``"dynamic"`` (SGLang's per-token draw, token-level traces) or ``"lp"`` (SGLang's
+            LPLB: one LP per batch and layer; :mod:`placement.validation.engine_replay`).
         chunk_tokens: tokens per chunk (memory is bounded by the chunk, not the trace); default:
             about 4 million assignments per chunk (some 50 MB of buffers).
         device: ``"cpu"``, ``"cuda"`` or None/``"auto"`` (CUDA when available).
@@ -184,6 +192,9 @@ def replay(
             step down many times).
         backend: where a sharded trace's shards are replayed (default: this process, one
             after another); unused for in-memory traces.
+        batch_tokens: ``lp`` only: tokens per batch (default 4,096; aggregated traces: each
+            window is a batch).
+        seed: ``dynamic`` only: seed of the per-token draws.
     Returns:
         A :class:`ValidationResult` over the trace's layers (in the trace's order).
     """
@@ -195,6 +206,10 @@ def replay(
     # 1. inputs
     if isinstance(trace, ShardedTrace):
         from placement.validation.sharded import replay_sharded
+
+        if dispatch in ("lp", "dynamic"):
+            raise InputError(f"dispatch {dispatch} replays in-memory traces only; load the "
+                             "trace whole (or use static, sglang-static or even).")
 
         return replay_sharded(
             plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens, device=device,
@@ -212,6 +227,14 @@ def replay(
     c = plan.cluster
     E, G = plan.num_experts, c.num_gpus
     phy2log, table, messages, common = setup.phy2log, setup.table, setup.messages, setup.common
+    if dispatch in ("lp", "dynamic"):
+        from placement.validation.engine_replay import replay_dynamic, replay_lp
+
+        if dispatch == "lp":
+            return replay_lp(phy2log, trace, c, batch_tokens=batch_tokens, common=common,
+                             messages=messages, progress=progress)
+        return replay_dynamic(phy2log, trace, c, seed=seed, common=common, messages=messages,
+                              progress=progress)
 
     # 2. aggregated counts: loads only
     if not trace.is_token_level:

@@ -13,8 +13,11 @@ from placement.metrics import imbalance
 
 __all__ = ["DEVICES", "RULES", "TRAFFIC_NA", "ValidationResult"]
 
-RULES: tuple[str, ...] = ("static", "even", "plan")
-"""Dispatch rules: the engines' static rule, an even split over replicas, the plan's table."""
+RULES: tuple[str, ...] = ("static", "even", "plan", "sglang-static", "dynamic", "lp")
+"""Dispatch rules: the engines' static rule (ours: the same-node and fair choices spread
+round-robin), an even split over replicas, the plan's table, SGLang's exact static table
+(``random.Random(42)``), SGLang's per-token ``dynamic`` choice and SGLang's per-batch ``lp``
+(LPLB) split (:mod:`placement.validation.engine_rules`)."""
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Where a replay may run (auto: CUDA when available)."""
@@ -37,7 +40,7 @@ class ValidationResult:
     Attributes:
         cluster: the plan's cluster.
         layer_ids: ``[L]`` decoder-layer id of every replayed layer.
-        dispatch: the dispatch rule used (``static``, ``even`` or ``plan``).
+        dispatch: the dispatch rule used (one of :data:`RULES`).
         gpu_loads: ``[L, G]`` expert-token assignments processed by every GPU.
         tokens: ``[L]`` tokens routed in every layer (token-level: tokens with at least one
             expert; counts: assignments / top-k when top-k is known), or None.
@@ -56,6 +59,10 @@ class ValidationResult:
         device: where the replay ran.
         wall_time: seconds spent replaying.
         assignments: token-expert assignments replayed.
+        batch_imbalance: ``[L]`` (``lp`` only) the imbalance per batch, the LP's objective:
+            sum over batches of the busiest GPU's load / sum over batches of the mean load
+            (``imbalance`` is that of the whole trace's loads, where the batches' splits add
+            up); None for the other rules.
     """
 
     cluster: Cluster
@@ -77,10 +84,12 @@ class ValidationResult:
     device: str = "cpu"
     wall_time: float = 0.0
     assignments: float = 0.0
+    batch_imbalance: np.ndarray | None = None
     _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("layer_ids", "gpu_loads", "tokens", "matrix", "node_sends"):
+        for name in ("layer_ids", "gpu_loads", "tokens", "matrix", "node_sends",
+                     "batch_imbalance"):
             object.__setattr__(self, name, _ro(getattr(self, name)))
         L, G = self.gpu_loads.shape
         if self.layer_ids.shape != (L,):
@@ -116,6 +125,13 @@ class ValidationResult:
     def mean_imbalance(self) -> float:
         """Imbalance averaged over layers."""
         return float(self.imbalance.mean()) if self.num_layers else float("nan")
+
+    @property
+    def mean_batch_imbalance(self) -> float | None:
+        """``batch_imbalance`` averaged over layers (``lp`` only), else None."""
+        if self.batch_imbalance is None or not self.num_layers:
+            return None
+        return float(self.batch_imbalance.mean())
 
     @property
     def imbalance_label(self) -> str:
@@ -314,6 +330,8 @@ class ValidationResult:
             "cross_node_sends_per_token": self.mean_cross_node_sends_per_token,
             "cross_node_copies_per_token": self.mean_cross_node_copies_per_token,
             "intra_node_copies_per_token": self.mean_intra_node_copies_per_token,
+            **({} if self.batch_imbalance is None
+               else {f"batch_imbalance_{self.dispatch}": self.mean_batch_imbalance}),
             "hidden_size": self.hidden_size,
             "dispatch_bytes_per_element": self.dispatch_bytes_per_element,
             "combine_bytes_per_element": self.combine_bytes_per_element,

@@ -36,6 +36,9 @@ def format_validation(result: ValidationResult) -> str:
             f"{r.imbalance_label}: {r.mean_imbalance:.4f} (max/mean tokens per GPU, mean over "
             f"layers; worst layer {int(r.layer_ids[worst])}: {imb[worst]:.4f})"
         )
+    if r.mean_batch_imbalance is not None:
+        lines.append(f"imbalance per batch ({r.dispatch}): {r.mean_batch_imbalance:.4f} (busiest "
+                     "GPU / mean, summed over batches, mean over layers: what the LP minimises)")
     if r.has_traffic:
         lines.append(
             f"cross-node sends per token: {r.mean_cross_node_sends_per_token:.4f} "

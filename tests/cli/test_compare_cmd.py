@@ -145,7 +145,8 @@ def test_frontier_writes_its_files_and_section(run, setup: dict[str, str]) -> No
     fr = json.loads((out / "frontier.json").read_text())
     labels = [p["label"] for p in fr["points"]]
     assert labels[0] == "optimizer (balance)" and "optimizer (time)" in labels
-    assert labels[-3:] == ["eplb", "eplb-global", "contiguous"]  # the registry's baselines
+    # the registry's baselines
+    assert labels[-4:] == ["eplb", "eplb-global", "sglang-vec", "contiguous"]
     # the frontier's times are the solver's and the cost model's: the cluster's figures
     assert fr["hardware"]["summary"] == Cluster(2, 2, 3).figures("bf16").summary()
     # planned from the same data and judged on the same trace, EPLB is the same plan as the
@@ -182,3 +183,14 @@ def test_frontier_without_planning_data_is_one_line(run, setup: dict[str, str]) 
     assert r.exit_code == 0, r.output
     assert "no frontier: it solves the traces the plans were made from; give --baseline-from " \
            "TRACE" in r.stdout.splitlines()
+
+
+def test_lp_dispatch_and_sglang_vec_baseline(run, setup: dict[str, str]) -> None:
+    r = run("compare", setup["mine"], setup["held"], "--baseline", "eplb", "--baseline",
+            "sglang-vec", "--model", "mixtral-8x7b", "--dispatch", "lp", "-o", setup["out"])
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0] == "compared 3 plan(s) on 1 held-out trace(s), cluster 2x2x3 (4 GPUs), " \
+                       "dispatch lp"
+    assert lines[1].split()[:3] == ["plan", "imbalance", "(lp)"]
+    assert [ln.split()[0] for ln in lines[2:5]] == ["mine", "eplb", "sglang-vec"]

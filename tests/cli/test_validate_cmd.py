@@ -112,3 +112,37 @@ def test_missing_plan_and_usage_errors(run, error, tmp_path: Path, files: tuple[
     assert r.exit_code == 2
     r = run("validate", files[0])
     assert r.exit_code == 2
+
+
+def test_lp_dispatch_by_hand(run, files: tuple[str, str]) -> None:
+    plan, held = files
+    # counts: expert 0: 2 (tokens 0, 2), 1: 3 on GPU 0 only, 2: 2 on GPU 1 only. The LP splits
+    # expert 0's 2 tokens 0.5 / 1.5 over GPU 0 / GPU 1: loads 3.5 and 3.5.
+    # sends: token 0 (node 0) reaches node 1 w.p. 0.75, token 1 node 0, token 2 node 0 w.p. 0.25
+    r = run("validate", plan, held, "--dispatch", "lp")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("1 layer(s), 4 tokens, dispatch lp, device cpu")
+    assert lines[2:5] == [
+        "imbalance (lp): 1.0000 (max/mean tokens per GPU, mean over layers; worst layer 4: "
+        "1.0000)",
+        "imbalance per batch (lp): 1.0000 (busiest GPU / mean, summed over batches, mean over "
+        "layers: what the LP minimises)",
+        "cross-node sends per token: 0.5000 (distinct remote nodes; DeepEP normal mode)",
+    ]
+    assert ("note: lp: one LP per batch of 4096 tokens and layer (1 batch(es)); sends are "
+            "expected values of SGLang's per-token sampling.") in lines
+    r = run("validate", plan, held, "--dispatch", "lp", "--batch-tokens", "2", "--json")
+    d = json.loads(r.stdout)
+    assert d["dispatch"] == "lp" and d["batch_imbalance_lp"] >= 1.0
+
+
+def test_dynamic_dispatch_is_seeded(run, files: tuple[str, str]) -> None:
+    plan, held = files
+    one = run("validate", plan, held, "--dispatch", "dynamic", "--seed", "3", "--json")
+    two = run("validate", plan, held, "--dispatch", "dynamic", "--seed", "3", "--json")
+    assert one.exit_code == 0, one.output
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert a["layers"] == b["layers"] and a["dispatch"] == "dynamic"
+    # every expert of a token is counted once, wherever it went
+    assert sum(a["layers"][0]["tokens_per_gpu"]) == 7

@@ -22,7 +22,7 @@ from placement.solver.problem import ProblemData
 def test_names_derive_from_the_registry() -> None:
     assert METHODS == tuple(m.name for m in reg.REGISTRY) == placement.METHODS
     assert METHODS[0] == "optimizer"
-    assert BASELINES == ("eplb", "eplb-global", "contiguous")
+    assert BASELINES == ("eplb", "eplb-global", "sglang-vec", "contiguous")
     for m in reg.REGISTRY:
         assert isinstance(m, SolverMethod)
         assert m.description and m is get_method(m.name)

@@ -10,6 +10,7 @@ import pytest
 from replay_reference import random_plan, random_plan_dispatch, random_tokens
 
 from placement.cluster import Cluster
+from placement.errors import InputError
 from placement.parallel import Processes
 from placement.routing_traces.sharded import open_trace_source, write_sharded
 from placement.routing_traces.trace import Trace
@@ -44,7 +45,7 @@ def _case(ranks: int | None, seed: int = 3) -> tuple[Cluster, Trace]:
 
 
 @pytest.mark.parametrize("ranks", [5, None], ids=["ranks", "no-ranks"])
-@pytest.mark.parametrize("dispatch", ["static", "plan", "even"])
+@pytest.mark.parametrize("dispatch", ["static", "plan", "even", "sglang-static"])
 def test_sharded_equals_in_memory(tmp_path: Path, ranks: int | None, dispatch: str) -> None:
     cluster, trace = _case(ranks)
     rng = np.random.default_rng(1)
@@ -54,6 +55,15 @@ def test_sharded_equals_in_memory(tmp_path: Path, ranks: int | None, dispatch: s
     sh = replay(plan, st, dispatch=dispatch, chunk_tokens=33, device="cpu")
     _same(mem, sh, exact=dispatch != "even")
     assert sh.skipped_layer_ids == (0,)
+
+
+@pytest.mark.parametrize("dispatch", ["lp", "dynamic"])
+def test_per_batch_rules_need_the_trace_in_memory(tmp_path: Path, dispatch: str) -> None:
+    cluster, trace = _case(5)
+    plan = random_plan(np.random.default_rng(3), cluster, 10, [0, 1, 2, 4])
+    st = write_sharded(trace, tmp_path / "sh", shard_tokens=97)
+    with pytest.raises(InputError, match=f"dispatch {dispatch} replays in-memory traces only"):
+        replay(plan, st, dispatch=dispatch)
 
 
 @pytest.mark.parametrize("ranks", [5, None], ids=["ranks", "no-ranks"])
