@@ -283,10 +283,8 @@ SOLVE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                    "traffic [default: 65,536 for sharded traces, else every token].")
 @click.option("--dispatch", type=click.Choice(("static", "lp")), default="static", metavar="RULE",
               show_default=True,
-              help="The engine's dispatch rule to plan for: static, or SGLang's lp "
-                   "(--ep-dispatch-algorithm lp: every layer the placement, the optimizer's or a "
-                   "baseline's, that balances best after its LP split); the plan records it "
-                   "and export prints the flag.")
+              help="The engine's dispatch rule the plan is for (lp: SGLang's "
+                   "--ep-dispatch-algorithm lp); recorded in the plan.")
 @click.option("--robust", type=click.Choice(ROBUST_MODES), default="max", show_default=True,
               help="How windows and traces combine: worst case or mean.")
 @click.option("--gpu", "gpu_name", default=None, metavar="NAME",
