@@ -18,19 +18,29 @@ A :class:`~placement.errors.PlacementError` raised by a piece comes back as itse
 ``InputError`` stays an ``InputError``); anything else that fails in a worker, or a lost worker,
 is a :class:`~placement.errors.WorkerError` with one line.
 
-A leaf module: the standard library, :mod:`placement._util` and :mod:`placement.errors` only.
+Cancellation: when anything ends a map early (a piece's error, or the first SIGINT/SIGTERM, which
+:mod:`placement._signals` turns into :class:`~placement._signals.Interrupted`), the outstanding
+pieces are cancelled and the workers terminated before the exception goes on: no map waits for
+pieces nobody will read, and no worker outlives its parent (see
+:func:`placement._signals.worker_init`).
+
+A leaf module: the standard library, :mod:`placement._util`, :mod:`placement._signals` and
+:mod:`placement.errors` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from placement import _signals
 from placement._util import Progress
 from placement.errors import InputError, PlacementError, WorkerError
 
@@ -42,8 +52,10 @@ __all__ = [
     "Ray",
     "backend_for_jobs",
     "ordered_map",
+    "process_pool",
     "ray_init_args",
     "shutdown_ray",
+    "stop_pool",
 ]
 
 RAY_INSTALL_HINT = "install it with pip install 'placement[ray]'"
@@ -98,7 +110,7 @@ class Processes(Backend):
         total = len(items)
         out: list[R | None] = [None] * total
         done = 0
-        with ProcessPoolExecutor(max_workers=min(self.workers, total)) as pool:
+        with process_pool(min(self.workers, total)) as pool:
             index: dict[Future[R], int] = {pool.submit(fn, item): k for k, item in enumerate(items)}
             pending = set(index)
             while pending:
@@ -114,6 +126,69 @@ class Processes(Backend):
                     if progress is not None:
                         progress(done, total)
         return out  # type: ignore[return-value]
+
+
+_STOP_S = 1.0
+"""How long stopped workers get to end on SIGTERM before they are SIGKILLed (seconds)."""
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker of ``pool`` now (the second signal's way out)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            p.kill()
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what ``pool`` has not started, terminate its workers (SIGTERM, then SIGKILL after
+    :data:`_STOP_S`) and release it without waiting for running pieces."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + _STOP_S
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        with contextlib.suppress(Exception):
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+
+
+class _Pool(ProcessPoolExecutor):
+    """A pool whose ``submit`` (which may start a worker) finishes before a signal is raised."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        with _signals.deferred():
+            return super().submit(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def process_pool(workers: int, *, mp_context: Any = None,
+                 initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> Iterator[ProcessPoolExecutor]:
+    """A :class:`ProcessPoolExecutor` of ``workers`` processes that stops at once when the
+    block ends early: on any exception (an error of a piece, :class:`KeyboardInterrupt`,
+    :class:`~placement._signals.Interrupted`) the outstanding pieces are cancelled and the
+    workers terminated (:func:`stop_pool`) before the exception goes on; on success the pool
+    is shut down normally. Its workers run :func:`placement._signals.worker_init` (then
+    ``initializer(*initargs)``): they ignore SIGINT and end when this process is gone."""
+    pool = _Pool(max_workers=workers, mp_context=mp_context,
+                 initializer=_signals.worker_init,
+                 initargs=(os.getpid(), initializer, initargs))
+    key = _signals.on_forced_exit(lambda: _kill_workers(pool))
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        _signals.forget_cleanup(key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +340,7 @@ class Ray(Backend):
     def map(self, fn: Callable[[T], R], items: Sequence[T], progress: Progress | None) -> list[R]:
         global _REMOTE
         ray = _ray_module(self.address, self.workers)
+        _signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
         if _REMOTE is None:
             _REMOTE = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
         total = len(items)
@@ -296,6 +372,10 @@ class Ray(Backend):
         except Exception as exc:  # a task's bug, a lost worker, a Ray system error
             _cancel(ray, pending)
             raise WorkerError(f"a Ray task failed: {_one_line(exc)}") from None
+        except BaseException:  # Ctrl-C, SIGTERM: cancel what runs, stop the Ray we started
+            _cancel(ray, pending)
+            shutdown_ray()
+            raise
         return out
 
 
