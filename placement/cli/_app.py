@@ -74,7 +74,12 @@ class _Group(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy:
             importlib.import_module(self.lazy[cmd_name][0])
-        return self.commands.get(cmd_name)
+        cmd = self.commands.get(cmd_name)
+        if cmd is not None:  # inputs and -o checked before the work (docs/reliability.md)
+            from placement.cli._files import guard_command
+
+            guard_command(cmd)
+        return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
@@ -134,6 +139,9 @@ class _Group(click.Group):
         except OSError as exc:  # a file we were told to write cannot be written, a full disk...
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             echo_err(f"error: {where}{exc.strerror or exc}")
+            sys.exit(1)
+        except RecursionError:  # a reader that missed a too deeply nested input
+            echo_err("error: an input is nested too deeply to read.")
             sys.exit(1)
         except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (placement._signals): 130 or 143
             from placement._signals import announce
