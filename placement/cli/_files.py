@@ -116,15 +116,12 @@ def check_output(text: str, inputs: Iterable[str] = (), *, kind: str = "file") -
         raise InputError(f"{text}: is a directory; give a file name.")
     if st is not None and stat.S_ISREG(st.st_mode) and kind == "dir":
         raise InputError(f"{text}: is a file; give a directory (it is created if missing).")
-    # 3. where the new file goes: an existing, writable directory
-    where = target if (kind != "file" and st is not None) else target.parent
+    # 3. where the new file goes: an existing, writable directory (a missing output directory
+    #    is made by the command: its parent must exist)
+    where = target if st is not None and stat.S_ISDIR(st.st_mode) else target.parent
     if not where.is_dir():
-        if kind != "file" and st is None and target.parent.is_dir():
-            where = target.parent  # the output directory itself is created
-        else:
-            missing = where if kind == "file" or st is not None else target.parent
-            raise InputError(f"{text}: directory {missing} does not exist (create it first: "
-                             f"mkdir -p {missing}).")
+        raise InputError(f"{text}: directory {where} does not exist (create it first: "
+                         f"mkdir -p {where}).")
     try:  # the true test (root, a read-only filesystem, /proc): make a file there and remove it
         fd, probe = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=where)
         os.close(fd)
