@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
+import math
 import os
 import re
 import shutil
@@ -15,22 +17,34 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
 from placement import _signals
 
 __all__ = [
+    "DEFAULT_MAX_EXPERTS",
+    "DEFAULT_READ_LIMIT",
+    "INFLATE_RATIO",
+    "MAX_EXPERTS_ENV",
+    "READ_LIMIT_ENV",
     "STALE_S",
+    "allowed_bytes",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_npz",
     "clean_stale",
     "ensure_dir",
+    "format_bytes",
+    "json_loads",
+    "max_experts",
     "output_target",
+    "read_limit",
     "read_npz",
     "temp_prefix",
+    "too_large",
 ]
 
 
@@ -206,11 +220,149 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         fh.write(data)
 
 
+# ---------------------------------------------------------------------------------------------
+# bounds on what a file may declare
+# ---------------------------------------------------------------------------------------------
+READ_LIMIT_ENV = "PLACEMENT_READ_LIMIT"
+"""The environment variable that raises (or lowers) :func:`read_limit`: bytes, with an optional
+K, M, G or T suffix (``PLACEMENT_READ_LIMIT=64G``)."""
+
+DEFAULT_READ_LIMIT = 1 << 30
+"""Bytes a file may unpack to whatever its size (1 GiB)."""
+
+INFLATE_RATIO = 100
+"""Beyond :func:`read_limit`, a file may unpack to at most this many times its own size (a
+compressed trace unpacks to a few times its size; a zip bomb to a thousand)."""
+
+MAX_EXPERTS_ENV = "PLACEMENT_MAX_EXPERTS"
+"""The environment variable that raises :data:`DEFAULT_MAX_EXPERTS`."""
+
+DEFAULT_MAX_EXPERTS = 1 << 16
+"""Experts per layer a trace may declare (models have up to a few hundred)."""
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _env_int(name: str, default: int, units: bool) -> int:
+    text = os.environ.get(name, "").strip().upper().removesuffix("B").removesuffix("I")
+    if not text:
+        return default
+    unit = text[-1] if units and text[-1] in _UNITS else ""
+    try:
+        value = float(text[: len(text) - len(unit)]) * _UNITS[unit]
+    except ValueError:
+        return default
+    return int(value) if value >= 1 else default
+
+
+def read_limit() -> int:
+    """Bytes any input may unpack to regardless of its size: ``PLACEMENT_READ_LIMIT``, else
+    :data:`DEFAULT_READ_LIMIT`."""
+    return _env_int(READ_LIMIT_ENV, DEFAULT_READ_LIMIT, units=True)
+
+
+def max_experts() -> int:
+    """Experts per layer a trace may declare: ``PLACEMENT_MAX_EXPERTS``, else
+    :data:`DEFAULT_MAX_EXPERTS`."""
+    return _env_int(MAX_EXPERTS_ENV, DEFAULT_MAX_EXPERTS, units=False)
+
+
+def allowed_bytes(file_size: int) -> int:
+    """What a file of ``file_size`` bytes may unpack to: the larger of :func:`read_limit` and
+    :data:`INFLATE_RATIO` times its size."""
+    return max(read_limit(), INFLATE_RATIO * file_size)
+
+
+def format_bytes(n: float) -> str:
+    """``3221225472`` -> ``"3.0 GiB"``."""
+    for unit, scale in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30),
+                        ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def too_large(what: str, need: int, allowed: int) -> str:
+    """The one-line reason for a declared size beyond the bound, with how to raise it."""
+    return (f"{what} would take {format_bytes(need)}, beyond the read limit of "
+            f"{format_bytes(allowed)} for this file; if the file is genuine, raise the limit "
+            f"({READ_LIMIT_ENV}{_suggest(need)}, see docs/reliability.md).")
+
+
+def _suggest(need: int) -> str:
+    gib = -(-need // (1 << 30))
+    return f"={gib}G" if gib <= 1024 else ""
+
+
+def json_loads(text: str | bytes) -> Any:
+    """``json.loads``, with JSON nested deeper than Python can recurse reported as a
+    :class:`json.JSONDecodeError` (one line), never a :class:`RecursionError`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text if isinstance(text, str) else text.decode("utf-8", "replace")
+        raise json.JSONDecodeError("nested too deeply", doc, 0) from None
+
+
+def _npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    else:
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    return tuple(int(d) for d in shape), dtype
+
+
+def _npz_problem(path: Path, raw: bytes | None) -> str | None:
+    """Why an ``.npz`` may not be unpacked (see :func:`check_npz`), or None."""
+    size = len(raw) if raw is not None else path.stat().st_size
+    allowed = allowed_bytes(size)
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw) if raw is not None else path) as zf:
+            infos = zf.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > allowed:
+                return too_large(f"its arrays ({len(infos)} members in a "
+                                 f"{format_bytes(size)} file)", total, allowed)
+            for info in infos:
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-4]
+                with zf.open(info) as fh:
+                    try:
+                        shape, dtype = _npy_header(fh)
+                    except (ValueError, SyntaxError, TypeError, EOFError) as exc:
+                        return f"array {name}: not a readable .npy header ({exc})."
+                need = math.prod(shape) * max(int(dtype.itemsize), 1)
+                if need > allowed:
+                    return too_large(f"array {name} of shape {list(shape)}", need, allowed)
+                if need > info.file_size:
+                    return (f"array {name} declares shape {list(shape)} "
+                            f"({format_bytes(need)}) but holds {format_bytes(info.file_size)}: "
+                            "truncated or forged.")
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:
+        return f"not a readable .npz archive (truncated or corrupt: {exc})."
+    return None
+
+
+def check_npz(path: Path, error: Callable[[str, Path], Exception],
+              raw: bytes | None = None) -> None:
+    """Refuse an ``.npz`` that declares more than it may hold, before a byte is unpacked: its
+    members' sizes in the zip directory against :func:`allowed_bytes` of the file's size, and
+    each member's ``.npy`` header (shape x item size) against the bound and against what the
+    member holds. Raises ``error(message, path)``."""
+    problem = _npz_problem(path, raw)
+    if problem is not None:
+        raise error(problem, path)
+
+
 def read_npz(
     path: Path, error: Callable[[str, Path], Exception], raw: bytes | None = None
 ) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` (``raw`` bytes when given, else the file ``path``), loaded with
-    ``allow_pickle=False``; anything unreadable raises ``error(message, path)``."""
+    ``allow_pickle=False`` after :func:`check_npz`; anything unreadable raises
+    ``error(message, path)``."""
+    check_npz(path, error, raw)
     try:
         with np.load(io.BytesIO(raw) if raw is not None else path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}

@@ -55,7 +55,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from placement import _signals
-from placement._io import atomic_write_text, clean_stale, ensure_dir, temp_prefix
+from placement._io import atomic_write_text, clean_stale, ensure_dir, json_loads, temp_prefix
 from placement._util import Progress
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import FileKind, Probe, split_spec
@@ -822,7 +822,7 @@ def open_sharded(path: str | Path, *, verify: bool = False) -> ShardedTrace:
     if not mp.is_file():
         raise TraceFormatError(f"no {MANIFEST}: not a sharded trace directory.", root)
     try:
-        data = json.loads(mp.read_text(encoding="utf-8"))
+        data = json_loads(mp.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFormatError(f"cannot read {MANIFEST} ({exc}).", root) from None
     except json.JSONDecodeError as exc:
