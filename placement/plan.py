@@ -308,6 +308,17 @@ class Plan:
         return "\n".join(lines)
 
     # -- file --------------------------------------------------------------------------------
+    def content_digest(self) -> str:
+        """SHA-256 of the plan without its timing (``wall_time``): two runs that make the same
+        plan (same inputs, seed and options: solves are deterministic) have the same digest,
+        whereas their files differ by the seconds they took (docs/reliability.md)."""
+        import hashlib
+
+        body = self.to_dict()
+        del body["wall_time"]
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (format ``placement-plan`` version 1)."""
         return {

@@ -173,3 +173,21 @@ def test_an_interrupted_sharded_write_leaves_no_temporary_directory(tmp_path: Pa
     os.utime(temps[0], (old, old))
     write_sharded(load_trace("bundled:mixtral"), out, shard_tokens=1024)
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_plans_that_differ_only_by_wall_time_have_one_content_digest() -> None:
+    from dataclasses import replace
+
+    from placement.cluster import Cluster
+    from placement.plan import Plan
+    from placement.routing_traces import load_trace
+    from placement.solver import ProblemData, SolveOptions, baseline_plan
+
+    problem = ProblemData.from_traces(load_trace("bundled:mixtral"), Cluster(1, 8, 1))
+    plan = baseline_plan(problem, SolveOptions(), "eplb")
+    assert isinstance(plan, Plan)
+    slower = replace(plan, wall_time=plan.wall_time + 12.5)
+    assert slower.to_dict() != plan.to_dict()
+    assert slower.content_digest() == plan.content_digest()
+    moved = replace(plan, settings={**plan.settings, "seed": 99})
+    assert moved.content_digest() != plan.content_digest()

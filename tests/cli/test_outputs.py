@@ -107,3 +107,18 @@ def test_special_inputs_are_refused_before_reading(tmp_path, run, error):
                                          "plan or engine file, or a trace directory.")
     error(run("validate", "/dev/zero", fifo), contains="/dev/zero: a character device")
     error(run("show", "/dev/zero"), contains="/dev/zero: a character device")
+
+
+@pytest.mark.parametrize("kind", ["token-level", "counts"])
+def test_validate_refuses_a_trace_without_tokens_as_solve_does(tmp_path, trace, run, error,
+                                                              kind):
+    plan = tmp_path / "plan.json"
+    assert run("solve", trace, *SOLVE, "-o", plan).exit_code == 0
+    empty = tmp_path / "empty.npz"
+    if kind == "counts":
+        np.savez(empty, counts=np.zeros((32, 8), np.int64))
+    else:
+        np.savez(empty, topk_ids=np.zeros((0, 32, 2), np.int32), num_experts=np.asarray(8))
+    error(run("validate", plan, empty), "error: The trace routes no tokens: nothing to replay.")
+    error(run("solve", empty, *SOLVE, "-o", tmp_path / "p.json"),
+          "error: The traces route no tokens.")
