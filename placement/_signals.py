@@ -36,12 +36,12 @@ __all__ = [
     "Interrupted",
     "announce",
     "child_pids",
-    "deferred",
     "exit_now",
     "forget_cleanup",
     "handling_signals",
     "on_forced_exit",
     "reinstall",
+    "resource_tracker_pid",
     "track_temp",
     "untrack_temp",
     "worker_init",
@@ -143,12 +143,19 @@ def child_pids(pid: int | None = None) -> list[int]:
     return out
 
 
+def resource_tracker_pid() -> int | None:
+    """The pid of multiprocessing's resource tracker, when this process started one (it must
+    outlive the workers: it unlinks their semaphores)."""
+    rt = sys.modules.get("multiprocessing.resource_tracker")
+    pid = getattr(getattr(rt, "_resource_tracker", None), "_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
 def _force_exit(signum: int) -> None:
     for fn in list(_CLEANUPS.values()):
         with contextlib.suppress(Exception):
             fn()
-    rt = sys.modules.get("multiprocessing.resource_tracker")
-    tracker = getattr(getattr(rt, "_resource_tracker", None), "_pid", None)
+    tracker = resource_tracker_pid()
     for pid in child_pids():  # a worker still starting (not yet registered) included
         if pid != tracker:  # it unlinks the semaphores once we are gone
             with contextlib.suppress(OSError):
@@ -167,35 +174,12 @@ def _force_exit(signum: int) -> None:
     os._exit(128 + signum)
 
 
-_deferring = 0
-_pending: int | None = None
-
-
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _hits, _pending
+    global _hits
     _hits += 1
     if _hits == 1:
-        if _deferring:
-            _pending = signum
-            return
         raise Interrupted(signum)
     _force_exit(signum)
-
-
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Within: a first signal is held back and raised as :class:`Interrupted` on the way out (a
-    process pool starting a worker must finish registering it, or the parent could not stop
-    it). A second signal still exits at once."""
-    global _deferring, _pending
-    _deferring += 1
-    try:
-        yield
-    finally:
-        _deferring -= 1
-        if not _deferring and _pending is not None:
-            signum, _pending = _pending, None
-            raise Interrupted(signum)
 
 
 def reinstall() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -139,10 +140,17 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
             p.kill()
 
 
-def stop_pool(pool: ProcessPoolExecutor) -> None:
+def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
     """Cancel what ``pool`` has not started, terminate its workers (SIGTERM, then SIGKILL after
-    :data:`_STOP_S`) and release it without waiting for running pieces."""
+    :data:`_STOP_S`) and release it without waiting for running pieces. ``others``: pids of
+    workers the pool was still starting (not yet in its table), SIGKILLed at once."""
     procs = list((getattr(pool, "_processes", None) or {}).values())
+    known = {p.pid for p in procs}
+    for pid in others:
+        if pid not in known:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         with contextlib.suppress(Exception):
@@ -158,14 +166,6 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
                 p.join(1.0)
 
 
-class _Pool(ProcessPoolExecutor):
-    """A pool whose ``submit`` (which may start a worker) finishes before a signal is raised."""
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        with _signals.deferred():
-            return super().submit(fn, *args, **kwargs)
-
-
 @contextlib.contextmanager
 def process_pool(workers: int, *, mp_context: Any = None,
                  initializer: Callable[..., Any] | None = None,
@@ -176,14 +176,18 @@ def process_pool(workers: int, *, mp_context: Any = None,
     workers terminated (:func:`stop_pool`) before the exception goes on; on success the pool
     is shut down normally. Its workers run :func:`placement._signals.worker_init` (then
     ``initializer(*initargs)``): they ignore SIGINT and end when this process is gone."""
-    pool = _Pool(max_workers=workers, mp_context=mp_context,
-                 initializer=_signals.worker_init,
-                 initargs=(os.getpid(), initializer, initargs))
+    before = set(_signals.child_pids())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context,
+                               initializer=_signals.worker_init,
+                               initargs=(os.getpid(), initializer, initargs))
     key = _signals.on_forced_exit(lambda: _kill_workers(pool))
     try:
         yield pool
     except BaseException:
-        stop_pool(pool)
+        # a signal may land while the pool starts a worker, before the worker is in its table
+        # (spawn writes the worker's inputs to it first): those are the children made since
+        tracker = _signals.resource_tracker_pid()
+        stop_pool(pool, [p for p in _signals.child_pids() if p not in before and p != tracker])
         raise
     else:
         pool.shutdown(wait=True)
