@@ -7,8 +7,10 @@ The command line installs :func:`handling_signals` around every command:
   terminates its workers (:mod:`placement.parallel`), an atomic write removes its temporary file
   (:mod:`placement._io`), and the command prints ``interrupted`` and exits with 128 + the signal
   (130 for SIGINT, 143 for SIGTERM);
-* a second signal exits at once: the registered workers are killed, the registered temporary
-  files removed, ``interrupted`` printed (once) and the process ends with the same status.
+* a second signal exits at once: the workers (every process below this one) are killed, the
+  registered temporary files removed, ``interrupted`` printed (once) and the process ends with
+  the same status; so does the first signal when its orderly way out takes more than
+  :data:`GRACE_S` (a library that swallowed the exception, a worker that will not stop).
 
 Worker processes run :func:`worker_init` first: they ignore SIGINT (a Ctrl-C on the terminal
 reaches the whole process group; the parent alone decides), take SIGTERM's default action (the
@@ -39,6 +41,7 @@ __all__ = [
     "exit_now",
     "forget_cleanup",
     "handling_signals",
+    "kill_descendants",
     "on_forced_exit",
     "reinstall",
     "resource_tracker_pid",
@@ -143,6 +146,27 @@ def child_pids(pid: int | None = None) -> list[int]:
     return out
 
 
+def descendant_pids(pid: int | None = None) -> list[int]:
+    """Every process below ``pid`` (default: this process), children first, from ``/proc``."""
+    out: list[int] = []
+    todo = [os.getpid() if pid is None else pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def kill_descendants() -> None:
+    """SIGKILL every process below this one but multiprocessing's resource tracker (what a
+    command left running when it is interrupted: workers, a local Ray's processes)."""
+    tracker = resource_tracker_pid()
+    for pid in descendant_pids():
+        if pid != tracker:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def resource_tracker_pid() -> int | None:
     """The pid of multiprocessing's resource tracker, when this process started one (it must
     outlive the workers: it unlinks their semaphores)."""
@@ -155,11 +179,7 @@ def _force_exit(signum: int) -> None:
     for fn in list(_CLEANUPS.values()):
         with contextlib.suppress(Exception):
             fn()
-    tracker = resource_tracker_pid()
-    for pid in child_pids():  # a worker still starting (not yet registered) included
-        if pid != tracker:  # it unlinks the semaphores once we are gone
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    kill_descendants()  # a worker still starting (not yet registered), a local Ray included
     for p in list(_TEMPS):
         with contextlib.suppress(OSError):
             if os.path.isdir(p) and not os.path.islink(p):
@@ -174,10 +194,18 @@ def _force_exit(signum: int) -> None:
     os._exit(128 + signum)
 
 
+GRACE_S = 1.5
+"""How long the first signal's orderly way out may take before the process exits as on a
+second signal (a library that swallows the exception, a worker that will not stop)."""
+
+
 def _handler(signum: int, frame: FrameType | None) -> None:
     global _hits
     _hits += 1
     if _hits == 1:
+        timer = threading.Timer(GRACE_S, _force_exit, (signum,))
+        timer.daemon = True
+        timer.start()
         raise Interrupted(signum)
     _force_exit(signum)
 
@@ -202,6 +230,13 @@ def handling_signals() -> Iterator[None]:
     with _lock:
         old = {s: signal.getsignal(s) for s in SIGNALS}
         _installed, _hits, _announced = True, 0, False
+    old_hook = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:  # a signal raised where Python cannot raise (a
+        if not isinstance(unraisable.exc_value, Interrupted):  # __del__): the grace timer ends it
+            old_hook(unraisable)
+
+    sys.unraisablehook = quiet
     try:
         for s in SIGNALS:
             signal.signal(s, _handler)
@@ -210,6 +245,7 @@ def handling_signals() -> Iterator[None]:
         if not _hits:  # after a signal, ours stay: a second one during the exit exits at once
             for s, h in old.items():
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
+            sys.unraisablehook = old_hook
             _installed = False
 
 

@@ -341,10 +341,27 @@ class Ray(Backend):
         where = self.address or "local"
         return f"ray({where})" if self.workers is None else f"ray({where}, {self.workers})"
 
+    def _connect(self) -> Any:
+        """:func:`_ray_module`, interruptible: a signal while a local Ray starts stops what
+        it started (ray.init's own SIGTERM handler, ``sys.exit(15)``, counts as SIGTERM)."""
+        try:
+            ray = _ray_module(self.address, self.workers)
+        except SystemExit as exc:
+            if exc.code != signal.SIGTERM:
+                raise
+            if self.address is None:
+                _signals.kill_descendants()
+            raise _signals.Interrupted(signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            if self.address is None:
+                _signals.kill_descendants()
+            raise
+        _signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+        return ray
+
     def map(self, fn: Callable[[T], R], items: Sequence[T], progress: Progress | None) -> list[R]:
         global _REMOTE
-        ray = _ray_module(self.address, self.workers)
-        _signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+        ray = self._connect()
         if _REMOTE is None:
             _REMOTE = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
         total = len(items)
@@ -377,8 +394,10 @@ class Ray(Backend):
             _cancel(ray, pending)
             raise WorkerError(f"a Ray task failed: {_one_line(exc)}") from None
         except BaseException:  # Ctrl-C, SIGTERM: cancel what runs, stop the Ray we started
-            _cancel(ray, pending)
-            shutdown_ray()
+            if _RAY_STARTED_HERE:  # at once: a graceful ray.shutdown() takes seconds
+                _signals.kill_descendants()
+            else:  # a cluster outlives this process: cancel its tasks of ours
+                _cancel(ray, pending)
             raise
         return out
 
