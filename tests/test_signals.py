@@ -126,3 +126,34 @@ def test_pool_workers_end_with_a_sigkilled_parent_library_use(tmp_path):
         assert b"Traceback" not in proc.stderr.read()
     finally:
         kill_all(seen | {proc.pid})
+
+
+_SWALLOW = textwrap.dedent("""
+    import sys, time
+    from placement._signals import handling_signals
+
+    with handling_signals():
+        while True:  # a library that swallows KeyboardInterrupt
+            try:
+                print("ready", flush=True)
+                time.sleep(30)
+            except KeyboardInterrupt:
+                pass
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_swallowed_signal_still_ends_the_process(tmp_path, sig):
+    """The first signal's way out stalls (the exception is caught and dropped): the grace timer
+    ends the process as a second signal would."""
+    proc = subprocess.Popen([sys.executable, "-c", _SWALLOW], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        proc.send_signal(sig)
+        assert proc.wait(20) == 128 + sig
+        assert proc.stderr is not None and proc.stderr.read() == b"interrupted\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
