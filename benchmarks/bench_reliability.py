@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="also solve --ray --workers 2")
     ap.add_argument("--no-signals", action="store_true")
     ap.add_argument("--no-hostile", action="store_true")
+    ap.add_argument("--only", default="", help="only the commands whose name holds this")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     results: dict[str, Any] = {"signals": [], "hostile": []}
@@ -222,6 +223,8 @@ def main() -> None:
             kinds = {"SIGINT": [signal.SIGINT], "SIGTERM": [signal.SIGTERM],
                      "SIGINT x2": [signal.SIGINT, signal.SIGINT]}
             for cname, (args, workers) in commands.items():
+                if a.only not in cname:
+                    continue
                 for delay in delays:
                     for kname, sigs in kinds.items():
                         run_dir = d / f"run-{len(results['signals'])}"

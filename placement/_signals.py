@@ -203,11 +203,34 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     global _hits
     _hits += 1
     if _hits == 1:
-        timer = threading.Timer(GRACE_S, _force_exit, (signum,))
-        timer.daemon = True
-        timer.start()
         raise Interrupted(signum)
     _force_exit(signum)
+
+
+def _watch_signals(fd: int) -> None:
+    """A thread that sees the signals as the C handler records them (through the wakeup fd),
+    even while the main thread is stuck in native code that does not return to Python: the
+    first one starts the grace timer, the second ends the process."""
+    seen = 0
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            data = b""
+        if not data:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            return
+        for signum in data:
+            if signum not in SIGNALS:
+                continue
+            seen += 1
+            if seen == 1:
+                timer = threading.Timer(GRACE_S, _force_exit, (signum,))
+                timer.daemon = True
+                timer.start()
+            else:
+                _force_exit(signum)
 
 
 def reinstall() -> None:
@@ -232,11 +255,17 @@ def handling_signals() -> Iterator[None]:
         _installed, _hits, _announced = True, 0, False
     old_hook = sys.unraisablehook
 
-    def quiet(unraisable: Any) -> None:  # a signal raised where Python cannot raise (a
-        if not isinstance(unraisable.exc_value, Interrupted):  # __del__): the grace timer ends it
+    def quiet(unraisable: Any) -> None:
+        # a signal's exception raised where Python cannot raise it (a __del__, an at-fork hook;
+        # ray.init's SIGTERM handler raises SystemExit): the grace timer ends the process
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt | SystemExit):
             old_hook(unraisable)
 
     sys.unraisablehook = quiet
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    threading.Thread(target=_watch_signals, args=(r,), name="signal-watch", daemon=True).start()
     try:
         for s in SIGNALS:
             signal.signal(s, _handler)
@@ -246,6 +275,8 @@ def handling_signals() -> Iterator[None]:
             for s, h in old.items():
                 signal.signal(s, h if h is not None else signal.SIG_DFL)
             sys.unraisablehook = old_hook
+            signal.set_wakeup_fd(old_fd)
+            os.close(w)  # the watcher reads EOF and ends
             _installed = False
 
 
