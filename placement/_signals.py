@@ -126,11 +126,10 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def child_pids(pid: int | None = None) -> list[int]:
-    """The pids whose parent is ``pid`` (default: this process), from ``/proc`` (empty where
-    there is none)."""
-    pid = os.getpid() if pid is None else pid
-    out = []
+def _parents() -> dict[int, list[int]]:
+    """``{parent pid: [child pids]}`` of every process, from one pass over ``/proc`` (empty
+    where there is none)."""
+    out: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):
         for name in os.listdir("/proc"):
             if not name.isdigit():
@@ -141,17 +140,24 @@ def child_pids(pid: int | None = None) -> list[int]:
             except OSError:
                 continue
             fields = stat[stat.rfind(b")") + 2:].split()
-            if len(fields) > 1 and int(fields[1]) == pid:
-                out.append(int(name))
+            if len(fields) > 1:
+                out.setdefault(int(fields[1]), []).append(int(name))
     return out
+
+
+def child_pids(pid: int | None = None) -> list[int]:
+    """The pids whose parent is ``pid`` (default: this process), from ``/proc`` (empty where
+    there is none)."""
+    return _parents().get(os.getpid() if pid is None else pid, [])
 
 
 def descendant_pids(pid: int | None = None) -> list[int]:
     """Every process below ``pid`` (default: this process), children first, from ``/proc``."""
+    parents = _parents()
     out: list[int] = []
     todo = [os.getpid() if pid is None else pid]
     while todo:
-        kids = child_pids(todo.pop())
+        kids = parents.get(todo.pop(), [])
         out.extend(kids)
         todo.extend(kids)
     return out
@@ -194,7 +200,7 @@ def _force_exit(signum: int) -> None:
     os._exit(128 + signum)
 
 
-GRACE_S = 1.5
+GRACE_S = 1.0
 """How long the first signal's orderly way out may take before the process exits as on a
 second signal (a library that swallows the exception, a worker that will not stop)."""
 

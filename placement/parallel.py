@@ -129,7 +129,7 @@ class Processes(Backend):
         return out  # type: ignore[return-value]
 
 
-_STOP_S = 1.0
+_STOP_S = 0.5
 """How long stopped workers get to end on SIGTERM before they are SIGKILLed (seconds)."""
 
 
