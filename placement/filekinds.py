@@ -23,6 +23,7 @@ import importlib
 import io
 import json
 import pickletools
+import stat
 import sys
 import zipfile
 from collections.abc import Callable
@@ -108,7 +109,8 @@ class Probe:
     ``container`` is one of ``missing``, ``dir``, ``empty``, ``npz``, ``zip`` (another or a
     broken zip archive; see :attr:`zip_error`), ``torch`` (a ``torch.save`` zip), ``pickle``
     (a bare pickle stream: legacy ``torch.save`` or ``pickle.dump``), ``npy``, ``safetensors``,
-    ``json`` (text starting with ``{`` or ``[``, valid or not), ``text`` or ``binary``.
+    ``json`` (text starting with ``{`` or ``[``, valid or not), ``text``, ``binary`` or
+    ``special`` (a device, FIFO or socket: never opened, see :attr:`special`).
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -127,6 +129,24 @@ class Probe:
         return self.path.is_dir()
 
     @cached_property
+    def special(self) -> str | None:
+        """What the path is when it exists and is neither a regular file nor a directory
+        (``"a character device"``, ``"a FIFO"``...): such a path is never opened (reading
+        ``/dev/zero`` never ends, opening a FIFO waits for a writer)."""
+        try:
+            mode = self.path.stat().st_mode
+        except (OSError, ValueError):
+            return None
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            return None
+        for test, what in ((stat.S_ISCHR, "a character device"),
+                           (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                           (stat.S_ISSOCK, "a socket")):
+            if test(mode):
+                return what
+        return "not a regular file"
+
+    @cached_property
     def size(self) -> int:
         try:
             return self.path.stat().st_size if self.exists and not self.is_dir else 0
@@ -135,8 +155,8 @@ class Probe:
 
     @cached_property
     def head(self) -> bytes:
-        """The first 64 bytes (empty for a directory or a missing file)."""
-        if not self.exists or self.is_dir:
+        """The first 64 bytes (empty for a directory, a missing or a special file)."""
+        if not self.exists or self.is_dir or self.special is not None:
             return b""
         try:
             with self.path.open("rb") as fh:
@@ -147,7 +167,8 @@ class Probe:
     @cached_property
     def raw(self) -> bytes:
         """The whole file (empty for a directory, a missing or a very large file)."""
-        if not self.exists or self.is_dir or self.size > _TEXT_LIMIT:
+        if (not self.exists or self.is_dir or self.special is not None
+                or self.size > _TEXT_LIMIT):
             return b""
         try:
             return self.path.read_bytes()
@@ -160,6 +181,8 @@ class Probe:
             return "missing"
         if self.is_dir:
             return "dir"
+        if self.special is not None:
+            return "special"
         head = self.head
         if not head or (self.size <= 4096 and not self.raw.strip()):
             return "empty"

@@ -18,19 +18,30 @@ A :class:`~placement.errors.PlacementError` raised by a piece comes back as itse
 ``InputError`` stays an ``InputError``); anything else that fails in a worker, or a lost worker,
 is a :class:`~placement.errors.WorkerError` with one line.
 
-A leaf module: the standard library, :mod:`placement._util` and :mod:`placement.errors` only.
+Cancellation: when anything ends a map early (a piece's error, or the first SIGINT/SIGTERM, which
+:mod:`placement._signals` turns into :class:`~placement._signals.Interrupted`), the outstanding
+pieces are cancelled and the workers terminated before the exception goes on: no map waits for
+pieces nobody will read, and no worker outlives its parent (see
+:func:`placement._signals.worker_init`).
+
+A leaf module: the standard library, :mod:`placement._util`, :mod:`placement._signals` and
+:mod:`placement.errors` only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from placement import _signals
 from placement._util import Progress
 from placement.errors import InputError, PlacementError, WorkerError
 
@@ -44,9 +55,11 @@ __all__ = [
     "backend_for_jobs",
     "check_ray_address",
     "ordered_map",
+    "process_pool",
     "ray_init_args",
     "ray_task_nodes",
     "shutdown_ray",
+    "stop_pool",
 ]
 
 RAY_INSTALL_HINT = "install it with pip install 'placement[ray]'"
@@ -101,7 +114,7 @@ class Processes(Backend):
         total = len(items)
         out: list[R | None] = [None] * total
         done = 0
-        with ProcessPoolExecutor(max_workers=min(self.workers, total)) as pool:
+        with process_pool(min(self.workers, total)) as pool:
             index: dict[Future[R], int] = {pool.submit(fn, item): k for k, item in enumerate(items)}
             pending = set(index)
             while pending:
@@ -117,6 +130,72 @@ class Processes(Backend):
                     if progress is not None:
                         progress(done, total)
         return out  # type: ignore[return-value]
+
+
+_STOP_S = 0.5
+"""How long stopped workers get to end on SIGTERM before they are SIGKILLed (seconds)."""
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker of ``pool`` now (the second signal's way out)."""
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            p.kill()
+
+
+def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
+    """Cancel what ``pool`` has not started, terminate its workers (SIGTERM, then SIGKILL after
+    :data:`_STOP_S`) and release it without waiting for running pieces. ``others``: pids of
+    workers the pool was still starting (not yet in its table), SIGKILLed at once."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    known = {p.pid for p in procs}
+    for pid in others:
+        if pid not in known:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    deadline = time.monotonic() + _STOP_S
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        with contextlib.suppress(Exception):
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+
+
+@contextlib.contextmanager
+def process_pool(workers: int, *, mp_context: Any = None,
+                 initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> Iterator[ProcessPoolExecutor]:
+    """A :class:`ProcessPoolExecutor` of ``workers`` processes that stops at once when the
+    block ends early: on any exception (an error of a piece, :class:`KeyboardInterrupt`,
+    :class:`~placement._signals.Interrupted`) the outstanding pieces are cancelled and the
+    workers terminated (:func:`stop_pool`) before the exception goes on; on success the pool
+    is shut down normally. Its workers run :func:`placement._signals.worker_init` (then
+    ``initializer(*initargs)``): they ignore SIGINT and end when this process is gone."""
+    before = set(_signals.child_pids())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp_context,
+                               initializer=_signals.worker_init,
+                               initargs=(os.getpid(), initializer, initargs))
+    key = _signals.on_forced_exit(lambda: _kill_workers(pool))
+    try:
+        yield pool
+    except BaseException:
+        # a signal may land while the pool starts a worker, before the worker is in its table
+        # (spawn writes the worker's inputs to it first): those are the children made since
+        tracker = _signals.resource_tracker_pid()
+        stop_pool(pool, [p for p in _signals.child_pids() if p not in before and p != tracker])
+        raise
+    else:
+        pool.shutdown(wait=True)
+    finally:
+        _signals.forget_cleanup(key)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,9 +492,27 @@ class Ray(Backend):
         where = self.address or "local"
         return f"ray({where})" if self.workers is None else f"ray({where}, {self.workers})"
 
+    def _connect(self) -> Any:
+        """:func:`_ray_module`, interruptible: a signal while a local Ray starts stops what
+        it started (ray.init's own SIGTERM handler, ``sys.exit(15)``, counts as SIGTERM)."""
+        try:
+            ray = _ray_module(self.address, self.workers)
+        except SystemExit as exc:
+            if exc.code != signal.SIGTERM:
+                raise
+            if self.address is None:
+                _signals.kill_descendants()
+            raise _signals.Interrupted(signal.SIGTERM) from None
+        except KeyboardInterrupt:
+            if self.address is None:
+                _signals.kill_descendants()
+            raise
+        _signals.reinstall()  # ray.init replaces the SIGTERM handler with its own
+        return ray
+
     def map(self, fn: Callable[[T], R], items: Sequence[T], progress: Progress | None) -> list[R]:
         global _REMOTE
-        ray = _ray_module(self.address, self.workers)
+        ray = self._connect()
         if _REMOTE is None:
             _REMOTE = ray.remote(num_cpus=1, max_retries=0)(_ray_call)
         total = len(items)
@@ -448,6 +545,12 @@ class Ray(Backend):
         except Exception as exc:  # a task's bug, a lost worker, a Ray system error
             _cancel(ray, pending)
             raise WorkerError(f"a Ray task failed: {_one_line(exc)}") from None
+        except BaseException:  # Ctrl-C, SIGTERM: cancel what runs, stop the Ray we started
+            if _RAY_STARTED_HERE:  # at once: a graceful ray.shutdown() takes seconds
+                _signals.kill_descendants()
+            else:  # a cluster outlives this process: cancel its tasks of ours
+                _cancel(ray, pending)
+            raise
         return out
 
 

@@ -11,6 +11,7 @@ Vocabulary (DeepSeek EPLB / SGLang): for every traced MoE layer,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from placement._io import atomic_write_text
+from placement._io import atomic_write_text, json_loads, read_limit, too_large
 from placement._util import int_array
 from placement.cluster import Cluster
 from placement.errors import ClusterError, InputError, PlanError
+from placement.filekinds import Probe
 
 __all__ = [
     "PLAN_FORMAT",
@@ -306,6 +308,17 @@ class Plan:
         return "\n".join(lines)
 
     # -- file --------------------------------------------------------------------------------
+    def content_digest(self) -> str:
+        """SHA-256 of the plan without its timing (``wall_time``): two runs that make the same
+        plan (same inputs, seed and options: solves are deterministic) have the same digest,
+        whereas their files differ by the seconds they took (docs/reliability.md)."""
+        import hashlib
+
+        body = self.to_dict()
+        del body["wall_time"]
+        text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (format ``placement-plan`` version 1)."""
         return {
@@ -376,6 +389,12 @@ class Plan:
         content, see :mod:`placement.filekinds`) is refused with one line that says what it is
         and what to do with it."""
         path = Path(path)
+        special = Probe(path).special
+        if special is not None:  # /dev/zero would be read forever, a FIFO would hang
+            raise PlanError(f"{special}, not a plan file.", path)
+        with contextlib.suppress(OSError):
+            if path.stat().st_size > read_limit():
+                raise PlanError(too_large("the file", path.stat().st_size, read_limit()), path)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -385,7 +404,7 @@ class Plan:
         except (OSError, UnicodeDecodeError) as exc:
             raise _not_a_plan(path, f"cannot read ({exc}).") from None
         try:
-            data = json.loads(text)
+            data = json_loads(text)
         except json.JSONDecodeError as exc:
             raise _not_a_plan(path, f"not valid JSON ({exc.msg} at line {exc.lineno}).") from None
         try:

@@ -29,7 +29,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from placement.cost.step import (
 from placement.errors import InputError
 from placement.hardware import GPU, gpu_preset
 from placement.models import ModelShape
+from placement.parallel import process_pool
 from placement.plan import Plan
 from placement.routing_traces.trace import Trace
 from placement.solver import METHODS, ProblemData, SolveOptions, solve
@@ -456,8 +457,8 @@ def sweep(
     else:
         # spawn, not fork: the replays use torch, whose thread pools do not survive a fork
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(tr, ho, model, options)) as pool:
+        with process_pool(jobs, mp_context=ctx, initializer=_init_worker,
+                          initargs=(tr, ho, model, options)) as pool:
             pending: dict[Future[SweepPoint], tuple[int, int, int, str]] = {
                 pool.submit(_run_point, *task): task for task in tasks
             }

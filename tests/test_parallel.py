@@ -42,3 +42,40 @@ def test_backend_for_jobs():
         backend_for_jobs(0, 3)
     with pytest.raises(InputError, match=r"Expected workers >= 1, got 0\."):
         Processes(0)
+
+
+def _nap_or_fail(x: int) -> int:
+    import time
+
+    if x == 0:
+        time.sleep(0.2)
+        raise InputError("Expected x != 0, got 0.")
+    time.sleep(60)
+    return x
+
+
+def test_an_error_stops_the_pool_without_waiting_for_running_pieces():
+    """A piece's error cancels the rest and terminates the workers: the map does not wait the
+    60 s the other pieces would take, and no worker is left."""
+    import multiprocessing
+
+    with pytest.raises(InputError, match="Expected x != 0"):
+        ordered_map(_nap_or_fail, [0, 1, 2, 3], Processes(2))
+    assert multiprocessing.active_children() == []
+
+
+def test_workers_ignore_sigint_and_know_their_parent():
+    """Worker set-up: SIGINT ignored (Ctrl-C reaches the whole process group, the parent
+    decides), SIGTERM the default action."""
+    import os
+    import signal
+
+    assert ordered_map(_signal_dispositions, [0, 1], Processes(2)) == [
+        (signal.SIG_IGN, signal.SIG_DFL, os.getpid())] * 2
+
+
+def _signal_dispositions(_: int) -> tuple[object, object, int]:
+    import os
+    import signal
+
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), os.getppid()

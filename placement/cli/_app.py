@@ -79,7 +79,12 @@ class _Group(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in self.lazy:
             importlib.import_module(self.lazy[cmd_name][0])
-        return self.commands.get(cmd_name)
+        cmd = self.commands.get(cmd_name)
+        if cmd is not None:  # inputs and -o checked before the work (docs/reliability.md)
+            from placement.cli._files import guard_command
+
+            guard_command(cmd)
+        return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = []
@@ -101,20 +106,33 @@ class _Group(click.Group):
              **extra: Any) -> Any:
         """Click's main, with usage errors (a misspelt option, a missing argument) as one line
         and exit status 2."""
+        from placement._signals import Interrupted, announce, exit_now, handling_signals
+
         run = super().main
         if not standalone_mode:
             return run(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with handling_signals():  # SIGINT/SIGTERM: one way out, see placement._signals
+                rv = run(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.Abort as exc:
+            if isinstance(exc.__context__, Interrupted):  # a signal outside a command's body
+                announce(echo_err)
+                exit_now(exc.__context__.exit_code)
+            echo_err("Aborted!")
+            sys.exit(1)
+        except Interrupted as exc:
+            announce(echo_err)
+            exit_now(exc.exit_code)
+        except SystemExit as exc:
+            if isinstance(exc.__context__, Interrupted):  # a command's body was interrupted
+                exit_now(exc.__context__.exit_code)
+            raise
         except click.UsageError as exc:
             echo_err(format_usage_error(exc))
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
-        except click.Abort:
-            echo_err("Aborted!")
-            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -127,9 +145,14 @@ class _Group(click.Group):
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             echo_err(f"error: {where}{exc.strerror or exc}")
             sys.exit(1)
-        except KeyboardInterrupt:
-            echo_err("interrupted")
-            sys.exit(130)
+        except RecursionError:  # a reader that missed a too deeply nested input
+            echo_err("error: an input is nested too deeply to read.")
+            sys.exit(1)
+        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (placement._signals): 130 or 143
+            from placement._signals import announce
+
+            announce(echo_err)
+            sys.exit(getattr(exc, "exit_code", 130))
 
 
 class SectionedCommand(click.Command):

@@ -9,10 +9,16 @@ says what to do; the library does the reading (:func:`placement.routing_traces.l
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+import click
 
 from placement._util import format_ids
 from placement.errors import InputError, PlanError, TraceFormatError
@@ -25,8 +31,13 @@ if TYPE_CHECKING:
     from placement.routing_traces.trace import Trace
 
 __all__ = [
+    "OUTPUT_PARAMS",
     "TraceArg",
+    "check_command_paths",
     "check_heldout",
+    "check_input_file",
+    "check_output",
+    "guard_command",
     "kind_of",
     "load_plan_arg",
     "load_trace_arg",
@@ -36,6 +47,137 @@ __all__ = [
 BUNDLED = "bundled:"
 
 TraceT = TypeVar("TraceT")
+
+
+# -------------------------------------------------------------------------------------------
+# paths checked before the work starts: inputs that are no files, outputs that would clobber
+# -------------------------------------------------------------------------------------------
+OUTPUT_PARAMS = ("output", "out_dir")
+"""The parameters of the commands that name what they write (``-o``)."""
+
+
+def _special(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is neither a regular file nor a directory."""
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
+
+
+def check_input_file(text: str) -> None:
+    """Refuse, before anything reads it, an input that is neither a regular file nor a
+    directory (``/dev/zero`` would be read forever, a FIFO would hang)."""
+    base, _spec = split_spec(text)
+    if base.startswith(BUNDLED):
+        return
+    try:
+        mode = os.stat(base).st_mode
+    except (OSError, ValueError):
+        return  # missing: the reader says so
+    what = _special(mode)
+    if what is not None:
+        raise InputError(f"{base}: {what}, not a file; give a trace, plan or engine file, or a "
+                         "trace directory.")
+
+
+def check_output(text: str, inputs: Iterable[str] = (), *, kind: str = "file") -> None:
+    """The output rules, checked before the work starts (docs/reliability.md): ``text``
+    (``kind`` ``"file"``, ``"dir"`` or ``"any"``) must not be one of ``inputs``, its directory
+    must exist (a ``"dir"`` output may be created, its parent must exist) and be writable; a
+    device or FIFO must be writable. One :class:`InputError` line otherwise."""
+    from placement._io import output_target, temp_prefix
+
+    out = Path(text)
+    target = output_target(out)
+    try:
+        st: os.stat_result | None = target.stat()
+    except OSError:
+        st = None
+    # 1. not an input (the same file or directory, whatever the path says)
+    if st is not None:
+        for inp in inputs:
+            base = split_spec(inp)[0]
+            if base.startswith(BUNDLED):
+                continue
+            try:
+                same = os.path.samefile(base, target)
+            except (OSError, ValueError):
+                continue
+            if same:
+                raise InputError(f"{text}: is also an input ({inp}); write the output to "
+                                 "another path.")
+    # 2. a device or FIFO is written to as it is
+    if st is not None and _special(st.st_mode) is not None:
+        if not os.access(target, os.W_OK):
+            raise InputError(f"{text}: cannot write to it (permission denied).")
+        return
+    if st is not None and stat.S_ISDIR(st.st_mode) and kind == "file":
+        raise InputError(f"{text}: is a directory; give a file name.")
+    if st is not None and stat.S_ISREG(st.st_mode) and kind == "dir":
+        raise InputError(f"{text}: is a file; give a directory (it is created if missing).")
+    # 3. where the new file goes: an existing, writable directory (a missing output directory
+    #    is made by the command: its parent must exist)
+    where = target if st is not None and stat.S_ISDIR(st.st_mode) else target.parent
+    if not where.is_dir():
+        raise InputError(f"{text}: directory {where} does not exist (create it first: "
+                         f"mkdir -p {where}).")
+    try:  # the true test (root, a read-only filesystem, /proc): make a file there and remove it
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{text}: cannot write in directory {where} "
+                         f"({exc.strerror or type(exc).__name__}).") from None
+
+
+def _values(value: Any) -> list[str]:
+    if isinstance(value, str | Path):
+        return [str(value)]
+    if isinstance(value, tuple | list):
+        return [str(v) for v in value if isinstance(v, str | Path)]
+    return []
+
+
+def check_command_paths(command: click.Command, kwargs: dict[str, Any]) -> None:
+    """:func:`check_input_file` for every path-like argument of a command call, then
+    :func:`check_output` for its ``-o`` against them (``kwargs``: the callback's)."""
+    outputs: list[tuple[str, str]] = []
+    inputs: list[str] = []
+    for p in command.params:
+        value = kwargs.get(p.name or "")
+        if p.name in OUTPUT_PARAMS:
+            if isinstance(value, str | Path):
+                t = p.type
+                kind = ("dir" if isinstance(t, click.Path) and not t.file_okay else
+                        "file" if isinstance(t, click.Path) and not t.dir_okay else "any")
+                outputs.append((str(value), kind))
+        else:
+            inputs.extend(_values(value))
+    for text in inputs:
+        check_input_file(text)
+    for text, kind in outputs:
+        check_output(text, inputs, kind=kind)
+
+
+def guard_command(command: click.Command) -> click.Command:
+    """Have ``command`` (and a group's subcommands) run :func:`check_command_paths` before its
+    body. Idempotent."""
+    if getattr(command, "_paths_guarded", False):
+        return command
+    command._paths_guarded = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            guard_command(sub)
+    callback = command.callback
+    if callback is not None:
+        @functools.wraps(callback)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_command_paths(command, kwargs)
+            return callback(*args, **kwargs)
+
+        command.callback = checked
+    return command
 
 
 def kind_of(text: str) -> FileKind | None:

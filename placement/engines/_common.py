@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from placement._io import read_npz
+from placement._io import json_loads, read_npz
 from placement._util import format_ids, int_array, parse_ids
 from placement.errors import EngineFormatError, InputError, PlanError
 
@@ -375,8 +375,10 @@ def load_container(path: Path, probe: Probe | None = None) -> tuple[Container, A
             "is neither text (JSON/YAML) nor a .pt/.npz archive.", path
         ) from None
     try:
-        return "json", json.loads(text), text
+        return "json", json_loads(text), text
     except json.JSONDecodeError as jexc:
+        if jexc.msg == "nested too deeply":
+            raise EngineFormatError("not valid JSON (nested too deeply).", path) from None
         import yaml
 
         try:

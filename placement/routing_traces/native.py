@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from placement._io import atomic_write_bytes, read_npz
+from placement._io import (
+    MAX_EXPERTS_ENV,
+    allowed_bytes,
+    atomic_write_bytes,
+    max_experts,
+    read_npz,
+    too_large,
+)
 from placement.errors import TraceFormatError
 from placement.filekinds import FileKind
 from placement.routing_traces.registry import Reader
@@ -66,6 +73,7 @@ def _trace_from_arrays(data: dict[str, np.ndarray], path: Path) -> Trace:
             f"native trace format version {int(np.asarray(version))} is not supported "
             f"(this version reads {FORMAT_VERSION}).", path,
         )
+    _check_declared(data, path)
     has_ids, has_counts = "topk_ids" in data, ("counts" in data or "rank_counts" in data)
     if not has_ids and not has_counts:
         raise TraceFormatError(
@@ -109,6 +117,31 @@ def _trace_from_arrays(data: dict[str, np.ndarray], path: Path) -> Trace:
             raise TraceFormatError("rank_counts does not sum over ranks to counts.", path)
     top_k = int(_scalar(data, "top_k", path)) if "top_k" in data else None
     return Trace(num_experts=E, counts=counts, top_k=top_k, **common)
+
+
+def _check_declared(data: dict[str, np.ndarray], path: Path) -> None:
+    """Refuse a scalar that declares more than the reader may build: ``num_experts`` beyond
+    :func:`~placement._io.max_experts`, or per-layer expert counts (windows x layers x experts
+    x 8 bytes) beyond the read limit of this file."""
+    if "num_experts" not in data:
+        return
+    E = int(_scalar(data, "num_experts", path))
+    if E < 1:
+        raise TraceFormatError(f"Expected num_experts >= 1, got {E}.", path)
+    if E > max_experts():
+        raise TraceFormatError(
+            f"declares num_experts = {E:,}, beyond the {max_experts():,} experts a trace may "
+            f"have; if the file is genuine, raise the bound ({MAX_EXPERTS_ENV}={E}, see "
+            "docs/reliability.md).", path)
+    ids = data.get("topk_ids")
+    layers = int(ids.shape[1]) if ids is not None and ids.ndim == 3 else 1
+    win = data.get("window_names")
+    windows = max(int(win.size), 1) if win is not None else 1
+    need = windows * layers * E * 8
+    allowed = allowed_bytes(path.stat().st_size if path.is_file() else 0)
+    if need > allowed:
+        raise TraceFormatError(too_large(f"counts of {E:,} experts x {layers} layers x "
+                                         f"{windows} windows", need, allowed), path)
 
 
 def write_native(trace: Trace, path: str | Path, *, compress: bool = True) -> None:

@@ -95,6 +95,9 @@ def _read_file(path: Path, shown: str | None = None) -> tuple[TraceReader | None
     gets one line saying so and what to do; anything else the detailed error of the reader its
     container suggests. ``shown`` is the path as the user wrote it, for messages."""
     probe = Probe(path)
+    if probe.container == "special":  # /dev/zero would be read forever, a FIFO would hang
+        raise TraceFormatError(f"{probe.special}, not a file; give a trace file or directory.",
+                               shown or path)
     reader = _reader_for(probe)
     if reader is not None:
         return reader, reader.read(probe)

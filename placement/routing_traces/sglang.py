@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from placement._io import json_loads
 from placement._util import int_array
 from placement.errors import TraceFormatError
 from placement.filekinds import INVALID, FileKind, Probe
@@ -210,7 +211,7 @@ def read_sglang_json(path: str | Path, data: Any = INVALID) -> Trace:
     except UnicodeDecodeError:
         raise TraceFormatError("not a UTF-8 text file, so not JSON.", path) from None
     try:
-        data = json.loads(text)
+        data = json_loads(text)
     except json.JSONDecodeError as exc:
         raise TraceFormatError(
             f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}).", path

@@ -54,7 +54,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from placement._io import atomic_write_text
+from placement import _signals
+from placement._io import atomic_write_text, clean_stale, ensure_dir, json_loads, temp_prefix
 from placement._util import Progress
 from placement.errors import InputError, TraceFormatError
 from placement.filekinds import FileKind, Probe, split_spec
@@ -821,7 +822,7 @@ def open_sharded(path: str | Path, *, verify: bool = False) -> ShardedTrace:
     if not mp.is_file():
         raise TraceFormatError(f"no {MANIFEST}: not a sharded trace directory.", root)
     try:
-        data = json.loads(mp.read_text(encoding="utf-8"))
+        data = json_loads(mp.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise TraceFormatError(f"cannot read {MANIFEST} ({exc}).", root) from None
     except json.JSONDecodeError as exc:
@@ -1032,8 +1033,15 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
         if not is_sharded_dir(root) and any(root.iterdir()):
             raise InputError(f"{root}: a directory that is not a sharded trace and not empty; "
                              "refusing to write into it (give a new path).")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    # the partial shards live in .NAME.PID.XXXXXXXX.tmp/ beside it until the rename; one a
+    # killed run left is removed here (clean_stale), one this run leaves on a signal at once
+    ensure_dir(root.parent, root)
+    clean_stale(root.parent, root.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(root.name), suffix=".tmp", dir=root.parent))
+    _signals.track_temp(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a trace directory is shared like a file
     try:
         # 2. shards, chunk by chunk
         writer = _ShardWriter(tmp, shard_tokens)
@@ -1108,6 +1116,8 @@ def write_sharded(source: Trace | Iterable[Trace], directory: str | Path,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _signals.untrack_temp(tmp)
     return ShardedTrace(root, opened.manifest)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from placement._io import json_loads
 from placement.errors import TraceFormatError
 from placement.filekinds import FileKind
 from placement.routing_traces.registry import Reader
@@ -64,7 +65,7 @@ def read_trtllm_dir(path: str | Path) -> Trace:
     meta_path = path / "meta_info.json"
     # 1. meta_info.json
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = json_loads(meta_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TraceFormatError("no meta_info.json: not a TensorRT-LLM statistics directory.",
                                path) from None

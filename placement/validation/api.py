@@ -218,6 +218,9 @@ def replay(
             combine_bytes_per_element=combine_bytes_per_element, plan_name=plan_name,
             trace_name=trace_name, threads=threads, backend=backend,
         )
+    routed = trace.num_tokens if trace.is_token_level else float(trace.window_rank_counts().sum())
+    if not routed:  # as solve: no figure would mean anything
+        raise InputError("The trace routes no tokens: nothing to replay.")
     setup = prepare_replay(plan, trace, dispatch=dispatch, chunk_tokens=chunk_tokens,
                            hidden_size=hidden_size,
                            dispatch_bytes_per_element=dispatch_bytes_per_element,
