@@ -80,8 +80,8 @@ REGISTRY: tuple[SolverMethod, ...] = (
            "placement.solver.baselines:solve_eplb", is_baseline=True),
     Method("eplb-global", "DeepSeek's EPLB, global policy",
            "placement.solver.baselines:solve_eplb_global", is_baseline=True),
-    Method("sglang-vec", "SGLang's deepseek_vec, per-window peaks", "placement.solver.sglang_vec:solve_sglang_vec",
-           is_baseline=True),
+    Method("sglang-vec", "SGLang's deepseek_vec, per-window peaks",
+           "placement.solver.sglang_vec:solve_sglang_vec", is_baseline=True),
     Method("contiguous", "the engines' default: experts in order, contiguous per GPU",
            "placement.solver.baselines:solve_contiguous", is_baseline=True),
 )
