@@ -147,7 +147,8 @@ def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
     """Cancel what ``pool`` has not started, terminate its workers (SIGTERM, then SIGKILL after
     :data:`_STOP_S`) and release it without waiting for running pieces. ``others``: pids of
     workers the pool was still starting (not yet in its table), SIGKILLed at once."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
+    table = getattr(pool, "_processes", None) or {}  # the pool's own dict: it may still grow
+    procs = list(table.values())
     known = {p.pid for p in procs}
     for pid in others:
         if pid not in known:
@@ -162,11 +163,15 @@ def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(max(0.0, deadline - time.monotonic()))
-    for p in procs:
+    late = [p for p in list(table.values()) if p.pid not in known]  # started meanwhile
+    for p in late:
+        with contextlib.suppress(Exception):
+            p.kill()
+    for p in procs + late:
         with contextlib.suppress(Exception):
             if p.is_alive():
                 p.kill()
-                p.join(1.0)
+            p.join(1.0)
 
 
 @contextlib.contextmanager
@@ -456,11 +461,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _cancel(ray: Any, refs: list[Any]) -> None:
-    """Cancel the tasks still in flight (best effort: they may be finishing)."""
+def _cancel(ray: Any, refs: list[Any], *, force: bool = False) -> None:
+    """Cancel the tasks still in flight (best effort: they may be finishing). ``force`` kills
+    the workers that run them (an interrupted command); without it a running task gets
+    KeyboardInterrupt and its worker stays, so a task of the next map cannot land on a worker
+    that is being killed (it would fail with WorkerCrashedError)."""
     for ref in refs:
         try:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref, force=force)
         except Exception:
             pass
 
@@ -549,7 +557,7 @@ class Ray(Backend):
             if _RAY_STARTED_HERE:  # at once: a graceful ray.shutdown() takes seconds
                 _signals.kill_descendants()
             else:  # a cluster outlives this process: cancel its tasks of ours
-                _cancel(ray, pending)
+                _cancel(ray, pending, force=True)
             raise
         return out
 
