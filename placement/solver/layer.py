@@ -85,6 +85,8 @@ class Validation:
         held: ``(topk_ids [T', k], src_gpu [T'])`` the unfitted tokens, pooled.
         eplb: ``[P]`` EPLB's placement of the fitting half, or None.
         warm: ``[P]`` EPLB's global placement of the fitting half, or None.
+        drift: the drift model's figure of the layer
+            (:class:`placement.solver.drift.DriftModel`).
     """
 
     shares: np.ndarray
@@ -94,6 +96,7 @@ class Validation:
     held: tuple[np.ndarray, np.ndarray]
     eplb: np.ndarray | None
     warm: np.ndarray | None
+    drift: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,14 @@ from placement.errors import InputError
 from placement.parallel import Backend, backend_for_jobs, ordered_map
 from placement.plan import Plan, static_dispatch
 from placement.solver.balance import count_bound, scaled_loads
+from placement.solver.drift import (
+    DriftModel,
+    amplification,
+    block_ids,
+    drift_scenarios,
+    estimate_drift,
+    robust_choice,
+)
 from placement.solver.layer import (
     BalanceResult,
     Effort,
@@ -60,13 +68,12 @@ from placement.solver.layer import (
 )
 from placement.solver.objective import (
     TIME_TIE,
-    VALIDATION_MARGIN,
     LayerScore,
     LayerScorer,
     admissible,
     guard,
     pick,
-    validated,
+    static_traffic,
 )
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.registry import Progress
@@ -225,51 +232,43 @@ def candidate_kinds(labels: list[str]) -> list[str]:
 _PLAIN = ("eplb", "eplb-spread", "balance", "eplb-global")
 
 
-VALIDATION_SUBBLOCKS = 8
-"""The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
-(:func:`_block_static`)."""
+def _kept_kind(label: str) -> str:
+    """``"eplb"``, ``"eplb-spread"``, ``"balance"``, ``"eplb-global"`` or ``"traffic-aware"``
+    for a kept candidate's label."""
+    if label.startswith("eplb,"):
+        return "eplb-spread"
+    return label if label in _PLAIN else "traffic-aware"
 
-MIN_BLOCK_TOKENS = 256
-"""A sub-block of :func:`_block_static` holds at least this many tokens (fewer: the max over
-GPUs of a block is mostly sampling noise)."""
 
-
-def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
-                  tokens: tuple[np.ndarray, np.ndarray], *, per_node: bool = False) -> float:
-    """Mean over :data:`VALIDATION_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
-    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]`` (``per_node``: of the nodes'
-    loads).
-
-    A block holds a few dozen sequences, so its mix of topics is off the whole's by about as
-    much as the next windows' is (drift): a plan that puts the experts of one topic on one
-    node or GPU, balanced only for the planning mix, shows it here.
-    """
-    G, spg = cluster.num_gpus, cluster.slots_per_gpu
-    ids = np.asarray(tokens[0], dtype=np.int64)
-    src = np.asarray(tokens[1], dtype=np.int64)
-    T = ids.shape[0]
-    B = max(1, min(VALIDATION_SUBBLOCKS, T // MIN_BLOCK_TOKENS))
+def _block_figures(phy: np.ndarray, cluster: Cluster, num_experts: int,
+                   tokens: tuple[np.ndarray, np.ndarray], blk: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """``(loads [B, G], traffic {name: [B, G]}, sends [B])`` of ``phy`` under the static rule on
+    every block ``blk [T]`` of ``tokens`` (``ids [T, k]``, ``src [T]``)."""
     disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
-    dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
-    blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
-    valid = ids >= 0
-    loads = np.bincount((blk * G + dest)[valid], minlength=B * G).reshape(B, G)
-    if per_node:
-        loads = loads.reshape(B, cluster.num_nodes, cluster.gpus_per_node).sum(axis=2)
-    mean = loads.mean(axis=1)
-    ok = mean > 0
-    if not ok.any():
-        return 1.0
-    return float((loads.max(axis=1)[ok] / mean[ok]).mean())
+    B = int(blk.max()) + 1 if blk.size else 0
+    loads, sends = [], []
+    traffic: dict[str, list[np.ndarray]] = {}
+    for b in range(B):  # over blocks (at most MAX_BLOCKS), not tokens
+        m = blk == b
+        lo, tr, sn, _ = static_traffic(phy, cluster, num_experts, tokens[0][m], tokens[1][m],
+                                       dispatch=disp)
+        loads.append(lo)
+        sends.append(sn)
+        for k, v in tr.items():
+            traffic.setdefault(k, []).append(v)
+    return (np.stack(loads), {k: np.stack(v) for k, v in traffic.items()},
+            np.asarray(sends, dtype=np.float64))
 
 
 def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
-    """The validation guard: the whole search on the fitting half of the planning tokens, every
-    candidate scored on the unfitted half; a candidate other than EPLB's layer is trusted only
-    when it passes :func:`~placement.solver.objective.validated` against EPLB's placement of
-    the same half. Returns the kind (:func:`candidate_kinds`) the objective picks among those
-    and EPLB's on the unfitted half, and figures for the plan's settings; None without a
-    split or without EPLB's layer."""
+    """The drift rule: the whole search on the fitting half of the planning tokens, every
+    candidate judged on drift scenarios of the unfitted half
+    (:func:`~placement.solver.drift.drift_scenarios`: its blocks of whole sequences, their
+    deviations amplified to the layer's drift) by
+    :func:`~placement.solver.drift.robust_choice` against EPLB's placement of the same half.
+    Returns the kind (:func:`candidate_kinds`) it keeps and figures for the plan's settings;
+    None without a split or without EPLB's layer."""
     v = task.validation
     if v is None or v.eplb is None:
         return None
@@ -280,7 +279,8 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
                   tokens=v.tokens, eplb=v.eplb, warm=v.warm, validation=None)
     td_f = build_token_data(v.tokens, E, G, gpn, max_tokens=task.effort.max_tokens,
                             seed=task.seed)
-    if td_f.num_tokens == 0 or v.held[0].shape[0] == 0:
+    T = v.held[0].shape[0]
+    if td_f.num_tokens == 0 or T == 0:
         return None
     w_f = scaled_loads(v.shares, G)
     scorer = LayerScorer(w_f, c, task.model, task.robust, tokens=v.held, rate_tokens=v.held,
@@ -289,32 +289,44 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
     ref_scores = [scorer.score(phy) for _, phy in refs]
     cands, _ = _search(sub, scaled_loads(v.plan_shares, G), td_f, scorer, refs, ref_scores,
                        traffic)
-    # static imbalance: the mean over sub-blocks of the unfitted tokens (a block's mix of
-    # topics differs from the whole's, as the next tokens' does: see _block_static)
-    scores = [replace(sc, static=_block_static(phy, c, E, v.held))
-              for sc, (_, phy) in zip([scorer.score(phy) for _, phy in cands] + ref_scores,
-                                      cands + refs, strict=True)]
-    ref_scores = scores[len(cands):]
-    labels = [lab for lab, _ in cands] + [lab for lab, _ in refs]
-    kinds = candidate_kinds(labels)
-    ref = ref_scores[-1]
-    # node loads too: a node that homes one topic's experts drifts with that topic
-    node = [_block_static(phy, c, E, v.held, per_node=True) for _, phy in cands + refs]
-    ok = [i for i, k in enumerate(kinds) if k == "eplb" or (
-        validated(scores[i], ref) and node[i] <= (1.0 + VALIDATION_MARGIN) * node[-1] + 1e-9)]
-    # the objective's pick among the trusted candidates, EPLB's layer the reference
-    best = min(scores[i].time for i in ok)
-    limit = min(best * (1.0 + TIME_TIE), ref.time)
-    near = [i for i in ok if scores[i].time <= limit]
-    # ties (the same placement found twice) go to a traffic-aware kind: its re-fit on all
-    # planning tokens looks for that structure again, a balance-only one does not
-    win = min(near, key=lambda i: (scores[i].sends, scores[i].time, kinds[i] in _PLAIN, i))
+    # 1. the drift scenarios: blocks of the unfitted tokens, amplified to the layer's drift
+    ids, src = np.asarray(v.held[0], dtype=np.int64), np.asarray(v.held[1], dtype=np.int64)
+    blk = block_ids(T)
+    B = int(blk.max()) + 1
+    valid = ids >= 0
+    bc = np.bincount((np.broadcast_to(blk[:, None], ids.shape) * E + np.maximum(ids, 0))[valid],
+                     minlength=B * E).reshape(B, E)
+    amp = amplification(v.drift, bc, bc.sum(axis=0)) if B > 1 else 1.0
+    sizes = np.bincount(blk, minlength=B)
+    # 2. every candidate (and EPLB's layer, last) on every scenario
+    allc = cands + refs
+    figs = []
+    for _, phy in allc:
+        lo, tr, sn = _block_figures(phy, c, E, (ids, src), blk)
+        figs.append(drift_scenarios(lo, tr, sn, sizes, amp, c, task.model, task.overlap))
+    kinds = candidate_kinds([lab for lab, _ in allc])
+    eplb_i = len(allc) - 1
+    ref_is = [i for i, k in enumerate(kinds) if k in ("eplb", "eplb-global")]
+    # 3. the selection rule
+    win, _ok = robust_choice(figs, [k in _PLAIN for k in kinds], eplb_i, ref_is, TIME_TIE)
+    e = figs[eplb_i]
+    info = {
+        "drift_amplification": amp,
+        "drift_scenarios": float(B),
+        "guard_fell_back": float(kinds[win] in _PLAIN
+                                 and any(k not in _PLAIN for k in kinds)),
+        "drift_expected_time_ratio": float(figs[win].time.mean() / max(e.time.mean(), 1e-30)),
+        "drift_worst_time_ratio": float((figs[win].time / np.maximum(e.time, 1e-30)).max()),
+        "drift_expected_imbalance_ratio": float(figs[win].imbalance.mean()
+                                                / max(e.imbalance.mean(), 1e-30)),
+        "drift_sends_ratio": float(figs[win].sends / max(e.sends, 1e-30)),
+    }
     trf = [i for i, k in enumerate(kinds) if k not in _PLAIN]
-    info = {"guard_fell_back": float(kinds[win] in _PLAIN and bool(trf))}
     if trf:
-        t = min(trf, key=lambda i: (scores[i].time, i))
-        info["validation_time_ratio"] = scores[t].time / max(ref.time, 1e-30)
-        info["validation_imbalance_ratio"] = scores[t].static / max(ref.static, 1e-30)
+        t = min(trf, key=lambda i: (figs[i].time.mean(), i))
+        info["validation_time_ratio"] = float(figs[t].time.mean() / max(e.time.mean(), 1e-30))
+        info["validation_imbalance_ratio"] = float(figs[t].imbalance.mean()
+                                                   / max(e.imbalance.mean(), 1e-30))
     return kinds[win], info
 
 
@@ -398,17 +410,20 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     cands += refs
     kinds = candidate_kinds([lab for lab, _ in cands])
     if kind is not None and eplb_index is not None:
+        # the kind the drift rule kept, re-fitted on all planning tokens (it was judged held
+        # out; EPLB's layer competes only when the re-fit has no plan of that kind)
         allowed = [i for i, k in enumerate(kinds) if k == kind and i != eplb_index]
         if not allowed and kind not in _PLAIN:
             # the re-fit has other node caps (the objective's room moved): the same family's
-            # plans of the same replication stage
+            # plans of the same replication stage, else of any stage
             fam, stage = kind.split(" ", 1)[0], kind.rsplit(" #", 1)[-1]
-            allowed = [i for i, k in enumerate(kinds) if k not in _PLAIN
-                       and k.split(" ", 1)[0] == fam and k.rsplit(" #", 1)[-1] == stage]
-        allowed.append(eplb_index)
-        sub = [scores[i] for i in allowed]
-        j = pick(sub, task.objective, balance=0, eplb=len(sub) - 1, tokens=True)
-        best = allowed[j]
+            fams = [i for i, k in enumerate(kinds) if k not in _PLAIN
+                    and k.split(" ", 1)[0] == fam]
+            allowed = [i for i in fams if kinds[i].rsplit(" #", 1)[-1] == stage] or fams
+        if kind == "eplb" or not allowed:
+            best = eplb_index
+        else:
+            best = min(allowed, key=lambda i: (scores[i].time, scores[i].sends, i))
     else:
         best = pick(scores, task.objective, balance=0, eplb=eplb_index,
                     tolerance=task.balance_tolerance, tokens=td is not None)
@@ -501,7 +516,7 @@ def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
 
 
 def _validations(problem: ProblemData, options: SolveOptions,
-                 masks: list[np.ndarray]) -> list[Validation] | None:
+                 masks: list[np.ndarray], drift: DriftModel) -> list[Validation] | None:
     """Every layer's :class:`~placement.solver.layer.Validation` for the split ``masks``
     (:func:`validation_split`): the fitting half's shares, tokens and EPLB placements, and the
     unfitted tokens; None when EPLB cannot plan the fitting half."""
@@ -547,7 +562,8 @@ def _validations(problem: ProblemData, options: SolveOptions,
                    pooled=counts[:, i, :].sum(axis=0),
                    tokens=tuple((f[:, i, :], fs) for f, fs in fit_tok),
                    held=(held_ids[:, i, :], held_src),
-                   eplb=eplb[i], warm=None if warm is None else warm[i])
+                   eplb=eplb[i], warm=None if warm is None else warm[i],
+                   drift=float(drift.drift[i]))
         for i in range(L)
     ]
 
@@ -619,12 +635,13 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         eplb = None
     # the validation guard (objective time, no explicit tolerance, several nodes): the search
     # is also run on half of the planning tokens and judged on the other half
+    drift = estimate_drift(problem.scenario_counts)
     vals = None
     if (problem.is_token_level and c.num_nodes > 1 and not node_limited
             and options.objective == "time" and options.balance_tolerance is None):
         masks = validation_split(problem)
         if masks is not None:
-            vals = _validations(problem, options, masks)
+            vals = _validations(problem, options, masks, drift)
     tasks = [
         LayerTask(
             index=i,
@@ -674,10 +691,15 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         "bound_source": [s.bound_source for s in sols],
         "fell_back": [bool(s.fell_back) for s in sols],
         "choice": [s.choice for s in sols],
+        **drift.settings(),
+        "drift_summary": drift.describe(),
     }
     extra = {k for s in sols for k in s.info}
     for k in sorted(extra):
         settings[k] = [float(s.info.get(k, float("nan"))) for s in sols]
+    if "guard_fell_back" in settings:  # the kind of plan the drift rule kept, per judged layer
+        settings["drift_kept_kind"] = [
+            _kept_kind(s.choice) if "guard_fell_back" in s.info else None for s in sols]
     return make_plan(problem, phy2log, options, "optimizer", start,
                      lower_bound=[float(s.bound) for s in sols], status=status,
                      settings=settings, allow_colocated=any(s.colocated for s in sols),
