@@ -259,7 +259,8 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
     """The selection rule over the drift scenarios: ``(winner, admitted)``.
 
     A candidate is admitted when (1) its worst scenario's time is at most ``1 + DRIFT_MARGIN``
-    of EPLB's in that scenario, (2) its expected (mean over scenarios) static imbalance is at
+    of EPLB's worst scenario's (worst against worst: a scenario's ratio of two plans is mostly
+    the noise of its few tokens), (2) its expected (mean over scenarios) static imbalance is at
     most ``1 + IMBALANCE_MARGIN`` of the better of ``refs`` (EPLB's and EPLB-global's), and (3)
     it sends no more across nodes than EPLB's. EPLB's layer (index ``eplb``) is always
     admitted. Among the admitted, the best expected time wins; those within ``tie`` of it (and
@@ -272,7 +273,7 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
     for i, f in enumerate(figs):
         if i == eplb:
             continue
-        worst = float((f.time / np.maximum(e.time, 1e-30)).max())
+        worst = float(f.time.max() / max(float(e.time.max()), 1e-30))
         if (worst <= 1.0 + DRIFT_MARGIN + 1e-12
                 and float(f.imbalance.mean()) <= (1.0 + IMBALANCE_MARGIN) * ref_imb + 1e-12
                 and f.sends <= e.sends + 1e-12):

@@ -316,7 +316,7 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
         "guard_fell_back": float(kinds[win] in _PLAIN
                                  and any(k not in _PLAIN for k in kinds)),
         "drift_expected_time_ratio": float(figs[win].time.mean() / max(e.time.mean(), 1e-30)),
-        "drift_worst_time_ratio": float((figs[win].time / np.maximum(e.time, 1e-30)).max()),
+        "drift_worst_time_ratio": float(figs[win].time.max() / max(float(e.time.max()), 1e-30)),
         "drift_expected_imbalance_ratio": float(figs[win].imbalance.mean()
                                                 / max(e.imbalance.mean(), 1e-30)),
         "drift_sends_ratio": float(figs[win].sends / max(e.sends, 1e-30)),
