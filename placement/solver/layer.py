@@ -73,7 +73,7 @@ class Effort:
 
 @dataclass(frozen=True)
 class Validation:
-    """One layer's planning tokens split in two for the validation guard
+    """One layer's planning tokens split in two for the drift rule
     (:func:`placement.solver.optimizer.solve_layer`): the search is run on the fitting half and
     its candidates judged on the unfitted half.
 
@@ -124,7 +124,7 @@ class LayerTask:
         model: the model shape of the predicted time.
         overlap: how communication and compute overlap in the predicted time.
         pooled: ``[E]`` the layer's counts, all scenarios together.
-        validation: the planning tokens split for the validation guard, or None (no guard).
+        validation: the planning tokens split for the drift rule, or None (no rule).
     """
 
     index: int

@@ -21,12 +21,14 @@ does not depend on how many):
    wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
    never worse than EPLB's on the objective: when the search does not beat it, the layer IS
    EPLB's ("fell back").
-5. The validation guard (objective ``time``, token-level traces, several nodes, no explicit
+5. The drift rule (objective ``time``, token-level traces, several nodes, no explicit
    tolerance; :func:`_validate`): steps 2-4 also run on a fitting half of the planning tokens
-   (:func:`validation_split`), every candidate is judged on the unfitted half against EPLB's
-   placement of the fitting half (:func:`~placement.solver.objective.validated`), and only
-   the kind of plan that wins there (:func:`candidate_kinds`), re-fitted on all planning
-   tokens, competes with EPLB's layer in step 4.
+   (:func:`validation_split`), every candidate is judged on drift scenarios of the unfitted
+   half (:mod:`placement.solver.drift`: its blocks of whole sequences, their deviations
+   amplified to the drift the model expects) against EPLB's placement of the fitting half,
+   the best expected time whose worst scenario is within ``DRIFT_MARGIN`` of EPLB's is kept
+   (:func:`~placement.solver.drift.robust_choice`), and that kind of plan
+   (:func:`candidate_kinds`), re-fitted on all planning tokens, is the layer's.
 
 The search is bounded by work (:class:`~placement.solver.layer.Effort`: rounds, moves,
 V-cycles, CP-SAT deterministic limits), so the plan depends on the input and seed only.
@@ -355,7 +357,7 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     max_count = gpn if task.node_limited else G
     traffic = td is not None and c.num_nodes > 1 and not task.node_limited \
         and task.objective != "balance"
-    # 2. the validation guard (objective time): which kind of candidate the unfitted half trusts
+    # 2. the drift rule (objective time): which kind of candidate the drift scenarios keep
     kind: str | None = None
     vinfo: dict[str, float] = {}
     if traffic and task.objective == "time" and task.balance_tolerance is None:
@@ -492,7 +494,7 @@ def split_tokens(ids: np.ndarray, src: np.ndarray) -> tuple[
 
 def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
     """Per scenario, ``[T_s]`` whether each planning token is in the fitting half of the
-    validation guard, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
+    drift rule, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
 
     With two or more scenarios (windows) that route tokens, the first half of them fit and the
     later ones are held out: a plan meets the windows after those it was made from, with
@@ -633,7 +635,7 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         eplb = eplb_phy2log(problem, options, global_policy=False)
     except InputError:
         eplb = None
-    # the validation guard (objective time, no explicit tolerance, several nodes): the search
+    # the drift rule (objective time, no explicit tolerance, several nodes): the search
     # is also run on half of the planning tokens and judged on the other half
     drift = estimate_drift(problem.scenario_counts)
     vals = None

@@ -70,8 +70,9 @@ class SolveResult:
 
     @property
     def guard_fell_back(self) -> list[int]:
-        """Layer ids where the validation guard kept a plain plan (EPLB's, the balance-only
-        plan): no traffic-aware plan beat EPLB's on the planning tokens it was not fitted to."""
+        """Layer ids where the drift rule kept a plain plan (EPLB's, EPLB-global's, the
+        balance-only plan): no traffic-aware plan was admitted on the drift scenarios or beat
+        the plain ones there."""
         flags = self.plan.settings.get("guard_fell_back") or []
         return [int(lid) for lid, f in zip(self.plan.layer_ids.tolist(), flags, strict=False)
                 if f == 1.0]
