@@ -224,3 +224,19 @@ def test_candidate_kinds_do_not_depend_on_the_tokens() -> None:
     assert candidate_kinds(labels) == [
         "balance", "partition, cap 0 #0", "partition, cap 0 #1", "partition, cap room #0",
         "groups 0 #0", "eplb-global", "eplb-spread", "eplb"]
+
+
+def test_solve_json_shows_the_kept_kind_and_its_drift_figures_per_layer() -> None:
+    import json
+
+    from placement.cli.solve_cmd import solve_summary_dict
+
+    trace = _cliques([[[0, 1, 2, 3], [4, 5, 6, 7]]] * 2)
+    res = solve(trace, SLOW, OPTS)
+    d = json.loads(json.dumps(solve_summary_dict(res)))
+    assert d["drift"].startswith("0.")
+    per = d["per_layer"]
+    assert per["kept_kind"] == ["traffic-aware"]
+    assert len(per["drift"]) == 1 and per["drift"][0] > 0
+    assert per["drift_worst_time_ratio"][0] <= 1.0 + DRIFT_MARGIN
+    assert per["drift_sends_ratio"][0] < 1.0
