@@ -64,6 +64,7 @@ __all__ = [
     "drift_scenarios",
     "estimate_drift",
     "noise_tv",
+    "ranked_choices",
     "robust_choice",
     "share_drift",
 ]
@@ -255,7 +256,8 @@ def drift_scenarios(loads: np.ndarray, traffic: dict[str, np.ndarray], sends: np
 
 
 def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: int,
-                  refs: Sequence[int], tie: float) -> tuple[int, list[int]]:
+                  refs: Sequence[int], tie: float, among: Sequence[int] | None = None
+                  ) -> tuple[int, list[int]]:
     """The selection rule over the drift scenarios: ``(winner, admitted)``.
 
     A candidate is admitted when (1) its worst scenario's time is at most ``1 + DRIFT_MARGIN``
@@ -265,13 +267,15 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
     it sends no more across nodes than EPLB's. EPLB's layer (index ``eplb``) is always
     admitted. Among the admitted, the best expected time wins; those within ``tie`` of it (and
     no slower than EPLB's) count as equally fast and the fewest sends wins, then the time, then
-    a traffic-aware kind (``plain`` False) over a plain one, then the index.
+    a traffic-aware kind (``plain`` False) over a plain one, then the index. ``among``: only
+    these candidates compete (EPLB's layer always does).
     """
     e = figs[eplb]
     ref_imb = min(float(figs[r].imbalance.mean()) for r in refs)
     ok = [eplb]
+    pool = set(range(len(figs)) if among is None else among)
     for i, f in enumerate(figs):
-        if i == eplb:
+        if i == eplb or i not in pool:
             continue
         worst = float(f.time.max() / max(float(e.time.max()), 1e-30))
         if (worst <= 1.0 + DRIFT_MARGIN + 1e-12
@@ -284,3 +288,19 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
     near = [i for i in ok if exp[i] <= limit + 1e-18]
     win = min(near, key=lambda i: (figs[i].sends, exp[i], plain[i], i))
     return win, sorted(ok)
+
+
+def ranked_choices(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: int,
+                   refs: Sequence[int], tie: float) -> list[int]:
+    """The admitted candidates of :func:`robust_choice` in the rule's order of preference: its
+    winner, then the winner among the rest, and so on; EPLB's layer (``eplb``) closes it."""
+    _, ok = robust_choice(figs, plain, eplb, refs, tie)
+    left = [i for i in ok if i != eplb]
+    order: list[int] = []
+    while left:
+        win, _ = robust_choice(figs, plain, eplb, refs, tie, among=left)
+        if win == eplb:
+            break
+        order.append(win)
+        left.remove(win)
+    return [*order, eplb]

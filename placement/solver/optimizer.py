@@ -54,7 +54,7 @@ from placement.solver.drift import (
     block_ids,
     drift_scenarios,
     estimate_drift,
-    robust_choice,
+    ranked_choices,
 )
 from placement.solver.layer import (
     BalanceResult,
@@ -263,14 +263,15 @@ def _block_figures(phy: np.ndarray, cluster: Cluster, num_experts: int,
             np.asarray(sends, dtype=np.float64))
 
 
-def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
+def _validate(task: LayerTask, traffic: bool) -> dict[str, dict[str, float]] | None:
     """The drift rule: the whole search on the fitting half of the planning tokens, every
     candidate judged on drift scenarios of the unfitted half
     (:func:`~placement.solver.drift.drift_scenarios`: its blocks of whole sequences, their
     deviations amplified to the layer's drift) by
     :func:`~placement.solver.drift.robust_choice` against EPLB's placement of the same half.
-    Returns the kind (:func:`candidate_kinds`) it keeps and figures for the plan's settings;
-    None without a split or without EPLB's layer."""
+    Returns the kinds (:func:`candidate_kinds`) it admits, in its order of preference
+    (:func:`~placement.solver.drift.ranked_choices`; ``"eplb"`` last), each with its figures
+    for the plan's settings; None without a split or without EPLB's layer."""
     v = task.validation
     if v is None or v.eplb is None:
         return None
@@ -310,26 +311,32 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
     eplb_i = len(allc) - 1
     ref_is = [i for i, k in enumerate(kinds) if k in ("eplb", "eplb-global")]
     # 3. the selection rule
-    win, _ok = robust_choice(figs, [k in _PLAIN for k in kinds], eplb_i, ref_is, TIME_TIE)
+    order = ranked_choices(figs, [k in _PLAIN for k in kinds], eplb_i, ref_is, TIME_TIE)
     e = figs[eplb_i]
-    info = {
-        "drift_amplification": amp,
-        "drift_scenarios": float(B),
-        "guard_fell_back": float(kinds[win] in _PLAIN
-                                 and any(k not in _PLAIN for k in kinds)),
-        "drift_expected_time_ratio": float(figs[win].time.mean() / max(e.time.mean(), 1e-30)),
-        "drift_worst_time_ratio": float(figs[win].time.max() / max(float(e.time.max()), 1e-30)),
-        "drift_expected_imbalance_ratio": float(figs[win].imbalance.mean()
-                                                / max(e.imbalance.mean(), 1e-30)),
-        "drift_sends_ratio": float(figs[win].sends / max(e.sends, 1e-30)),
-    }
+    any_trf = any(k not in _PLAIN for k in kinds)
     trf = [i for i, k in enumerate(kinds) if k not in _PLAIN]
+    common: dict[str, float] = {"drift_amplification": amp, "drift_scenarios": float(B)}
     if trf:
         t = min(trf, key=lambda i: (figs[i].time.mean(), i))
-        info["validation_time_ratio"] = float(figs[t].time.mean() / max(e.time.mean(), 1e-30))
-        info["validation_imbalance_ratio"] = float(figs[t].imbalance.mean()
-                                                   / max(e.imbalance.mean(), 1e-30))
-    return kinds[win], info
+        common["validation_time_ratio"] = float(figs[t].time.mean() / max(e.time.mean(), 1e-30))
+        common["validation_imbalance_ratio"] = float(figs[t].imbalance.mean()
+                                                     / max(e.imbalance.mean(), 1e-30))
+    # 4. every admitted kind (its best-ranked candidate) with its figures, in the rule's order
+    ranked: dict[str, dict[str, float]] = {}
+    for i in order:
+        if kinds[i] in ranked:
+            continue
+        ranked[kinds[i]] = {
+            **common,
+            "guard_fell_back": float(kinds[i] in _PLAIN and any_trf),
+            "drift_expected_time_ratio": float(figs[i].time.mean() / max(e.time.mean(), 1e-30)),
+            "drift_worst_time_ratio": float(figs[i].time.max()
+                                            / max(float(e.time.max()), 1e-30)),
+            "drift_expected_imbalance_ratio": float(figs[i].imbalance.mean()
+                                                    / max(e.imbalance.mean(), 1e-30)),
+            "drift_sends_ratio": float(figs[i].sends / max(e.sends, 1e-30)),
+        }
+    return ranked
 
 
 def solve_layer(task: LayerTask) -> LayerSolution:
@@ -358,17 +365,15 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     traffic = td is not None and c.num_nodes > 1 and not task.node_limited \
         and task.objective != "balance"
     # 2. the drift rule (objective time): which kind of candidate the drift scenarios keep
-    kind: str | None = None
+    ranked: dict[str, dict[str, float]] | None = None
     vinfo: dict[str, float] = {}
     if traffic and task.objective == "time" and task.balance_tolerance is None:
-        got = _validate(task, traffic)
-        if got is not None:
-            kind, vinfo = got
+        ranked = _validate(task, traffic)
     # the traffic-aware candidates are fitted to all planning tokens when the guard judged
     # them, else to some and scored on the others
     td_fit = td
     scored_tokens = None if td is None else (td.ids, td.src)
-    if traffic and td is not None and kind is None:
+    if traffic and td is not None and ranked is None:
         fit, scored_tokens = split_tokens(td.ids, td.src)
         if fit is not None:
             td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
@@ -394,7 +399,7 @@ def solve_layer(task: LayerTask) -> LayerSolution:
             if glob.size and _groups_whole(glob, c, E, task.num_groups):
                 cands.append(("eplb-global", glob))
     else:
-        want_traffic = traffic and (kind is None or kind not in _PLAIN)
+        want_traffic = traffic and (ranked is None or next(iter(ranked)) not in _PLAIN)
         cands, bal = _search(task, wp, td_fit, scorer, refs, ref_scores, want_traffic)
         if task.plan_shares is None:
             bound, bound_source = bal.bound, bal.bound_source
@@ -411,21 +416,18 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     eplb_index = len(cands) + len(refs) - 1 if refs else None
     cands += refs
     kinds = candidate_kinds([lab for lab, _ in cands])
-    if kind is not None and eplb_index is not None:
-        # the kind the drift rule kept, re-fitted on all planning tokens (it was judged held
-        # out; EPLB's layer competes only when the re-fit has no plan of that kind)
-        allowed = [i for i, k in enumerate(kinds) if k == kind and i != eplb_index]
-        if not allowed and kind not in _PLAIN:
-            # the re-fit has other node caps (the objective's room moved): the same family's
-            # plans of the same replication stage, else of any stage
-            fam, stage = kind.split(" ", 1)[0], kind.rsplit(" #", 1)[-1]
-            fams = [i for i, k in enumerate(kinds) if k not in _PLAIN
-                    and k.split(" ", 1)[0] == fam]
-            allowed = [i for i in fams if kinds[i].rsplit(" #", 1)[-1] == stage] or fams
-        if kind == "eplb" or not allowed:
-            best = eplb_index
-        else:
-            best = min(allowed, key=lambda i: (scores[i].time, scores[i].sends, i))
+    if ranked is not None and eplb_index is not None:
+        # the first kind the drift rule admitted that the re-fit on all planning tokens has
+        # exactly (it was judged held out; another kind's plan was not: a group packing or a
+        # node cap of the re-fit may differ from the half's), down to EPLB's layer
+        best = eplb_index
+        for kd in ranked:
+            allowed = [i for i, k in enumerate(kinds) if k == kd and i != eplb_index]
+            if kd == "eplb" or allowed:
+                if allowed:
+                    best = min(allowed, key=lambda i: (scores[i].time, scores[i].sends, i))
+                vinfo = ranked[kd]
+                break
     else:
         best = pick(scores, task.objective, balance=0, eplb=eplb_index,
                     tolerance=task.balance_tolerance, tokens=td is not None)
