@@ -23,6 +23,7 @@ from placement.solver.drift import (
     drift_scenarios,
     estimate_drift,
     noise_tv,
+    ranked_choices,
     robust_choice,
     share_drift,
 )
@@ -147,6 +148,18 @@ def test_robust_choice_measures_imbalance_against_the_better_reference() -> None
     assert 0 not in ok and win == 1
 
 
+def test_ranked_choices_orders_the_admitted_by_the_rule_and_ends_with_eplb() -> None:
+    eplb = _figs([1.0, 1.0], [1.1, 1.1], 1.0)
+    best = _figs([0.7, 0.7], [1.1, 1.1], 0.6)
+    second = _figs([0.8, 0.8], [1.1, 1.1], 0.7)
+    slower = _figs([1.05, 1.05], [1.1, 1.1], 0.9)  # admitted, but no faster than EPLB's
+    rejected = _figs([0.5, 0.5], [1.1, 1.1], 1.5)  # more sends than EPLB's
+    figs = [second, rejected, slower, best, eplb]
+    assert ranked_choices(figs, [False] * 4 + [True], 4, [4], 0.01) == [3, 0, 4]
+    assert robust_choice(figs, [False] * 4 + [True], 4, [4], 0.01)[0] == 3
+    assert ranked_choices([rejected, eplb], [False, True], 1, [1], 0.01) == [1]
+
+
 def test_a_partition_that_only_wins_in_sample_is_not_kept() -> None:
     # the cliques of the first window are not those of the second: a partition fitted to one
     # cuts nothing on the other, and the rule keeps a plain plan
@@ -178,6 +191,26 @@ def test_strong_co_activation_keeps_the_traffic_plan() -> None:
     assert sends == pytest.approx(0.5, abs=0.05)  # a token crosses only to reach a replica
     bal = solve(trace, SLOW, dataclasses.replace(OPTS, objective="balance")).plan
     assert sends < 0.85 * bal.objectives["cross_node_sends_per_token"][0]
+
+
+def test_the_re_fit_takes_only_a_kind_the_rule_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the rule admitted a plan of a kind the re-fit on all tokens does not have (a group packing
+    # or node cap of the half only): no other plan of its family stands in for it, the next
+    # admitted kind is the layer's
+    import placement.solver.optimizer as opt
+
+    trace = _cliques([[[0, 1, 2, 3], [4, 5, 6, 7]]] * 2)
+    figs = {"drift_expected_time_ratio": 0.5}
+    monkeypatch.setattr(opt, "_validate", lambda task, traffic: {
+        "partition, cap 0.77 #3": {**figs, "guard_fell_back": 0.0}, "eplb-global": {
+            **figs, "guard_fell_back": 1.0}, "eplb": {**figs, "guard_fell_back": 1.0}})
+    st = solve(trace, SLOW, OPTS).plan.settings
+    assert st["choice"] == ["eplb-global"]
+    assert st["guard_fell_back"] == [1.0]
+    monkeypatch.setattr(opt, "_validate", lambda task, traffic: {
+        "partition, cap 0.77 #3": {**figs, "guard_fell_back": 0.0},
+        "eplb": {**figs, "guard_fell_back": 1.0}})
+    assert solve(trace, SLOW, OPTS).plan.settings["choice"] == ["eplb"]
 
 
 def test_the_rule_is_off_with_an_explicit_tolerance_or_another_objective() -> None:
