@@ -264,11 +264,12 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
     of EPLB's worst scenario's (worst against worst: a scenario's ratio of two plans is mostly
     the noise of its few tokens), (2) its expected (mean over scenarios) static imbalance is at
     most ``1 + IMBALANCE_MARGIN`` of the better of ``refs`` (EPLB's and EPLB-global's), and (3)
-    it sends no more across nodes than EPLB's. EPLB's layer (index ``eplb``) is always
-    admitted. Among the admitted, the best expected time wins; those within ``tie`` of it (and
-    no slower than EPLB's) count as equally fast and the fewest sends wins, then the time, then
-    a traffic-aware kind (``plain`` False) over a plain one, then the index. ``among``: only
-    these candidates compete (EPLB's layer always does).
+    it sends no more across nodes than EPLB's, and (4) it gains at least ``tie`` on EPLB's in a
+    part of the objective: expected time, expected static imbalance or sends. EPLB's layer
+    (index ``eplb``) is always admitted. Among the admitted, the best expected time wins; those
+    within ``tie`` of it (and no slower than EPLB's) count as equally fast and the fewest sends
+    wins, then the time, then a traffic-aware kind (``plain`` False) over a plain one, then the
+    index. ``among``: only these candidates compete (EPLB's layer always does).
     """
     e = figs[eplb]
     ref_imb = min(float(figs[r].imbalance.mean()) for r in refs)
@@ -283,6 +284,13 @@ def robust_choice(figs: Sequence[ScenarioFigures], plain: Sequence[bool], eplb: 
                 and f.sends <= e.sends + 1e-12):
             ok.append(i)
     exp = [float(f.time.mean()) for f in figs]
+    # a change from EPLB's layer must be worth the cost model's resolution (``tie``) in a part
+    # of the objective: that much faster, better balanced or fewer sends (a gain below it is
+    # noise, and the re-fit of a kind is not the very plan judged)
+    e_imb = float(e.imbalance.mean())
+    ok = [i for i in ok if i == eplb or exp[i] < (1.0 - tie) * exp[eplb]
+          or float(figs[i].imbalance.mean()) < (1.0 - tie) * e_imb
+          or figs[i].sends < (1.0 - tie) * e.sends]
     best = min(exp[i] for i in ok)
     limit = min(best * (1.0 + tie), exp[eplb])
     near = [i for i in ok if exp[i] <= limit + 1e-18]

@@ -148,6 +148,18 @@ def test_robust_choice_measures_imbalance_against_the_better_reference() -> None
     assert 0 not in ok and win == 1
 
 
+def test_a_gain_below_the_cost_models_resolution_does_not_displace_eplb() -> None:
+    # EPLB's co-located replicas spread: 0.1 % faster, the same balance and sends (qwen3-235b
+    # drift 0.25, plan on w1-3: its re-fit was 27 % slower than EPLB's on the next window)
+    eplb = _figs([1.0, 1.0], [1.1, 1.1], 1.0)
+    spread = _figs([0.999, 0.999], [1.1, 1.1], 1.0)
+    assert robust_choice([spread, eplb], [True, True], 1, [1], 0.01) == (1, [1])
+    # a gain of the resolution in any part of the objective is worth the change
+    for fig in (_figs([0.98, 0.98], [1.1, 1.1], 1.0), _figs([1.0, 1.0], [1.08, 1.08], 1.0),
+                _figs([1.0, 1.0], [1.1, 1.1], 0.98)):
+        assert robust_choice([fig, eplb], [True, True], 1, [1], 0.01)[1] == [0, 1]
+
+
 def test_ranked_choices_orders_the_admitted_by_the_rule_and_ends_with_eplb() -> None:
     eplb = _figs([1.0, 1.0], [1.1, 1.1], 1.0)
     best = _figs([0.7, 0.7], [1.1, 1.1], 0.6)
