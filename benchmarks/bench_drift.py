@@ -3,6 +3,7 @@
     python benchmarks/bench_drift.py              # every case (slow: 4 presets x 3 drifts x 3 seeds x 2)
     python benchmarks/bench_drift.py --quick      # one seed, plan on one window, 2 layers
     python benchmarks/bench_drift.py --calibrate  # the drift prior's figures on the shared traces
+    python benchmarks/bench_drift.py --rule guard # the same cases with the other selection rule
 
 Cases: synthetic presets (qwen3-235b 2x8x9, kimi-k2 4x8x13, deepseek-v3 4x8x9, mixtral 2x2x3)
 with window-to-window topic drift at three strengths (``synthesize(..., drift=...)``) and three
@@ -182,7 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--only", default=None, help="substring of the case names to run")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    ap.add_argument("--rule", choices=("drift", "guard"), default=None,
+                    help="the selection rule of the default plan (default: the optimizer's "
+                         "SELECTION_RULE)")
     a = ap.parse_args(argv)
+    if a.rule is not None:
+        import placement.solver.optimizer as optimizer
+
+        optimizer.SELECTION_RULE = a.rule
     if a.calibrate:
         calibrate()
         return 0

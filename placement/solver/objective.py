@@ -40,8 +40,10 @@ from placement.moe_time import layer_times
 from placement.plan import static_dispatch
 
 __all__ = [
+    "CLEAR_GAIN",
     "DEFAULT_TOLERANCE",
     "TIME_TIE",
+    "VALIDATION_MARGIN",
     "LayerScore",
     "LayerScorer",
     "admissible",
@@ -50,11 +52,24 @@ __all__ = [
     "node_fractions",
     "pick",
     "static_traffic",
+    "validated",
 ]
 
 TIME_TIE = 0.01
 """Predicted layer times within this fraction of the fastest candidate count as equal (the cost
 model is not more accurate than that)."""
+
+VALIDATION_MARGIN = 0.01
+"""Validation guard (:func:`validated`): on the unfitted half of the planning tokens a candidate
+must be at least this fraction faster than EPLB's placement (predicted MoE layer time) and
+balance at least this fraction better (static imbalance); a clearly faster one
+(:data:`CLEAR_GAIN`) may balance up to this fraction worse."""
+
+CLEAR_GAIN = 0.75
+"""A candidate whose predicted time on the unfitted half is at most this fraction of EPLB's
+needs only to balance within :data:`VALIDATION_MARGIN` of EPLB's (the network, not the
+slowest GPU, sets its time)."""
+
 
 DEFAULT_TOLERANCE = 0.05
 """``balance_tolerance`` of the ``"traffic"`` objective when none is given."""
@@ -284,6 +299,20 @@ def guard(objective: str, tolerance: float | None, balance: LayerScore,
         return float("inf"), ref_s * (1.0 + TIME_TIE)
     ref_r = balance.robust_even if eplb is None else max(balance.robust_even, eplb.robust_even)
     return ref_r * (1.0 + TIME_TIE), ref_s * (1.0 + TIME_TIE)
+
+
+def validated(score: LayerScore, ref: LayerScore) -> bool:
+    """Whether ``score`` (a candidate fitted to one half of the planning tokens, scored on the
+    other) beats ``ref`` (EPLB's placement of the same half, scored alike) clearly enough to be
+    trusted on the next tokens: time at most ``1 - VALIDATION_MARGIN`` of ``ref``'s and static
+    imbalance at most ``1 - VALIDATION_MARGIN`` of ``ref``'s, or time at most ``CLEAR_GAIN`` of
+    ``ref``'s and static imbalance at most ``1 + VALIDATION_MARGIN`` of ``ref``'s."""
+    if score.time > (1.0 - VALIDATION_MARGIN) * ref.time + 1e-15:
+        return False
+    if score.static <= (1.0 - VALIDATION_MARGIN) * ref.static + _EPS:
+        return True
+    return bool(score.time <= CLEAR_GAIN * ref.time
+                and score.static <= (1.0 + VALIDATION_MARGIN) * ref.static + _EPS)
 
 
 def admissible(scores: Sequence[LayerScore], objective: str, *, balance: int,

@@ -70,12 +70,14 @@ from placement.solver.layer import (
 )
 from placement.solver.objective import (
     TIME_TIE,
+    VALIDATION_MARGIN,
     LayerScore,
     LayerScorer,
     admissible,
     guard,
     pick,
     static_traffic,
+    validated,
 )
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
 from placement.solver.registry import Progress
@@ -234,6 +236,12 @@ def candidate_kinds(labels: list[str]) -> list[str]:
 _PLAIN = ("eplb", "eplb-spread", "balance", "eplb-global")
 
 
+SELECTION_RULE = "guard"
+"""Which rule judges the candidates on the planning tokens they were not fitted to (objective
+``time``, token-level traces, several nodes, no explicit tolerance): ``"drift"`` (the drift rule,
+:func:`_validate`) or ``"guard"`` (the balance-first validation guard, :func:`_guard`)."""
+
+
 def _kept_kind(label: str) -> str:
     """``"eplb"``, ``"eplb-spread"``, ``"balance"``, ``"eplb-global"`` or ``"traffic-aware"``
     for a kept candidate's label."""
@@ -261,6 +269,99 @@ def _block_figures(phy: np.ndarray, cluster: Cluster, num_experts: int,
             traffic.setdefault(k, []).append(v)
     return (np.stack(loads), {k: np.stack(v) for k, v in traffic.items()},
             np.asarray(sends, dtype=np.float64))
+
+
+GUARD_SUBBLOCKS = 8
+"""The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
+(:func:`_block_static`)."""
+
+GUARD_MIN_BLOCK_TOKENS = 256
+"""A sub-block of :func:`_block_static` holds at least this many tokens (fewer: the max over
+GPUs of a block is mostly sampling noise)."""
+
+
+def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
+                  tokens: tuple[np.ndarray, np.ndarray], *, per_node: bool = False) -> float:
+    """Mean over :data:`GUARD_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
+    ``src [T]``) of the static-rule imbalance of ``phy [G, spg]`` (``per_node``: of the nodes'
+    loads).
+
+    A block holds a few dozen sequences, so its mix of topics is off the whole's by about as
+    much as the next windows' is (drift): a plan that puts the experts of one topic on one
+    node or GPU, balanced only for the planning mix, shows it here.
+    """
+    G, spg = cluster.num_gpus, cluster.slots_per_gpu
+    ids = np.asarray(tokens[0], dtype=np.int64)
+    src = np.asarray(tokens[1], dtype=np.int64)
+    T = ids.shape[0]
+    B = max(1, min(GUARD_SUBBLOCKS, T // GUARD_MIN_BLOCK_TOKENS))
+    disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
+    dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
+    blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
+    valid = ids >= 0
+    loads = np.bincount((blk * G + dest)[valid], minlength=B * G).reshape(B, G)
+    if per_node:
+        loads = loads.reshape(B, cluster.num_nodes, cluster.gpus_per_node).sum(axis=2)
+    mean = loads.mean(axis=1)
+    ok = mean > 0
+    if not ok.any():
+        return 1.0
+    return float((loads.max(axis=1)[ok] / mean[ok]).mean())
+
+
+def _guard(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
+    """The validation guard: the whole search on the fitting half of the planning tokens, every
+    candidate scored on the unfitted half; a candidate other than EPLB's layer is trusted only
+    when it passes :func:`~placement.solver.objective.validated` against EPLB's placement of
+    the same half. Returns the kind (:func:`candidate_kinds`) the objective picks among those
+    and EPLB's on the unfitted half, and figures for the plan's settings; None without a
+    split or without EPLB's layer."""
+    v = task.validation
+    if v is None or v.eplb is None:
+        return None
+    c = task.cluster
+    G, gpn = c.num_gpus, c.gpus_per_node
+    E = task.shares.shape[1]
+    sub = replace(task, shares=v.shares, plan_shares=v.plan_shares, pooled=v.pooled,
+                  tokens=v.tokens, eplb=v.eplb, warm=v.warm, validation=None)
+    td_f = build_token_data(v.tokens, E, G, gpn, max_tokens=task.effort.max_tokens,
+                            seed=task.seed)
+    if td_f.num_tokens == 0 or v.held[0].shape[0] == 0:
+        return None
+    w_f = scaled_loads(v.shares, G)
+    scorer = LayerScorer(w_f, c, task.model, task.robust, tokens=v.held, rate_tokens=v.held,
+                         pooled=v.pooled, overlap=task.overlap)
+    refs = _eplb_refs(sub, v.eplb)
+    ref_scores = [scorer.score(phy) for _, phy in refs]
+    cands, _ = _search(sub, scaled_loads(v.plan_shares, G), td_f, scorer, refs, ref_scores,
+                       traffic)
+    # static imbalance: the mean over sub-blocks of the unfitted tokens (a block's mix of
+    # topics differs from the whole's, as the next tokens' does: see _block_static)
+    scores = [replace(sc, static=_block_static(phy, c, E, v.held))
+              for sc, (_, phy) in zip([scorer.score(phy) for _, phy in cands] + ref_scores,
+                                      cands + refs, strict=True)]
+    ref_scores = scores[len(cands):]
+    labels = [lab for lab, _ in cands] + [lab for lab, _ in refs]
+    kinds = candidate_kinds(labels)
+    ref = ref_scores[-1]
+    # node loads too: a node that homes one topic's experts drifts with that topic
+    node = [_block_static(phy, c, E, v.held, per_node=True) for _, phy in cands + refs]
+    ok = [i for i, k in enumerate(kinds) if k == "eplb" or (
+        validated(scores[i], ref) and node[i] <= (1.0 + VALIDATION_MARGIN) * node[-1] + 1e-9)]
+    # the objective's pick among the trusted candidates, EPLB's layer the reference
+    best = min(scores[i].time for i in ok)
+    limit = min(best * (1.0 + TIME_TIE), ref.time)
+    near = [i for i in ok if scores[i].time <= limit]
+    # ties (the same placement found twice) go to a traffic-aware kind: its re-fit on all
+    # planning tokens looks for that structure again, a balance-only one does not
+    win = min(near, key=lambda i: (scores[i].sends, scores[i].time, kinds[i] in _PLAIN, i))
+    trf = [i for i, k in enumerate(kinds) if k not in _PLAIN]
+    info = {"guard_fell_back": float(kinds[win] in _PLAIN and bool(trf))}
+    if trf:
+        t = min(trf, key=lambda i: (scores[i].time, i))
+        info["validation_time_ratio"] = scores[t].time / max(ref.time, 1e-30)
+        info["validation_imbalance_ratio"] = scores[t].static / max(ref.static, 1e-30)
+    return kinds[win], info
 
 
 def _validate(task: LayerTask, traffic: bool) -> dict[str, dict[str, float]] | None:
@@ -366,9 +467,16 @@ def solve_layer(task: LayerTask) -> LayerSolution:
         and task.objective != "balance"
     # 2. the drift rule (objective time): which kind of candidate the drift scenarios keep
     ranked: dict[str, dict[str, float]] | None = None
+    guard_kind: str | None = None
     vinfo: dict[str, float] = {}
     if traffic and task.objective == "time" and task.balance_tolerance is None:
-        ranked = _validate(task, traffic)
+        if SELECTION_RULE == "guard":
+            got = _guard(task, traffic)
+            if got is not None:
+                guard_kind, vinfo = got
+                ranked = {guard_kind: vinfo}
+        else:
+            ranked = _validate(task, traffic)
     # the traffic-aware candidates are fitted to all planning tokens when the guard judged
     # them, else to some and scored on the others
     td_fit = td
@@ -416,7 +524,20 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     eplb_index = len(cands) + len(refs) - 1 if refs else None
     cands += refs
     kinds = candidate_kinds([lab for lab, _ in cands])
-    if ranked is not None and eplb_index is not None:
+    if guard_kind is not None and eplb_index is not None:
+        # the validation guard: the trusted kind, re-fitted, or EPLB's layer (in-sample pick)
+        allowed = [i for i, k in enumerate(kinds) if k == guard_kind and i != eplb_index]
+        if not allowed and guard_kind not in _PLAIN:
+            # the re-fit has other node caps (the objective's room moved): the same family's
+            # plans of the same replication stage
+            fam, stage = guard_kind.split(" ", 1)[0], guard_kind.rsplit(" #", 1)[-1]
+            allowed = [i for i, k in enumerate(kinds) if k not in _PLAIN
+                       and k.split(" ", 1)[0] == fam and k.rsplit(" #", 1)[-1] == stage]
+        allowed.append(eplb_index)
+        sub = [scores[i] for i in allowed]
+        j = pick(sub, task.objective, balance=0, eplb=len(sub) - 1, tokens=True)
+        best = allowed[j]
+    elif ranked is not None and eplb_index is not None:
         # the first kind the drift rule admitted that the re-fit on all planning tokens has
         # exactly (it was judged held out; another kind's plan was not: a group packing or a
         # node cap of the re-fit may differ from the half's), down to EPLB's layer

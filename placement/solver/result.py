@@ -269,6 +269,11 @@ def drift_rule_lines(result: SolveResult) -> list[str]:
     judged = [i for i, f in enumerate(gfb) if f == f]  # not NaN
     if not judged:
         return []
+    if "drift_expected_time_ratio" not in s:  # the validation guard judged them
+        gb = result.guard_fell_back
+        return [f"validation guard: {len(gb)} of {len(judged)} layer(s) kept a plain plan"
+                + (f" ({_span(gb)}): no traffic-aware plan beat EPLB's on the planning "
+                   "tokens it was not fitted to" if gb else "")]
     kinds = s.get("drift_kept_kind") or []
     count: dict[str, int] = {}
     for i in judged:

@@ -34,6 +34,14 @@ from placement.solver.optimizer import (
 )
 from placement.solver.problem import ProblemData
 
+
+@pytest.fixture(autouse=True)
+def _drift_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests judge the drift rule (the default rule is the validation guard:
+    tests/solver/test_validation_guard.py)."""
+    monkeypatch.setattr("placement.solver.optimizer.SELECTION_RULE", "drift")
+
+
 PLAIN = ("eplb", "eplb, co-located replicas spread", "balance", "eplb-global")
 
 
