@@ -9,7 +9,7 @@ Qwen3-235B and Kimi-K2 presets (two windows), on the clusters ``benchmarks/run.p
 on the first half of the windows, judge on the second (static dispatch rule). Prints, as
 markdown, the held-out imbalance, cross-node sends and predicted MoE layer time of EPLB and of
 the optimizer (default objective ``time``), their ratios to EPLB, whether each of issue 9's
-targets holds, and how many layers the validation guard sent back to the balance plan or
+targets holds, and how many layers the drift rule sent back to the balance plan or
 EPLB's. The GPU speed (``gpu_tflops``) is passed explicitly: 400 TFLOP/s (the H800 figure the
 cost model used first) and 1187 TFLOP/s (an H800's effective FP8 throughput).
 """

@@ -54,6 +54,8 @@ FRONTIER_TOLERANCES = (0.0, 0.02, 0.05, 0.1, 0.2)
 COMPANIONS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], bool]] = {
     # name: (section title, script and its arguments, extra arguments in quick mode, prints
     # markdown (else plain text, shown as it is))
+    "drift": ("Drift: held-out figures of the default plan when the traffic moves (issue 18)",
+              ("bench_drift.py",), ("--quick",), True),
     "over-time": ("Plans over time: periodic EPLB, one static plan, budgeted replan",
                   ("bench_over_time.py",), ("--quick",), True),
     "sweep": ("Choosing a deployment: redundant experts x cluster shapes (DeepSeek-V3 counts)",

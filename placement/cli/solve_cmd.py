@@ -124,7 +124,14 @@ def solve_summary_dict(result: SolveResult, output: str | None = None) -> dict[s
             "lower_bound": p.lower_bound,
             "gap": gap,
             "choice": s.get("choice"),
+            "drift": s.get("drift"),
+            "kept_kind": s.get("drift_kept_kind"),
+            "drift_expected_time_ratio": s.get("drift_expected_time_ratio"),
+            "drift_worst_time_ratio": s.get("drift_worst_time_ratio"),
+            "drift_expected_imbalance_ratio": s.get("drift_expected_imbalance_ratio"),
+            "drift_sends_ratio": s.get("drift_sends_ratio"),
         },
+        "drift": s.get("drift_summary"),
         "messages": list(result.messages),
     }
     if output is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -26,8 +27,10 @@ __all__ = [
     "LayerState",
     "count_bound",
     "descend",
+    "enumerate_placements",
     "improve",
     "lpt_assign",
+    "multiset_count",
     "pair_counts",
     "pair_value",
     "robust_counts",
@@ -489,3 +492,87 @@ def pair_counts(w: np.ndarray, cnt: np.ndarray, max_count: int, robust: str = "m
         cnt[x] -= 1
         cnt[y] += 1
     return cnt
+
+
+def multiset_count(num_experts: int, num_gpus: int, spg: int) -> int:
+    """Placements of one layer up to the order of GPUs that :func:`enumerate_placements` lists:
+    multisets of ``G`` GPU configurations (sets of ``spg`` distinct experts),
+    ``C(C(E, spg) + G - 1, G)``."""
+    import math
+
+    return math.comb(math.comb(num_experts, spg) + num_gpus - 1, num_gpus)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """Every placement of a tiny layer (:func:`_multisets`): ``configs [C, spg]`` the GPU
+    configurations, ``member [C, E]`` their experts, ``ms [N, G]`` every placement as its GPUs'
+    configurations (lexicographic order), ``kid [N]`` its replica counts' row of
+    ``counts [K, E]``."""
+
+    configs: np.ndarray
+    member: np.ndarray
+    ms: np.ndarray
+    kid: np.ndarray
+    counts: np.ndarray
+
+
+@lru_cache(maxsize=8)
+def _multisets(num_experts: int, num_gpus: int, spg: int, max_count: int) -> _Listing:
+    """Every placement (multiset of GPU configurations) in which every expert has 1 to
+    ``max_count`` replicas."""
+    import itertools
+
+    configs = np.array(list(itertools.combinations(range(num_experts), spg)), dtype=np.int64)
+    ms = np.array(list(itertools.combinations_with_replacement(range(configs.shape[0]),
+                                                               num_gpus)), dtype=np.int64)
+    member = np.zeros((configs.shape[0], num_experts), dtype=np.int64)
+    member[np.repeat(np.arange(configs.shape[0]), spg), configs.reshape(-1)] = 1
+    cnt = member[ms].sum(axis=1)  # [N, E]
+    ok = (cnt.min(axis=1) >= 1) & (cnt.max(axis=1) <= max_count)
+    counts, kid = np.unique(cnt[ok], axis=0, return_inverse=True)
+    out = _Listing(configs, member.astype(np.float64), ms[ok], kid.reshape(-1), counts)
+    for x in (out.configs, out.member, out.ms, out.kid, out.counts):
+        x.setflags(write=False)
+    return out
+
+
+ENUM_CHUNK = 65536
+"""Placements scored at once by :func:`enumerate_placements` (bounds its memory)."""
+
+
+def enumerate_placements(w: np.ndarray, num_gpus: int, spg: int, *, robust: str = "max",
+                         max_count: int | None = None) -> np.ndarray | None:
+    """The exact balance optimum of a tiny layer by listing every placement: ``phy [G, spg]``
+    minimising ``(F, Q)`` lexicographically (the local search's key, module docstring; ties:
+    the first in lexicographic order of GPU configurations), or None when no placement gives
+    every expert a replica within ``max_count``.
+
+    ``w [S, E]`` scaled loads. Lists :func:`multiset_count` placements, numpy-vectorised in
+    chunks of :data:`ENUM_CHUNK` (every configuration's load is computed once per distinct
+    replica counts): the cheaper exact route where CP-SAT's set-up and proof would cost more
+    than the listing.
+    """
+    E = w.shape[1]
+    G = num_gpus
+    lst = _multisets(E, G, spg, G if max_count is None else max_count)
+    N = lst.ms.shape[0]
+    if N == 0:
+        return None
+    # [S, K, C]: a configuration's load under every distinct replica counts
+    cfg = (np.asarray(w, dtype=np.float64)[:, None, :] / lst.counts[None]) @ lst.member.T
+    best: tuple[float, float, int] | None = None
+    for a in range(0, N, ENUM_CHUNK):  # over chunks of placements, not tokens
+        ms, kid = lst.ms[a:a + ENUM_CHUNK], lst.kid[a:a + ENUM_CHUNK]
+        loads = cfg[:, kid[:, None], ms]  # [S, n, G]
+        f = _agg(loads.max(axis=2), robust, axis=0)  # [n]
+        q = _q(loads).sum(axis=(0, 2))  # [n]
+        fmin = float(f.min())
+        tie = np.flatnonzero(f <= fmin + _EPS)
+        j = int(tie[np.argmin(q[tie])])
+        cand = (float(f[j]), float(q[j]), a + j)
+        if best is None or cand[0] < best[0] - _EPS or (
+                cand[0] <= best[0] + _EPS and cand[1] < best[1] - _EPS):
+            best = cand
+    assert best is not None
+    return np.sort(lst.configs[lst.ms[best[2]]], axis=1)

@@ -20,8 +20,10 @@ from placement.models import ModelShape
 from placement.solver.balance import (
     LayerState,
     count_bound,
+    enumerate_placements,
     improve,
     lpt_assign,
+    multiset_count,
     pair_counts,
     robust_counts,
 )
@@ -53,6 +55,9 @@ class Effort:
         exact_max_vars: else with the exact assignment model when it needs at most this many
             assignment variables (``E * G * max replicas``).
         exact_work: CP-SAT deterministic time limit per layer (its own work unit, not seconds).
+        enum_max: a layer with at most this many placements up to the order of GPUs
+            (:func:`~placement.solver.balance.multiset_count`) is solved exactly by listing
+            them (:func:`~placement.solver.balance.enumerate_placements`) instead of CP-SAT.
         max_tokens: planning tokens of a layer the traffic search uses (a seeded sample when
             there are more; every token is scored).
         home_moves: moves of the node-level local search after the partition.
@@ -65,6 +70,7 @@ class Effort:
     exact_max_patterns: int = 1500
     exact_max_vars: int = 1200
     exact_work: float = 2.0
+    enum_max: int = 500_000
     max_tokens: int = 20000
     home_moves: int = 64
     vcycles: int = 1
@@ -73,7 +79,7 @@ class Effort:
 
 @dataclass(frozen=True)
 class Validation:
-    """One layer's planning tokens split in two for the validation guard
+    """One layer's planning tokens split in two for the drift rule
     (:func:`placement.solver.optimizer.solve_layer`): the search is run on the fitting half and
     its candidates judged on the unfitted half.
 
@@ -85,6 +91,8 @@ class Validation:
         held: ``(topk_ids [T', k], src_gpu [T'])`` the unfitted tokens, pooled.
         eplb: ``[P]`` EPLB's placement of the fitting half, or None.
         warm: ``[P]`` EPLB's global placement of the fitting half, or None.
+        drift: the drift model's figure of the layer
+            (:class:`placement.solver.drift.DriftModel`).
     """
 
     shares: np.ndarray
@@ -94,6 +102,7 @@ class Validation:
     held: tuple[np.ndarray, np.ndarray]
     eplb: np.ndarray | None
     warm: np.ndarray | None
+    drift: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class LayerTask:
         model: the model shape of the predicted time.
         overlap: how communication and compute overlap in the predicted time.
         pooled: ``[E]`` the layer's counts, all scenarios together.
-        validation: the planning tokens split for the validation guard, or None (no guard).
+        validation: the planning tokens split for the drift rule, or None (no rule).
     """
 
     index: int
@@ -279,11 +288,14 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
     """The balance-only placement of one layer (robust even-split imbalance of ``w [S, E]``).
 
     1. lower bound: the heaviest replica under the best robust replica counts, and 1;
-    2. start points: robust replica counts (with two slots per GPU, moved while the best
+    2. tiny layers (at most ``effort.enum_max`` placements up to the order of GPUs): every
+       placement listed (:func:`~placement.solver.balance.enumerate_placements`), its optimum
+       returned, ``OPTIMAL``;
+    3. start points: robust replica counts (with two slots per GPU, moved while the best
        pairing improves) packed by a multi-scenario LPT, and the warm start (EPLB's global
        placement, co-located replicas spread out); the better one is improved;
-    3. iterated local search from the peak GPUs (fixed counts of rounds and moves, seeded);
-    4. small layers: CP-SAT solves the exact model with the placement as a hint and a
+    4. iterated local search from the peak GPUs (fixed counts of rounds and moves, seeded);
+    5. small layers: CP-SAT solves the exact model with the placement as a hint and a
        deterministic work limit; its optimum (or better incumbent) and bound replace the
        heuristic's.
     """
@@ -296,7 +308,14 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
     bound = count_bound(w, P, max_count, task.robust)
     bound_source = "counts"
 
-    # 2. start points
+    # 2. tiny layers: every placement listed, the optimum of (F, Q) (steps 3-4 cannot beat it)
+    if multiset_count(E, G, spg) <= task.effort.enum_max and not task.timed_out():
+        phy = enumerate_placements(w, G, spg, robust=task.robust, max_count=max_count)
+        if phy is not None:
+            value = LayerState.build(w, phy, task.robust, max_count).objective()
+            return BalanceResult(phy, value, value, "OPTIMAL", "exact")
+
+    # 3. start points
     cnt = robust_counts(w, P, max_count, task.robust)
     if spg == 2:  # a GPU is a pair of replicas: counts that make good pairs, not light replicas
         cnt = pair_counts(w, cnt, max_count, task.robust)
@@ -308,7 +327,7 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
             starts.append(LayerState.build(w, warm, task.robust, max_count))
     st = min(starts, key=lambda s: s.key())
 
-    # 3. iterated local search
+    # 4. iterated local search
     st = improve(st, rounds=task.effort.rounds, max_moves=task.effort.max_moves,
                  seed=task.seed, deadline=task.deadline)
     timed_out = task.timed_out()
@@ -316,7 +335,7 @@ def balance_layer(task: LayerTask, w: np.ndarray, *, max_count: int | None = Non
     value = st.objective()
     status = "FEASIBLE"
 
-    # 4. exact model for small layers: the pattern model when GPUs hold few experts, else the
+    # 5. exact for small layers: CP-SAT's pattern model when GPUs hold few experts, else its
     #    assignment model
     use_patterns = configuration_count(E, spg) <= task.effort.exact_max_patterns
     if exact_model_applies(task, E, max_count) and not timed_out:

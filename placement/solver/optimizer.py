@@ -21,12 +21,14 @@ does not depend on how many):
    wins (:func:`~placement.solver.objective.pick`). EPLB's layer is a candidate, so a layer is
    never worse than EPLB's on the objective: when the search does not beat it, the layer IS
    EPLB's ("fell back").
-5. The validation guard (objective ``time``, token-level traces, several nodes, no explicit
+5. The drift rule (objective ``time``, token-level traces, several nodes, no explicit
    tolerance; :func:`_validate`): steps 2-4 also run on a fitting half of the planning tokens
-   (:func:`validation_split`), every candidate is judged on the unfitted half against EPLB's
-   placement of the fitting half (:func:`~placement.solver.objective.validated`), and only
-   the kind of plan that wins there (:func:`candidate_kinds`), re-fitted on all planning
-   tokens, competes with EPLB's layer in step 4.
+   (:func:`validation_split`), every candidate is judged on drift scenarios of the unfitted
+   half (:mod:`placement.solver.drift`: its blocks of whole sequences, their deviations
+   amplified to the drift the model expects) against EPLB's placement of the fitting half,
+   the best expected time whose worst scenario is within ``DRIFT_MARGIN`` of EPLB's is kept
+   (:func:`~placement.solver.drift.robust_choice`), and that kind of plan
+   (:func:`candidate_kinds`), re-fitted on all planning tokens, is the layer's.
 
 The search is bounded by work (:class:`~placement.solver.layer.Effort`: rounds, moves,
 V-cycles, CP-SAT deterministic limits), so the plan depends on the input and seed only.
@@ -46,6 +48,14 @@ from placement.errors import InputError
 from placement.parallel import Backend, backend_for_jobs, ordered_map
 from placement.plan import Plan, static_dispatch
 from placement.solver.balance import count_bound, scaled_loads
+from placement.solver.drift import (
+    DriftModel,
+    amplification,
+    block_ids,
+    drift_scenarios,
+    estimate_drift,
+    ranked_choices,
+)
 from placement.solver.layer import (
     BalanceResult,
     Effort,
@@ -66,6 +76,7 @@ from placement.solver.objective import (
     admissible,
     guard,
     pick,
+    static_traffic,
     validated,
 )
 from placement.solver.problem import ProblemData, SolveOptions, resolve_model
@@ -225,18 +236,53 @@ def candidate_kinds(labels: list[str]) -> list[str]:
 _PLAIN = ("eplb", "eplb-spread", "balance", "eplb-global")
 
 
-VALIDATION_SUBBLOCKS = 8
+SELECTION_RULE = "guard"
+"""Which rule judges the candidates on the planning tokens they were not fitted to (objective
+``time``, token-level traces, several nodes, no explicit tolerance): ``"drift"`` (the drift rule,
+:func:`_validate`) or ``"guard"`` (the balance-first validation guard, :func:`_guard`)."""
+
+
+def _kept_kind(label: str) -> str:
+    """``"eplb"``, ``"eplb-spread"``, ``"balance"``, ``"eplb-global"`` or ``"traffic-aware"``
+    for a kept candidate's label."""
+    if label.startswith("eplb,"):
+        return "eplb-spread"
+    return label if label in _PLAIN else "traffic-aware"
+
+
+def _block_figures(phy: np.ndarray, cluster: Cluster, num_experts: int,
+                   tokens: tuple[np.ndarray, np.ndarray], blk: np.ndarray
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """``(loads [B, G], traffic {name: [B, G]}, sends [B])`` of ``phy`` under the static rule on
+    every block ``blk [T]`` of ``tokens`` (``ids [T, k]``, ``src [T]``)."""
+    disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
+    B = int(blk.max()) + 1 if blk.size else 0
+    loads, sends = [], []
+    traffic: dict[str, list[np.ndarray]] = {}
+    for b in range(B):  # over blocks (at most MAX_BLOCKS), not tokens
+        m = blk == b
+        lo, tr, sn, _ = static_traffic(phy, cluster, num_experts, tokens[0][m], tokens[1][m],
+                                       dispatch=disp)
+        loads.append(lo)
+        sends.append(sn)
+        for k, v in tr.items():
+            traffic.setdefault(k, []).append(v)
+    return (np.stack(loads), {k: np.stack(v) for k, v in traffic.items()},
+            np.asarray(sends, dtype=np.float64))
+
+
+GUARD_SUBBLOCKS = 8
 """The unfitted tokens of the validation guard are judged in this many contiguous sub-blocks
 (:func:`_block_static`)."""
 
-MIN_BLOCK_TOKENS = 256
+GUARD_MIN_BLOCK_TOKENS = 256
 """A sub-block of :func:`_block_static` holds at least this many tokens (fewer: the max over
 GPUs of a block is mostly sampling noise)."""
 
 
 def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
                   tokens: tuple[np.ndarray, np.ndarray], *, per_node: bool = False) -> float:
-    """Mean over :data:`VALIDATION_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
+    """Mean over :data:`GUARD_SUBBLOCKS` contiguous blocks of ``tokens`` (``ids [T, k]``,
     ``src [T]``) of the static-rule imbalance of ``phy [G, spg]`` (``per_node``: of the nodes'
     loads).
 
@@ -248,7 +294,7 @@ def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
     ids = np.asarray(tokens[0], dtype=np.int64)
     src = np.asarray(tokens[1], dtype=np.int64)
     T = ids.shape[0]
-    B = max(1, min(VALIDATION_SUBBLOCKS, T // MIN_BLOCK_TOKENS))
+    B = max(1, min(GUARD_SUBBLOCKS, T // GUARD_MIN_BLOCK_TOKENS))
     disp = static_dispatch(np.asarray(phy).reshape(1, -1), cluster, num_experts)[0]  # [G, E]
     dest = disp[src[:, None], np.maximum(ids, 0)] // spg  # [T, k]
     blk = np.broadcast_to(((np.arange(T) * B) // max(T, 1))[:, None], ids.shape)
@@ -263,7 +309,7 @@ def _block_static(phy: np.ndarray, cluster: Cluster, num_experts: int,
     return float((loads.max(axis=1)[ok] / mean[ok]).mean())
 
 
-def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
+def _guard(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | None:
     """The validation guard: the whole search on the fitting half of the planning tokens, every
     candidate scored on the unfitted half; a candidate other than EPLB's layer is trusted only
     when it passes :func:`~placement.solver.objective.validated` against EPLB's placement of
@@ -318,6 +364,82 @@ def _validate(task: LayerTask, traffic: bool) -> tuple[str, dict[str, float]] | 
     return kinds[win], info
 
 
+def _validate(task: LayerTask, traffic: bool) -> dict[str, dict[str, float]] | None:
+    """The drift rule: the whole search on the fitting half of the planning tokens, every
+    candidate judged on drift scenarios of the unfitted half
+    (:func:`~placement.solver.drift.drift_scenarios`: its blocks of whole sequences, their
+    deviations amplified to the layer's drift) by
+    :func:`~placement.solver.drift.robust_choice` against EPLB's placement of the same half.
+    Returns the kinds (:func:`candidate_kinds`) it admits, in its order of preference
+    (:func:`~placement.solver.drift.ranked_choices`; ``"eplb"`` last), each with its figures
+    for the plan's settings; None without a split or without EPLB's layer."""
+    v = task.validation
+    if v is None or v.eplb is None:
+        return None
+    c = task.cluster
+    G, gpn = c.num_gpus, c.gpus_per_node
+    E = task.shares.shape[1]
+    sub = replace(task, shares=v.shares, plan_shares=v.plan_shares, pooled=v.pooled,
+                  tokens=v.tokens, eplb=v.eplb, warm=v.warm, validation=None)
+    td_f = build_token_data(v.tokens, E, G, gpn, max_tokens=task.effort.max_tokens,
+                            seed=task.seed)
+    T = v.held[0].shape[0]
+    if td_f.num_tokens == 0 or T == 0:
+        return None
+    w_f = scaled_loads(v.shares, G)
+    scorer = LayerScorer(w_f, c, task.model, task.robust, tokens=v.held, rate_tokens=v.held,
+                         pooled=v.pooled, overlap=task.overlap)
+    refs = _eplb_refs(sub, v.eplb)
+    ref_scores = [scorer.score(phy) for _, phy in refs]
+    cands, _ = _search(sub, scaled_loads(v.plan_shares, G), td_f, scorer, refs, ref_scores,
+                       traffic)
+    # 1. the drift scenarios: blocks of the unfitted tokens, amplified to the layer's drift
+    ids, src = np.asarray(v.held[0], dtype=np.int64), np.asarray(v.held[1], dtype=np.int64)
+    blk = block_ids(T)
+    B = int(blk.max()) + 1
+    valid = ids >= 0
+    bc = np.bincount((np.broadcast_to(blk[:, None], ids.shape) * E + np.maximum(ids, 0))[valid],
+                     minlength=B * E).reshape(B, E)
+    amp = amplification(v.drift, bc, bc.sum(axis=0)) if B > 1 else 1.0
+    sizes = np.bincount(blk, minlength=B)
+    # 2. every candidate (and EPLB's layer, last) on every scenario
+    allc = cands + refs
+    figs = []
+    for _, phy in allc:
+        lo, tr, sn = _block_figures(phy, c, E, (ids, src), blk)
+        figs.append(drift_scenarios(lo, tr, sn, sizes, amp, c, task.model, task.overlap))
+    kinds = candidate_kinds([lab for lab, _ in allc])
+    eplb_i = len(allc) - 1
+    ref_is = [i for i, k in enumerate(kinds) if k in ("eplb", "eplb-global")]
+    # 3. the selection rule
+    order = ranked_choices(figs, [k in _PLAIN for k in kinds], eplb_i, ref_is, TIME_TIE)
+    e = figs[eplb_i]
+    any_trf = any(k not in _PLAIN for k in kinds)
+    trf = [i for i, k in enumerate(kinds) if k not in _PLAIN]
+    common: dict[str, float] = {"drift_amplification": amp, "drift_scenarios": float(B)}
+    if trf:
+        t = min(trf, key=lambda i: (figs[i].time.mean(), i))
+        common["validation_time_ratio"] = float(figs[t].time.mean() / max(e.time.mean(), 1e-30))
+        common["validation_imbalance_ratio"] = float(figs[t].imbalance.mean()
+                                                     / max(e.imbalance.mean(), 1e-30))
+    # 4. every admitted kind (its best-ranked candidate) with its figures, in the rule's order
+    ranked: dict[str, dict[str, float]] = {}
+    for i in order:
+        if kinds[i] in ranked:
+            continue
+        ranked[kinds[i]] = {
+            **common,
+            "guard_fell_back": float(kinds[i] in _PLAIN and any_trf),
+            "drift_expected_time_ratio": float(figs[i].time.mean() / max(e.time.mean(), 1e-30)),
+            "drift_worst_time_ratio": float(figs[i].time.max()
+                                            / max(float(e.time.max()), 1e-30)),
+            "drift_expected_imbalance_ratio": float(figs[i].imbalance.mean()
+                                                    / max(e.imbalance.mean(), 1e-30)),
+            "drift_sends_ratio": float(figs[i].sends / max(e.sends, 1e-30)),
+        }
+    return ranked
+
+
 def solve_layer(task: LayerTask) -> LayerSolution:
     """Place one layer (steps 1-5 of the module docstring)."""
     c = task.cluster
@@ -343,18 +465,23 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     max_count = gpn if task.node_limited else G
     traffic = td is not None and c.num_nodes > 1 and not task.node_limited \
         and task.objective != "balance"
-    # 2. the validation guard (objective time): which kind of candidate the unfitted half trusts
-    kind: str | None = None
+    # 2. the drift rule (objective time): which kind of candidate the drift scenarios keep
+    ranked: dict[str, dict[str, float]] | None = None
+    guard_kind: str | None = None
     vinfo: dict[str, float] = {}
     if traffic and task.objective == "time" and task.balance_tolerance is None:
-        got = _validate(task, traffic)
-        if got is not None:
-            kind, vinfo = got
+        if SELECTION_RULE == "guard":
+            got = _guard(task, traffic)
+            if got is not None:
+                guard_kind, vinfo = got
+                ranked = {guard_kind: vinfo}
+        else:
+            ranked = _validate(task, traffic)
     # the traffic-aware candidates are fitted to all planning tokens when the guard judged
     # them, else to some and scored on the others
     td_fit = td
     scored_tokens = None if td is None else (td.ids, td.src)
-    if traffic and td is not None and kind is None:
+    if traffic and td is not None and ranked is None:
         fit, scored_tokens = split_tokens(td.ids, td.src)
         if fit is not None:
             td_fit = build_token_data((fit,), E, G, gpn, max_tokens=task.effort.max_tokens,
@@ -380,7 +507,7 @@ def solve_layer(task: LayerTask) -> LayerSolution:
             if glob.size and _groups_whole(glob, c, E, task.num_groups):
                 cands.append(("eplb-global", glob))
     else:
-        want_traffic = traffic and (kind is None or kind not in _PLAIN)
+        want_traffic = traffic and (ranked is None or next(iter(ranked)) not in _PLAIN)
         cands, bal = _search(task, wp, td_fit, scorer, refs, ref_scores, want_traffic)
         if task.plan_shares is None:
             bound, bound_source = bal.bound, bal.bound_source
@@ -397,18 +524,31 @@ def solve_layer(task: LayerTask) -> LayerSolution:
     eplb_index = len(cands) + len(refs) - 1 if refs else None
     cands += refs
     kinds = candidate_kinds([lab for lab, _ in cands])
-    if kind is not None and eplb_index is not None:
-        allowed = [i for i, k in enumerate(kinds) if k == kind and i != eplb_index]
-        if not allowed and kind not in _PLAIN:
+    if guard_kind is not None and eplb_index is not None:
+        # the validation guard: the trusted kind, re-fitted, or EPLB's layer (in-sample pick)
+        allowed = [i for i, k in enumerate(kinds) if k == guard_kind and i != eplb_index]
+        if not allowed and guard_kind not in _PLAIN:
             # the re-fit has other node caps (the objective's room moved): the same family's
             # plans of the same replication stage
-            fam, stage = kind.split(" ", 1)[0], kind.rsplit(" #", 1)[-1]
+            fam, stage = guard_kind.split(" ", 1)[0], guard_kind.rsplit(" #", 1)[-1]
             allowed = [i for i, k in enumerate(kinds) if k not in _PLAIN
                        and k.split(" ", 1)[0] == fam and k.rsplit(" #", 1)[-1] == stage]
         allowed.append(eplb_index)
         sub = [scores[i] for i in allowed]
         j = pick(sub, task.objective, balance=0, eplb=len(sub) - 1, tokens=True)
         best = allowed[j]
+    elif ranked is not None and eplb_index is not None:
+        # the first kind the drift rule admitted that the re-fit on all planning tokens has
+        # exactly (it was judged held out; another kind's plan was not: a group packing or a
+        # node cap of the re-fit may differ from the half's), down to EPLB's layer
+        best = eplb_index
+        for kd in ranked:
+            allowed = [i for i, k in enumerate(kinds) if k == kd and i != eplb_index]
+            if kd == "eplb" or allowed:
+                if allowed:
+                    best = min(allowed, key=lambda i: (scores[i].time, scores[i].sends, i))
+                vinfo = ranked[kd]
+                break
     else:
         best = pick(scores, task.objective, balance=0, eplb=eplb_index,
                     tolerance=task.balance_tolerance, tokens=td is not None)
@@ -477,7 +617,7 @@ def split_tokens(ids: np.ndarray, src: np.ndarray) -> tuple[
 
 def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
     """Per scenario, ``[T_s]`` whether each planning token is in the fitting half of the
-    validation guard, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
+    drift rule, or None (aggregated counts, or fewer than :data:`MIN_SPLIT_TOKENS`).
 
     With two or more scenarios (windows) that route tokens, the first half of them fit and the
     later ones are held out: a plan meets the windows after those it was made from, with
@@ -501,7 +641,7 @@ def validation_split(problem: ProblemData) -> list[np.ndarray] | None:
 
 
 def _validations(problem: ProblemData, options: SolveOptions,
-                 masks: list[np.ndarray]) -> list[Validation] | None:
+                 masks: list[np.ndarray], drift: DriftModel) -> list[Validation] | None:
     """Every layer's :class:`~placement.solver.layer.Validation` for the split ``masks``
     (:func:`validation_split`): the fitting half's shares, tokens and EPLB placements, and the
     unfitted tokens; None when EPLB cannot plan the fitting half."""
@@ -547,7 +687,8 @@ def _validations(problem: ProblemData, options: SolveOptions,
                    pooled=counts[:, i, :].sum(axis=0),
                    tokens=tuple((f[:, i, :], fs) for f, fs in fit_tok),
                    held=(held_ids[:, i, :], held_src),
-                   eplb=eplb[i], warm=None if warm is None else warm[i])
+                   eplb=eplb[i], warm=None if warm is None else warm[i],
+                   drift=float(drift.drift[i]))
         for i in range(L)
     ]
 
@@ -617,14 +758,15 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         eplb = eplb_phy2log(problem, options, global_policy=False)
     except InputError:
         eplb = None
-    # the validation guard (objective time, no explicit tolerance, several nodes): the search
+    # the drift rule (objective time, no explicit tolerance, several nodes): the search
     # is also run on half of the planning tokens and judged on the other half
+    drift = estimate_drift(problem.scenario_counts)
     vals = None
     if (problem.is_token_level and c.num_nodes > 1 and not node_limited
             and options.objective == "time" and options.balance_tolerance is None):
         masks = validation_split(problem)
         if masks is not None:
-            vals = _validations(problem, options, masks)
+            vals = _validations(problem, options, masks, drift)
     tasks = [
         LayerTask(
             index=i,
@@ -674,10 +816,15 @@ def optimize(problem: ProblemData, options: SolveOptions, progress: Progress | N
         "bound_source": [s.bound_source for s in sols],
         "fell_back": [bool(s.fell_back) for s in sols],
         "choice": [s.choice for s in sols],
+        **drift.settings(),
+        "drift_summary": drift.describe(),
     }
     extra = {k for s in sols for k in s.info}
     for k in sorted(extra):
         settings[k] = [float(s.info.get(k, float("nan"))) for s in sols]
+    if "guard_fell_back" in settings:  # the kind of plan the drift rule kept, per judged layer
+        settings["drift_kept_kind"] = [
+            _kept_kind(s.choice) if "guard_fell_back" in s.info else None for s in sols]
     return make_plan(problem, phy2log, options, "optimizer", start,
                      lower_bound=[float(s.bound) for s in sols], status=status,
                      settings=settings, allow_colocated=any(s.colocated for s in sols),

@@ -70,8 +70,9 @@ class SolveResult:
 
     @property
     def guard_fell_back(self) -> list[int]:
-        """Layer ids where the validation guard kept a plain plan (EPLB's, the balance-only
-        plan): no traffic-aware plan beat EPLB's on the planning tokens it was not fitted to."""
+        """Layer ids where the drift rule kept a plain plan (EPLB's, EPLB-global's, the
+        balance-only plan): no traffic-aware plan was admitted on the drift scenarios or beat
+        the plain ones there."""
         flags = self.plan.settings.get("guard_fell_back") or []
         return [int(lid) for lid, f in zip(self.plan.layer_ids.tolist(), flags, strict=False)
                 if f == 1.0]
@@ -233,12 +234,10 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
     if "fell_back" in s:
         lines.append(f"fell back to EPLB's placement: {len(fb)} of {p.num_layers} layer(s)"
                      + (f" ({_span(fb)}): the search did not beat it" if fb else ""))
+    if s.get("drift_summary"):
+        lines.append(f"drift: {s['drift_summary']}")
     if "guard_fell_back" in s:
-        judged = sum(1 for f in s["guard_fell_back"] if f == f)  # not NaN
-        gb = result.guard_fell_back
-        lines.append(f"validation guard: {len(gb)} of {judged} layer(s) kept a plain plan"
-                     + (f" ({_span(gb)}): no traffic-aware plan beat EPLB's on the planning "
-                        "tokens it was not fitted to" if gb else ""))
+        lines.extend(drift_rule_lines(result))
     rows = bounded_layers(p)
     if rows and p.lower_bound is not None:
         key, gaps = _gaps(p, rows)
@@ -259,6 +258,41 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
         lines.extend(_per_layer_lines(result, keys, rows))
     lines.extend(result.messages)
     return "\n".join(lines)
+
+
+def drift_rule_lines(result: SolveResult) -> list[str]:
+    """The drift rule's lines of the summary: how many layers kept each kind of plan, and the
+    kept plans' expected and worst-scenario figures against EPLB's under the drift model (means
+    over the judged layers)."""
+    s = result.plan.settings
+    gfb = s.get("guard_fell_back") or []
+    judged = [i for i, f in enumerate(gfb) if f == f]  # not NaN
+    if not judged:
+        return []
+    if "drift_expected_time_ratio" not in s:  # the validation guard judged them
+        gb = result.guard_fell_back
+        return [f"validation guard: {len(gb)} of {len(judged)} layer(s) kept a plain plan"
+                + (f" ({_span(gb)}): no traffic-aware plan beat EPLB's on the planning "
+                   "tokens it was not fitted to" if gb else "")]
+    kinds = s.get("drift_kept_kind") or []
+    count: dict[str, int] = {}
+    for i in judged:
+        k = str(kinds[i]) if i < len(kinds) else "?"
+        k = k if k in ("eplb", "eplb-spread", "balance", "eplb-global") else "traffic-aware"
+        count[k] = count.get(k, 0) + 1
+    kept = ", ".join(f"{k} {n}" for k, n in sorted(count.items(), key=lambda x: (-x[1], x[0])))
+
+    def mean(key: str) -> float:
+        v = np.asarray(s.get(key) or [np.nan] * len(gfb), dtype=float)[judged]
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+    return [
+        f"drift rule: {len(judged)} layer(s) judged on drift scenarios; kept {kept}",
+        f"  kept plans vs EPLB under drift (mean over layers): expected time "
+        f"{mean('drift_expected_time_ratio'):.3f} x, worst scenario "
+        f"{mean('drift_worst_time_ratio'):.3f} x, imbalance "
+        f"{mean('drift_expected_imbalance_ratio'):.3f} x, sends {mean('drift_sends_ratio'):.3f} x",
+    ]
 
 
 def _per_layer_lines(result: SolveResult, keys: list[str], rows: list[int]) -> list[str]:
