@@ -241,7 +241,8 @@ def format_solve_result(result: SolveResult, *, per_layer: bool = False) -> str:
     rows = bounded_layers(p)
     if rows and p.lower_bound is not None:
         key, gaps = _gaps(p, rows)
-        g = np.asarray(gaps, dtype=float)
+        g = np.maximum(np.asarray(gaps, dtype=float), 0.0)  # an exact layer's bound may exceed
+        # its value by a rounding error (-1e-16): no plan beats its bound, so that gap is 0
         lb = float(np.mean([p.lower_bound[i] for i in rows]))
         lines.append(
             f"lower bound of {_LABELS.get(key, key)}: mean {lb:.4f} on {len(rows)} of "
