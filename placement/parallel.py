@@ -155,6 +155,7 @@ def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         with contextlib.suppress(Exception):
@@ -172,6 +173,10 @@ def stop_pool(pool: ProcessPoolExecutor, others: Sequence[int] = ()) -> None:
             if p.is_alive():
                 p.kill()
             p.join(1.0)
+    # the pool's manager thread reaps the same workers: until it is done, a worker it reaped may
+    # still look alive to this thread (waitpid answers the second caller ECHILD)
+    if manager is not None:
+        manager.join(1.0)
 
 
 @contextlib.contextmanager
